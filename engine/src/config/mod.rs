@@ -1,0 +1,486 @@
+//! Broker configuration: Kafka's names and defaults, from a TOML file plus
+//! command-line overrides. Built once in `main` before any shard starts and
+//! shared read-only (`Arc<BrokerConfig>`) by every shard.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::storage::LogConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("expected KEY=VALUE, got {0:?}")]
+    BadOverride(String),
+}
+
+const MS_PER_HOUR: i64 = 3_600_000;
+
+/// Every broker-level setting, named as Kafka names it.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// `node.id` (KRaft) / `broker.id`.
+    pub node_id: i32,
+    /// `listeners`: where the Kafka port is bound (every shard binds it with SO_REUSEPORT).
+    pub listen_addr: SocketAddr,
+    /// `advertised.listeners`: the address clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// `log.dirs` (one directory).
+    pub data_dir: PathBuf,
+    /// Executors; one per core unless `--shards` overrides.
+    pub shards: usize,
+    /// `num.partitions`: partitions of an auto-created or default-sized topic.
+    pub num_partitions: i32,
+    /// `default.replication.factor`.
+    pub default_replication_factor: i16,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics_enable: bool,
+    /// `socket.request.max.bytes`: larger request frames close the connection.
+    pub socket_request_max_bytes: usize,
+    /// `message.max.bytes`: the largest record batch a topic accepts by default.
+    pub message_max_bytes: usize,
+    /// `max.connections`: per broker; split evenly between shards.
+    pub max_connections: usize,
+    /// `log.retention.check.interval.ms`.
+    pub log_retention_check_interval_ms: u64,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: i32,
+    /// `log.message.timestamp.type`.
+    pub log_message_timestamp_type: String,
+    /// `log.cleanup.policy`.
+    pub log_cleanup_policy: String,
+    /// `controlled.shutdown` budget: how long a clean shutdown may take before giving up.
+    pub shutdown_timeout_ms: u64,
+    /// Defaults for every partition's log (`log.segment.bytes`, `log.retention.ms`, ...).
+    pub log: LogConfig,
+    /// Cross-shard channel depth (messages per shard pair).
+    pub shard_channel_capacity: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 0,
+            listen_addr: "127.0.0.1:9092".parse().expect("literal address"),
+            advertised_host: "127.0.0.1".to_string(),
+            advertised_port: 9092,
+            data_dir: PathBuf::from("./data"),
+            shards: default_shards(),
+            num_partitions: 1,
+            default_replication_factor: 1,
+            auto_create_topics_enable: true,
+            socket_request_max_bytes: 104_857_600,
+            message_max_bytes: 1_048_588,
+            max_connections: 10_000,
+            log_retention_check_interval_ms: 300_000,
+            min_insync_replicas: 1,
+            log_message_timestamp_type: "CreateTime".to_string(),
+            log_cleanup_policy: "delete".to_string(),
+            shutdown_timeout_ms: 30_000,
+            log: LogConfig::default(),
+            shard_channel_capacity: 1024,
+        }
+    }
+}
+
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Keys `set` understands, for `--help` and for warnings about typos.
+pub const BROKER_KEYS: &[&str] = &[
+    "node.id",
+    "broker.id",
+    "listeners",
+    "advertised.listeners",
+    "log.dirs",
+    "log.dir",
+    "num.partitions",
+    "default.replication.factor",
+    "auto.create.topics.enable",
+    "socket.request.max.bytes",
+    "message.max.bytes",
+    "max.connections",
+    "log.segment.bytes",
+    "log.roll.ms",
+    "log.roll.hours",
+    "log.retention.ms",
+    "log.retention.minutes",
+    "log.retention.hours",
+    "log.retention.bytes",
+    "log.retention.check.interval.ms",
+    "log.index.interval.bytes",
+    "log.index.size.max.bytes",
+    "log.flush.interval.messages",
+    "log.flush.interval.ms",
+    "min.insync.replicas",
+    "log.message.timestamp.type",
+    "log.cleanup.policy",
+    "shutdown.timeout.ms",
+    "shard.channel.capacity",
+];
+
+impl BrokerConfig {
+    /// Builds the configuration: defaults, then the TOML file, then `--set` overrides.
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut config = BrokerConfig::default();
+        if let Some(path) = file {
+            for (key, value) in read_toml_flat(path)? {
+                config.set(&key, &value)?;
+            }
+        }
+        for (key, value) in overrides {
+            config.set(key, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Applies one Kafka-named setting. Unknown keys are logged and ignored, as Kafka does.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let v = value.trim();
+        match key {
+            "node.id" | "broker.id" => self.node_id = parse(key, v)?,
+            "listeners" => {
+                let (host, port) = parse_listener(key, v)?;
+                self.listen_addr = format!("{host}:{port}").parse().map_err(|e| invalid(key, v, e))?;
+                self.advertised_host = host;
+                self.advertised_port = port;
+            }
+            "advertised.listeners" => {
+                let (host, port) = parse_listener(key, v)?;
+                self.advertised_host = host;
+                self.advertised_port = port;
+            }
+            "log.dirs" | "log.dir" => {
+                let first = v.split(',').next().unwrap_or(v).trim();
+                self.data_dir = PathBuf::from(first);
+            }
+            "num.partitions" => self.num_partitions = parse_positive(key, v)?,
+            "default.replication.factor" => self.default_replication_factor = parse_positive(key, v)?,
+            "auto.create.topics.enable" => self.auto_create_topics_enable = parse(key, v)?,
+            "socket.request.max.bytes" => self.socket_request_max_bytes = parse_positive(key, v)?,
+            "message.max.bytes" => self.message_max_bytes = parse_positive(key, v)?,
+            "max.connections" => self.max_connections = parse_positive(key, v)?,
+            "log.segment.bytes" => {
+                let bytes: u64 = parse_positive(key, v)?;
+                if bytes < 14 {
+                    return Err(invalid(key, v, "must be at least 14"));
+                }
+                self.log.segment_bytes = bytes;
+            }
+            "log.roll.ms" => self.log.segment_ms = parse_positive(key, v)?,
+            "log.roll.hours" => self.log.segment_ms = parse_positive::<u64>(key, v)? * MS_PER_HOUR as u64,
+            "log.retention.ms" => self.log.retention_ms = parse_retention(key, v, 1)?,
+            "log.retention.minutes" => self.log.retention_ms = parse_retention(key, v, 60_000)?,
+            "log.retention.hours" => self.log.retention_ms = parse_retention(key, v, MS_PER_HOUR)?,
+            "log.retention.bytes" => self.log.retention_bytes = parse_retention(key, v, 1)?,
+            "log.retention.check.interval.ms" => {
+                self.log_retention_check_interval_ms = parse_positive(key, v)?
+            }
+            "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, v)?,
+            "log.index.size.max.bytes" => {
+                let bytes: u32 = parse_positive(key, v)?;
+                if bytes < 8 {
+                    return Err(invalid(key, v, "must be at least 8"));
+                }
+                self.log.segment_index_bytes = bytes;
+            }
+            "log.flush.interval.messages" => self.log.flush_interval_messages = parse_positive(key, v)?,
+            "log.flush.interval.ms" => self.log.flush_interval_ms = parse_positive(key, v)?,
+            "min.insync.replicas" => self.min_insync_replicas = parse_positive(key, v)?,
+            "log.message.timestamp.type" => {
+                if v != "CreateTime" && v != "LogAppendTime" {
+                    return Err(invalid(key, v, "must be CreateTime or LogAppendTime"));
+                }
+                self.log_message_timestamp_type = v.to_string();
+            }
+            "log.cleanup.policy" => {
+                if v != "delete" {
+                    return Err(invalid(key, v, "only delete is supported so far"));
+                }
+                self.log_cleanup_policy = v.to_string();
+            }
+            "shutdown.timeout.ms" => self.shutdown_timeout_ms = parse_positive(key, v)?,
+            "shard.channel.capacity" => self.shard_channel_capacity = parse_positive(key, v)?,
+            _ => tracing::warn!(
+                key,
+                "the configuration {key:?} was supplied but isn't a known config"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Broker-level entries DescribeConfigs reports: (name, value, is_default).
+    pub fn describe(&self) -> Vec<(&'static str, String, bool)> {
+        let d = BrokerConfig::default();
+        let entries: Vec<(&'static str, String, String)> = vec![
+            ("node.id", self.node_id.to_string(), d.node_id.to_string()),
+            (
+                "listeners",
+                format!("PLAINTEXT://{}", self.listen_addr),
+                format!("PLAINTEXT://{}", d.listen_addr),
+            ),
+            (
+                "advertised.listeners",
+                format!("PLAINTEXT://{}:{}", self.advertised_host, self.advertised_port),
+                format!("PLAINTEXT://{}:{}", d.advertised_host, d.advertised_port),
+            ),
+            (
+                "log.dirs",
+                self.data_dir.display().to_string(),
+                d.data_dir.display().to_string(),
+            ),
+            (
+                "num.partitions",
+                self.num_partitions.to_string(),
+                d.num_partitions.to_string(),
+            ),
+            (
+                "default.replication.factor",
+                self.default_replication_factor.to_string(),
+                d.default_replication_factor.to_string(),
+            ),
+            (
+                "auto.create.topics.enable",
+                self.auto_create_topics_enable.to_string(),
+                d.auto_create_topics_enable.to_string(),
+            ),
+            (
+                "socket.request.max.bytes",
+                self.socket_request_max_bytes.to_string(),
+                d.socket_request_max_bytes.to_string(),
+            ),
+            (
+                "message.max.bytes",
+                self.message_max_bytes.to_string(),
+                d.message_max_bytes.to_string(),
+            ),
+            (
+                "max.connections",
+                self.max_connections.to_string(),
+                d.max_connections.to_string(),
+            ),
+            (
+                "log.segment.bytes",
+                self.log.segment_bytes.to_string(),
+                d.log.segment_bytes.to_string(),
+            ),
+            (
+                "log.roll.ms",
+                self.log.segment_ms.to_string(),
+                d.log.segment_ms.to_string(),
+            ),
+            (
+                "log.retention.ms",
+                self.log.retention_ms.to_string(),
+                d.log.retention_ms.to_string(),
+            ),
+            (
+                "log.retention.bytes",
+                self.log.retention_bytes.to_string(),
+                d.log.retention_bytes.to_string(),
+            ),
+            (
+                "log.retention.check.interval.ms",
+                self.log_retention_check_interval_ms.to_string(),
+                d.log_retention_check_interval_ms.to_string(),
+            ),
+            (
+                "log.index.interval.bytes",
+                self.log.index_interval_bytes.to_string(),
+                d.log.index_interval_bytes.to_string(),
+            ),
+            (
+                "log.index.size.max.bytes",
+                self.log.segment_index_bytes.to_string(),
+                d.log.segment_index_bytes.to_string(),
+            ),
+            (
+                "log.flush.interval.messages",
+                flush_value(self.log.flush_interval_messages),
+                flush_value(d.log.flush_interval_messages),
+            ),
+            (
+                "log.flush.interval.ms",
+                flush_value(self.log.flush_interval_ms),
+                flush_value(d.log.flush_interval_ms),
+            ),
+            (
+                "min.insync.replicas",
+                self.min_insync_replicas.to_string(),
+                d.min_insync_replicas.to_string(),
+            ),
+            (
+                "log.message.timestamp.type",
+                self.log_message_timestamp_type.clone(),
+                d.log_message_timestamp_type.clone(),
+            ),
+            (
+                "log.cleanup.policy",
+                self.log_cleanup_policy.clone(),
+                d.log_cleanup_policy.clone(),
+            ),
+        ];
+        entries
+            .into_iter()
+            .map(|(name, value, default)| {
+                let is_default = value == default;
+                (name, value, is_default)
+            })
+            .collect()
+    }
+}
+
+/// Kafka shows "never" as Long.MAX_VALUE.
+fn flush_value(v: u64) -> String {
+    if v >= i64::MAX as u64 {
+        i64::MAX.to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse::<T>().map_err(|e| invalid(key, v, e))
+}
+
+fn parse_positive<T>(key: &str, v: &str) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+    T::Err: std::fmt::Display,
+{
+    let n: T = parse(key, v)?;
+    if n <= T::default() {
+        return Err(invalid(key, v, "must be positive"));
+    }
+    Ok(n)
+}
+
+/// Retention values: -1 means unlimited, otherwise a positive count of `unit_ms`.
+fn parse_retention(key: &str, v: &str, unit: i64) -> Result<i64, ConfigError> {
+    let n: i64 = parse(key, v)?;
+    match n {
+        -1 => Ok(-1),
+        n if n >= 0 => n.checked_mul(unit).ok_or_else(|| invalid(key, v, "too large")),
+        _ => Err(invalid(key, v, "must be -1 or non-negative")),
+    }
+}
+
+/// `PLAINTEXT://host:port` or `host:port`.
+fn parse_listener(key: &str, v: &str) -> Result<(String, u16), ConfigError> {
+    let first = v.split(',').next().unwrap_or(v).trim();
+    let addr = first.split_once("://").map(|(_, rest)| rest).unwrap_or(first);
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, v, "expected host:port"))?;
+    let port: u16 = port.parse().map_err(|e| invalid(key, v, e))?;
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok((host.to_string(), port))
+}
+
+/// Reads a TOML file into dotted Kafka keys: `log.segment.bytes = 1` (a nested
+/// table in TOML) and `"log.segment.bytes" = 1` mean the same thing.
+fn read_toml_flat(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut flat = BTreeMap::new();
+    flatten("", &toml::Value::Table(table), &mut flat);
+    Ok(flat)
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        toml::Value::Array(items) => {
+            let joined: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            out.insert(prefix.to_string(), joined.join(","));
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// Splits `KEY=VALUE` from `--set`.
+pub fn parse_override(s: &str) -> Result<(String, String), ConfigError> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| ConfigError::BadOverride(s.to_string()))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_nested_and_quoted_keys_mean_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            "num.partitions = 6\n\"log.segment.bytes\" = 1048576\nlisteners = \"PLAINTEXT://127.0.0.1:19092\"\n",
+        )
+        .unwrap();
+        let c = BrokerConfig::load(Some(&path), &[]).unwrap();
+        assert_eq!(c.num_partitions, 6);
+        assert_eq!(c.log.segment_bytes, 1_048_576);
+        assert_eq!(c.listen_addr.port(), 19092);
+    }
+
+    #[test]
+    fn overrides_win_over_file_and_bad_values_are_refused() {
+        let c = BrokerConfig::load(None, &[("num.partitions".into(), "3".into())]).unwrap();
+        assert_eq!(c.num_partitions, 3);
+        assert!(BrokerConfig::load(None, &[("num.partitions".into(), "-3".into())]).is_err());
+        assert!(BrokerConfig::load(None, &[("log.retention.ms".into(), "-7".into())]).is_err());
+        let c = BrokerConfig::load(None, &[("log.retention.hours".into(), "1".into())]).unwrap();
+        assert_eq!(c.log.retention_ms, 3_600_000);
+    }
+}

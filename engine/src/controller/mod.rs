@@ -1,0 +1,459 @@
+//! Cluster metadata: topics, their ids, partition→shard placement and topic
+//! configs, as one immutable `MetadataImage`.
+//!
+//! Shard 0 is the single writer: every change (create/delete topics, add
+//! partitions) runs there under one lock, is persisted to
+//! `<data>/shardlog-metadata.json` (write, fsync, rename), and then reaches
+//! every shard as an ordered `ShardOp::Apply` carrying the new image. Every
+//! shard keeps a full copy of the latest image (`Arc`, read-only) so routing
+//! never crosses a shard. A later issue replaces the file with a raft log.
+
+pub mod topic_config;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use kafka_protocol::ResponseError;
+
+use crate::config::BrokerConfig;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A Kafka error code with the message sent to the client.
+pub type Refusal = (ResponseError, String);
+
+pub const METADATA_FILE: &str = "shardlog-metadata.json";
+pub const TOPIC_NAME_MAX_CHARS: usize = 249;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PartitionMeta {
+    /// The shard (core) that owns the partition on this node.
+    pub shard: u32,
+    pub leader_epoch: i32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TopicMeta {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: Vec<PartitionMeta>,
+    /// Topic-level overrides (`retention.ms`, ...), validated on the way in.
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct MetadataImage {
+    /// Increases with every change; shards assert they never apply an older image.
+    pub epoch: u64,
+    pub cluster_id: String,
+    pub topics: BTreeMap<String, TopicMeta>,
+    #[serde(skip)]
+    ids: HashMap<Uuid, String>,
+}
+
+impl MetadataImage {
+    pub fn new(cluster_id: String) -> Self {
+        MetadataImage {
+            cluster_id,
+            ..Default::default()
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.ids = self.topics.values().map(|t| (t.id, t.name.clone())).collect();
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicMeta> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: &Uuid) -> Option<&TopicMeta> {
+        self.ids.get(id).and_then(|n| self.topics.get(n))
+    }
+
+    /// The shard owning `topic`/`partition`, if it exists.
+    pub fn owner(&self, topic: &str, partition: i32) -> Option<usize> {
+        let t = self.topics.get(topic)?;
+        let p = t.partitions.get(usize::try_from(partition).ok()?)?;
+        Some(p.shard as usize)
+    }
+
+    /// Partitions per shard, for balanced placement of new partitions.
+    fn load_per_shard(&self, nr_shards: usize) -> Vec<usize> {
+        let mut load = vec![0usize; nr_shards];
+        for t in self.topics.values() {
+            for p in &t.partitions {
+                load[p.shard as usize % nr_shards] += 1;
+            }
+        }
+        load
+    }
+
+    /// Places `count` new partitions on the least-loaded shards (by partition count).
+    pub fn place(&self, count: usize, nr_shards: usize) -> Vec<PartitionMeta> {
+        let mut load = self.load_per_shard(nr_shards);
+        (0..count)
+            .map(|_| {
+                let (shard, _) = load
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(i, l)| (**l, *i))
+                    .expect("at least one shard");
+                load[shard] += 1;
+                PartitionMeta {
+                    shard: shard as u32,
+                    leader_epoch: 0,
+                }
+            })
+            .collect()
+    }
+
+    pub fn with_topic(&self, topic: TopicMeta) -> MetadataImage {
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.topics.insert(topic.name.clone(), topic);
+        next.reindex();
+        next
+    }
+
+    pub fn without_topic(&self, name: &str) -> MetadataImage {
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.topics.remove(name);
+        next.reindex();
+        next
+    }
+
+    /// Loads the image, or a fresh one with a new cluster id. Placement on a
+    /// shard that no longer exists (fewer `--shards` than before) moves to
+    /// `shard % nr_shards`, since each partition's files are shard-agnostic.
+    pub fn load(data_dir: &Path, nr_shards: usize) -> std::io::Result<MetadataImage> {
+        let path = data_dir.join(METADATA_FILE);
+        let mut image = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<MetadataImage>(&bytes).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path:?}: {e}"))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataImage::new(random_cluster_id()),
+            Err(e) => return Err(e),
+        };
+        for t in image.topics.values_mut() {
+            for p in &mut t.partitions {
+                if p.shard as usize >= nr_shards {
+                    tracing::info!(topic = %t.name, "partition moves from shard {} (no longer running)", p.shard);
+                    p.shard %= nr_shards as u32;
+                }
+            }
+        }
+        image.reindex();
+        Ok(image)
+    }
+
+    /// Durable replace: write a temp file, fsync it, rename over, fsync the directory.
+    pub fn persist(&self, data_dir: &Path) -> std::io::Result<()> {
+        let path = data_dir.join(METADATA_FILE);
+        let tmp: PathBuf = data_dir.join(format!("{METADATA_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()
+    }
+}
+
+/// A CreateTopics entry, already decoded from the wire.
+#[derive(Clone, Debug)]
+pub struct NewTopic {
+    pub name: String,
+    /// -1: `num.partitions`.
+    pub num_partitions: i32,
+    /// -1: `default.replication.factor`.
+    pub replication_factor: i16,
+    /// Manual replica assignment: partition -> broker ids.
+    pub assignments: Vec<Vec<i32>>,
+    pub configs: Vec<(String, Option<String>)>,
+}
+
+/// The answer for one topic of a create/delete/create-partitions request.
+#[derive(Clone, Debug)]
+pub struct TopicOutcome {
+    pub name: String,
+    pub error: Option<Refusal>,
+    pub topic_id: Uuid,
+    pub num_partitions: i32,
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicOutcome {
+    fn err(name: String, code: ResponseError, message: impl Into<String>) -> Self {
+        TopicOutcome {
+            name,
+            error: Some((code, message.into())),
+            topic_id: Uuid::nil(),
+            num_partitions: -1,
+            replication_factor: -1,
+            configs: BTreeMap::new(),
+        }
+    }
+}
+
+fn check_new_topic(
+    image: &MetadataImage,
+    t: &NewTopic,
+    config: &BrokerConfig,
+) -> Result<(i32, i16, BTreeMap<String, String>), Refusal> {
+    validate_topic_name(&t.name)?;
+    if image.topics.contains_key(&t.name) {
+        return Err((
+            ResponseError::TopicAlreadyExists,
+            format!("Topic '{}' already exists.", t.name),
+        ));
+    }
+    let (partitions, rf) = if t.assignments.is_empty() {
+        let partitions = if t.num_partitions == -1 {
+            config.num_partitions
+        } else {
+            t.num_partitions
+        };
+        let rf = if t.replication_factor == -1 {
+            config.default_replication_factor
+        } else {
+            t.replication_factor
+        };
+        (partitions, rf)
+    } else {
+        if t.num_partitions != -1 || t.replication_factor != -1 {
+            return Err((
+                ResponseError::InvalidRequest,
+                "Both numPartitions or replicationFactor and replicasAssignments were set.".into(),
+            ));
+        }
+        if t.assignments.iter().any(|r| r.as_slice() != [config.node_id]) {
+            return Err((
+                ResponseError::InvalidReplicaAssignment,
+                format!("Only broker {} exists in this cluster.", config.node_id),
+            ));
+        }
+        (t.assignments.len() as i32, 1)
+    };
+    if partitions <= 0 {
+        return Err((
+            ResponseError::InvalidPartitions,
+            "Number of partitions must be larger than 0.".into(),
+        ));
+    }
+    if rf <= 0 {
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            "Replication factor must be larger than 0.".into(),
+        ));
+    }
+    if rf > 1 {
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            format!("Replication factor: {rf} larger than available brokers: 1."),
+        ));
+    }
+    let mut configs = BTreeMap::new();
+    for (key, value) in &t.configs {
+        let Some(value) = value else { continue };
+        topic_config::validate(key, value).map_err(|m| (ResponseError::InvalidConfig, m))?;
+        configs.insert(key.clone(), value.trim().to_string());
+    }
+    Ok((partitions, rf, configs))
+}
+
+/// Plans CreateTopics: the next image and one outcome per requested topic.
+pub fn create_topics(
+    image: &MetadataImage,
+    topics: Vec<NewTopic>,
+    config: &BrokerConfig,
+    nr_shards: usize,
+) -> (MetadataImage, Vec<TopicOutcome>) {
+    let mut next = image.clone();
+    let mut outcomes = Vec::with_capacity(topics.len());
+    let mut seen = std::collections::HashSet::new();
+    for t in topics {
+        if !seen.insert(t.name.clone()) {
+            outcomes.push(TopicOutcome::err(
+                t.name,
+                ResponseError::InvalidRequest,
+                "Duplicate topic name in request.",
+            ));
+            continue;
+        }
+        match check_new_topic(&next, &t, config) {
+            Err((code, message)) => outcomes.push(TopicOutcome::err(t.name, code, message)),
+            Ok((partitions, rf, configs)) => {
+                let meta = TopicMeta {
+                    name: t.name.clone(),
+                    id: Uuid::new_v4(),
+                    partitions: next.place(partitions as usize, nr_shards),
+                    configs: configs.clone(),
+                };
+                outcomes.push(TopicOutcome {
+                    name: t.name,
+                    error: None,
+                    topic_id: meta.id,
+                    num_partitions: partitions,
+                    replication_factor: rf,
+                    configs,
+                });
+                next = next.with_topic(meta);
+            }
+        }
+    }
+    (next, outcomes)
+}
+
+pub fn delete_topics(image: &MetadataImage, names: Vec<String>) -> (MetadataImage, Vec<TopicOutcome>) {
+    let mut next = image.clone();
+    let mut outcomes = Vec::with_capacity(names.len());
+    for name in names {
+        match next.topics.get(&name) {
+            Some(meta) => {
+                let mut o = TopicOutcome::err(name.clone(), ResponseError::UnknownServerError, "");
+                o.error = None;
+                o.topic_id = meta.id;
+                outcomes.push(o);
+                next = next.without_topic(&name);
+            }
+            None => outcomes.push(TopicOutcome::err(
+                name,
+                ResponseError::UnknownTopicOrPartition,
+                "This server does not host this topic-partition.",
+            )),
+        }
+    }
+    (next, outcomes)
+}
+
+/// CreatePartitions: `count` is the new total, which must exceed the current one.
+pub fn create_partitions(
+    image: &MetadataImage,
+    topics: Vec<(String, i32)>,
+    nr_shards: usize,
+) -> (MetadataImage, Vec<TopicOutcome>) {
+    let mut next = image.clone();
+    let mut outcomes = Vec::with_capacity(topics.len());
+    for (name, count) in topics {
+        let Some(meta) = next.topics.get(&name).cloned() else {
+            outcomes.push(TopicOutcome::err(
+                name,
+                ResponseError::UnknownTopicOrPartition,
+                "This server does not host this topic-partition.",
+            ));
+            continue;
+        };
+        let current = meta.partitions.len() as i32;
+        if count <= current {
+            let message = if count == current {
+                format!("Topic already has {current} partitions.")
+            } else {
+                format!(
+                    "Topic currently has {current} partitions, which is higher than the requested {count}."
+                )
+            };
+            outcomes.push(TopicOutcome::err(name, ResponseError::InvalidPartitions, message));
+            continue;
+        }
+        let mut grown = meta.clone();
+        grown
+            .partitions
+            .extend(next.place((count - current) as usize, nr_shards));
+        outcomes.push(TopicOutcome {
+            name,
+            error: None,
+            topic_id: grown.id,
+            num_partitions: count,
+            replication_factor: 1,
+            configs: grown.configs.clone(),
+        });
+        next = next.with_topic(grown);
+    }
+    (next, outcomes)
+}
+
+/// Kafka's cluster ids are 22-character url-safe base64 of a UUID; any unique string works for clients.
+fn random_cluster_id() -> String {
+    Uuid::new_v4().simple().to_string()[..22].to_string()
+}
+
+/// Kafka's topic name rule: 1–249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), Refusal> {
+    let invalid = |why: String| Err((ResponseError::InvalidTopicException, why));
+    if name.is_empty() {
+        return invalid("Topic name is illegal, it can't be empty".into());
+    }
+    if name == "." || name == ".." {
+        return invalid("Topic name cannot be \".\" or \"..\"".into());
+    }
+    if name.len() > TOPIC_NAME_MAX_CHARS {
+        return invalid(format!(
+            "Topic name is illegal, it can't be longer than {TOPIC_NAME_MAX_CHARS} characters"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return invalid(format!(
+            "Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The directory of one partition's log, as Kafka names it.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_a-b").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name(".").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("bad name!").is_err());
+        assert!(validate_topic_name(&"a".repeat(249)).is_ok());
+        assert!(validate_topic_name(&"a".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn placement_balances_by_partition_count() {
+        let image = MetadataImage::new("c".into());
+        let placed = image.place(6, 4);
+        let shards: Vec<u32> = placed.iter().map(|p| p.shard).collect();
+        assert_eq!(shards, vec![0, 1, 2, 3, 0, 1]);
+    }
+
+    #[test]
+    fn image_survives_persist_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = MetadataImage::new("cluster".into());
+        let topic = TopicMeta {
+            name: "t".into(),
+            id: Uuid::new_v4(),
+            partitions: image.place(3, 2),
+            configs: BTreeMap::new(),
+        };
+        let id = topic.id;
+        let image = image.with_topic(topic);
+        image.persist(dir.path()).unwrap();
+        let loaded = MetadataImage::load(dir.path(), 2).unwrap();
+        assert_eq!(loaded.topic("t").unwrap().partitions.len(), 3);
+        assert_eq!(loaded.topic_by_id(&id).unwrap().name, "t");
+        assert_eq!(loaded.epoch, image.epoch);
+        let fewer = MetadataImage::load(dir.path(), 1).unwrap();
+        assert!(fewer.topic("t").unwrap().partitions.iter().all(|p| p.shard == 0));
+    }
+}

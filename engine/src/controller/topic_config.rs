@@ -1,0 +1,185 @@
+//! Topic-level configuration: the names Kafka uses for per-topic overrides of
+//! broker defaults, their validation, and the effective settings a
+//! partition's log runs with.
+
+use std::collections::BTreeMap;
+
+use crate::config::BrokerConfig;
+use crate::partition::PartitionPolicy;
+use crate::storage::LogConfig;
+
+/// Topic config names this broker knows, in the order DescribeConfigs lists them.
+pub const TOPIC_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+    "segment.index.bytes",
+    "index.interval.bytes",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "min.insync.replicas",
+    "flush.messages",
+    "flush.ms",
+];
+
+/// Kafka's DescribeConfigs config types.
+pub fn config_type(key: &str) -> i8 {
+    const STRING: i8 = 2;
+    const INT: i8 = 3;
+    const LONG: i8 = 5;
+    const LIST: i8 = 7;
+    match key {
+        "cleanup.policy" => LIST,
+        "message.timestamp.type" => STRING,
+        "segment.index.bytes"
+        | "index.interval.bytes"
+        | "max.message.bytes"
+        | "min.insync.replicas"
+        | "segment.bytes" => INT,
+        _ => LONG,
+    }
+}
+
+/// Validates one topic override; the error text goes back to the client with INVALID_CONFIG.
+pub fn validate(key: &str, value: &str) -> Result<(), String> {
+    let int = |min: i64| -> Result<(), String> {
+        let n: i64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("Invalid value {value} for configuration {key}: not a number"))?;
+        if n < min {
+            return Err(format!(
+                "Invalid value {value} for configuration {key}: must be at least {min}"
+            ));
+        }
+        Ok(())
+    };
+    match key {
+        "cleanup.policy" => {
+            if value.trim() == "delete" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Invalid value {value} for configuration {key}: only 'delete' is supported"
+                ))
+            }
+        }
+        "retention.ms" | "retention.bytes" => int(-1),
+        "segment.bytes" => int(14),
+        "segment.ms" | "flush.messages" | "flush.ms" => int(1),
+        "segment.index.bytes" => int(8),
+        "index.interval.bytes" => int(0),
+        "max.message.bytes" | "min.insync.replicas" => int(1),
+        "message.timestamp.type" => match value.trim() {
+            "CreateTime" => Ok(()),
+            "LogAppendTime" => Err(format!(
+                "Invalid value {value} for configuration {key}: LogAppendTime is not supported yet"
+            )),
+            _ => Err(format!(
+                "Invalid value {value} for configuration {key}: CreateTime or LogAppendTime"
+            )),
+        },
+        _ => Err(format!("Unknown topic config name: {key}")),
+    }
+}
+
+/// The value a topic runs with for `key`, and whether it is the broker default.
+pub fn effective(key: &str, overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> (String, bool) {
+    if let Some(v) = overrides.get(key) {
+        return (v.clone(), false);
+    }
+    let never = i64::MAX.to_string();
+    let capped = |v: u64| {
+        if v >= i64::MAX as u64 {
+            never.clone()
+        } else {
+            v.to_string()
+        }
+    };
+    let value = match key {
+        "cleanup.policy" => broker.log_cleanup_policy.clone(),
+        "retention.ms" => broker.log.retention_ms.to_string(),
+        "retention.bytes" => broker.log.retention_bytes.to_string(),
+        "segment.bytes" => broker.log.segment_bytes.to_string(),
+        "segment.ms" => broker.log.segment_ms.to_string(),
+        "segment.index.bytes" => broker.log.segment_index_bytes.to_string(),
+        "index.interval.bytes" => broker.log.index_interval_bytes.to_string(),
+        "max.message.bytes" => broker.message_max_bytes.to_string(),
+        "message.timestamp.type" => broker.log_message_timestamp_type.clone(),
+        "min.insync.replicas" => broker.min_insync_replicas.to_string(),
+        "flush.messages" => capped(broker.log.flush_interval_messages),
+        "flush.ms" => capped(broker.log.flush_interval_ms),
+        _ => String::new(),
+    };
+    (value, true)
+}
+
+fn num<T: std::str::FromStr>(overrides: &BTreeMap<String, String>, key: &str) -> Option<T> {
+    overrides.get(key).and_then(|v| v.trim().parse().ok())
+}
+
+/// The log settings of a topic: broker defaults with the topic's overrides.
+pub fn log_config(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> LogConfig {
+    let mut c = broker.log.clone();
+    if let Some(v) = num(overrides, "retention.ms") {
+        c.retention_ms = v;
+    }
+    if let Some(v) = num(overrides, "retention.bytes") {
+        c.retention_bytes = v;
+    }
+    if let Some(v) = num(overrides, "segment.bytes") {
+        c.segment_bytes = v;
+    }
+    if let Some(v) = num(overrides, "segment.ms") {
+        c.segment_ms = v;
+    }
+    if let Some(v) = num(overrides, "segment.index.bytes") {
+        c.segment_index_bytes = v;
+    }
+    if let Some(v) = num(overrides, "index.interval.bytes") {
+        c.index_interval_bytes = v;
+    }
+    if let Some(v) = num(overrides, "flush.messages") {
+        c.flush_interval_messages = v;
+    }
+    if let Some(v) = num(overrides, "flush.ms") {
+        c.flush_interval_ms = v;
+    }
+    c
+}
+
+pub fn partition_policy(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> PartitionPolicy {
+    PartitionPolicy {
+        max_message_bytes: num(overrides, "max.message.bytes").unwrap_or(broker.message_max_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_topic_config_values_are_refused_with_a_message() {
+        assert!(validate("retention.ms", "abc")
+            .unwrap_err()
+            .contains("retention.ms"));
+        assert!(validate("segment.bytes", "3").is_err());
+        assert!(validate("no.such.key", "1").is_err());
+        assert!(validate("retention.ms", "-1").is_ok());
+    }
+
+    #[test]
+    fn overrides_change_the_log_config() {
+        let broker = BrokerConfig::default();
+        let mut o = BTreeMap::new();
+        o.insert("segment.bytes".to_string(), "1048576".to_string());
+        assert_eq!(log_config(&o, &broker).segment_bytes, 1_048_576);
+        assert_eq!(
+            effective("segment.bytes", &o, &broker),
+            ("1048576".to_string(), false)
+        );
+        assert!(effective("retention.ms", &o, &broker).1);
+    }
+}

@@ -1,0 +1,10 @@
+//! shardlog: a Kafka-wire-compatible broker on a thread-per-core io_uring engine.
+//! Layers, each calling only the one below: protocol → shard → controller /
+//! partition → storage. See the README in each module's directory.
+
+pub mod config;
+pub mod controller;
+pub mod partition;
+pub mod protocol;
+pub mod shard;
+pub mod storage;

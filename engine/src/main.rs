@@ -1,0 +1,69 @@
+//! The `shardlog` broker binary.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use shardlog::config::{self, BrokerConfig};
+
+/// A Kafka-wire-compatible event streaming broker: one pinned io_uring
+/// executor per core, each owning its partitions.
+///
+/// Configuration uses Kafka's names and defaults (num.partitions,
+/// auto.create.topics.enable, log.segment.bytes, log.retention.ms,
+/// log.retention.bytes, socket.request.max.bytes, message.max.bytes,
+/// log.flush.interval.messages, ...), from a TOML file and --set overrides.
+/// Flags win over --set, which wins over the file.
+#[derive(Parser, Debug)]
+#[command(name = "shardlog", version)]
+struct Args {
+    /// TOML file of Kafka-named settings, e.g. `num.partitions = 6`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the Kafka listener [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Where partitions and metadata live [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Executors (one pinned per core by default).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Any Kafka-named setting, repeatable: --set log.segment.bytes=1048576.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut overrides = args
+        .set
+        .iter()
+        .map(|s| config::parse_override(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(listen) = args.listen {
+        overrides.push(("listeners".into(), format!("PLAINTEXT://{listen}")));
+    }
+    if let Some(dir) = args.data_dir {
+        overrides.push(("log.dirs".into(), dir.display().to_string()));
+    }
+    let mut broker = BrokerConfig::load(args.config.as_deref(), &overrides)?;
+    if let Some(n) = args.shards {
+        anyhow::ensure!(n > 0, "--shards must be at least 1");
+        broker.shards = n;
+    }
+    shardlog::shard::run(broker)
+}

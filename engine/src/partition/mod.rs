@@ -1,0 +1,217 @@
+//! One partition's state machine on the shard that owns it: the log, the
+//! leader epoch, the high watermark and the append notification that wakes
+//! long-polling fetches.
+//!
+//! Lives on exactly one shard (the owner recorded in the metadata image) and
+//! is touched by no other thread; other shards reach it through
+//! `shard::ShardOp` messages. Single node for now: the high watermark is the
+//! log end offset, since every acknowledged write is complete on the only
+//! replica.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+
+use crate::storage::{batch, AppendResult, Log, StorageError};
+
+/// Per-topic settings the partition enforces on its append path.
+#[derive(Clone, Debug)]
+pub struct PartitionPolicy {
+    /// `max.message.bytes`: the largest record batch accepted.
+    pub max_message_bytes: usize,
+}
+
+/// Why a partition refused a request, already in Kafka's terms.
+#[derive(Debug, Clone)]
+pub struct PartitionError {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl PartitionError {
+    pub fn new(code: ResponseError, message: impl Into<String>) -> Self {
+        PartitionError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StorageError> for PartitionError {
+    fn from(e: StorageError) -> Self {
+        let code = match &e {
+            StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            StorageError::InvalidBatch(_) => ResponseError::CorruptMessage,
+            StorageError::Closed => ResponseError::NotLeaderOrFollower,
+            StorageError::Io(_) | StorageError::Glommio(_) => ResponseError::KafkaStorageError,
+            StorageError::Corrupt(_) => ResponseError::KafkaStorageError,
+        };
+        PartitionError::new(code, e.to_string())
+    }
+}
+
+/// What a fetch of one partition found.
+pub struct ReadOutcome {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+pub struct Partition {
+    topic: String,
+    /// Distinguishes a re-created topic of the same name.
+    topic_id: uuid::Uuid,
+    index: i32,
+    log: Rc<Log>,
+    /// Epochs never go back; bumped by the controller when leadership moves.
+    leader_epoch: Cell<i32>,
+    policy: RefCell<PartitionPolicy>,
+}
+
+impl Partition {
+    pub fn new(
+        topic: String,
+        topic_id: uuid::Uuid,
+        index: i32,
+        log: Rc<Log>,
+        leader_epoch: i32,
+        policy: PartitionPolicy,
+    ) -> Self {
+        Partition {
+            topic,
+            topic_id,
+            index,
+            log,
+            leader_epoch: Cell::new(leader_epoch),
+            policy: RefCell::new(policy),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn topic_id(&self) -> uuid::Uuid {
+        self.topic_id
+    }
+
+    pub fn index(&self) -> i32 {
+        self.index
+    }
+
+    pub fn log(&self) -> &Rc<Log> {
+        &self.log
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.get()
+    }
+
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        assert!(epoch >= self.leader_epoch.get(), "leader epoch went back");
+        self.leader_epoch.set(epoch);
+    }
+
+    pub fn set_policy(&self, policy: PartitionPolicy) {
+        *self.policy.borrow_mut() = policy;
+    }
+
+    /// Single node: everything written is on every in-sync replica.
+    pub fn high_watermark(&self) -> i64 {
+        self.log.log_end_offset()
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.log_start_offset()
+    }
+
+    /// Checks the client's batches (header, lengths, CRC32C, size limit) and
+    /// appends them. The payload is never decompressed.
+    pub async fn append(&self, records: &Bytes) -> Result<AppendResult, PartitionError> {
+        let max_message_bytes = self.policy.borrow().max_message_bytes;
+        let batches = batch::split_validated(records).map_err(|e| {
+            let code = match e {
+                batch::BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+                _ => ResponseError::CorruptMessage,
+            };
+            PartitionError::new(code, format!("{}-{}: {e}", self.topic, self.index))
+        })?;
+        if let Some(too_big) = batches.iter().find(|b| b.len() > max_message_bytes) {
+            return Err(PartitionError::new(
+                ResponseError::MessageTooLarge,
+                format!(
+                    "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
+                    too_big.len()
+                ),
+            ));
+        }
+        let result = self.log.append(batches).await?;
+        debug_assert!(result.last_offset >= result.base_offset);
+        Ok(result)
+    }
+
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, PartitionError> {
+        let records = self.log.read(offset, max_bytes).await?;
+        Ok(ReadOutcome {
+            records,
+            high_watermark: self.high_watermark(),
+            log_start_offset: self.log_start_offset(),
+        })
+    }
+
+    /// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, -4 earliest
+    /// local; otherwise the first offset whose timestamp is >= `timestamp`.
+    /// Returns (offset, timestamp); (-1, -1) when no record qualifies.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<(i64, i64), PartitionError> {
+        const LATEST: i64 = -1;
+        const EARLIEST: i64 = -2;
+        const MAX_TIMESTAMP: i64 = -3;
+        const EARLIEST_LOCAL: i64 = -4;
+        match timestamp {
+            LATEST => Ok((self.high_watermark(), -1)),
+            EARLIEST | EARLIEST_LOCAL => Ok((self.log_start_offset(), -1)),
+            MAX_TIMESTAMP => match self.log.max_timestamp_batch().await? {
+                None => Ok((-1, -1)),
+                Some(batch) => {
+                    let records = decode_records(&batch)?;
+                    let best = records
+                        .iter()
+                        .max_by_key(|(offset, ts)| (*ts, -*offset))
+                        .copied()
+                        .unwrap_or((-1, -1));
+                    Ok(best)
+                }
+            },
+            t if t < 0 => Err(PartitionError::new(
+                ResponseError::InvalidRequest,
+                format!("unsupported ListOffsets timestamp {t}"),
+            )),
+            t => match self.log.find_batch_by_timestamp(t).await? {
+                None => Ok((-1, -1)),
+                Some(batch) => Ok(decode_records(&batch)?
+                    .into_iter()
+                    .find(|(_, ts)| *ts >= t)
+                    .unwrap_or((-1, -1))),
+            },
+        }
+    }
+}
+
+/// (offset, timestamp) of every record in one stored batch. Decompresses:
+/// only ListOffsets by timestamp pays this, never the produce or fetch path.
+fn decode_records(batch: &Bytes) -> Result<Vec<(i64, i64)>, PartitionError> {
+    let header = batch::parse_header(batch)
+        .map_err(|e| PartitionError::new(ResponseError::CorruptMessage, e.to_string()))?;
+    if header.timestamp_type_log_append() {
+        let max_ts = header.max_timestamp.get();
+        return Ok((header.base_offset.get()..=header.last_offset())
+            .map(|o| (o, max_ts))
+            .collect());
+    }
+    let mut buf = batch.clone();
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
+        .map_err(|e| PartitionError::new(ResponseError::CorruptMessage, e.to_string()))?;
+    Ok(set.records.iter().map(|r| (r.offset, r.timestamp)).collect())
+}

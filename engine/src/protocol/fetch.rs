@@ -1,0 +1,196 @@
+//! Fetch: read per owner shard, long-poll on append notifications when
+//! `min_bytes` is not met, trim to `max_bytes`, merge.
+//!
+//! Budget rule, as Kafka's: the first partition with data always returns its
+//! whole first batch, even past `max_bytes`, so a consumer can never get
+//! stuck behind a large batch; later partitions are left empty once the
+//! response budget is spent.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError;
+
+use crate::shard::{FetchOutcome, FetchPart, Shard, ShardOp, ShardReply, WaitPart};
+
+const FETCH_TOPIC_IDS_VERSION: i16 = 13;
+const READ_COMMITTED: i8 = 1;
+
+struct Slot {
+    topic_index: usize,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+    owner: Option<usize>,
+    response: PartitionData,
+    records: Bytes,
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchResponse {
+    let started = Instant::now();
+    let image = shard.image();
+    let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
+    let mut slots: Vec<Slot> = Vec::new();
+    for (topic_index, topic) in req.topics.into_iter().enumerate() {
+        let meta = if version >= FETCH_TOPIC_IDS_VERSION {
+            image.topic_by_id(&topic.topic_id)
+        } else {
+            image.topic(topic.topic.as_str())
+        };
+        let mut response = FetchableTopicResponse::default();
+        if version >= FETCH_TOPIC_IDS_VERSION {
+            response.topic_id = topic.topic_id;
+        } else {
+            response.topic = topic.topic.clone();
+        }
+        topics.push(response);
+        let name = meta
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| topic.topic.to_string());
+        for p in topic.partitions {
+            let mut response = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(BrokerId(-1));
+            if req.isolation_level == READ_COMMITTED {
+                response.aborted_transactions = Some(Vec::new());
+            }
+            let owner = image.owner(&name, p.partition);
+            if meta.is_none() {
+                response.error_code = if version >= FETCH_TOPIC_IDS_VERSION {
+                    ResponseError::UnknownTopicId.code()
+                } else {
+                    ResponseError::UnknownTopicOrPartition.code()
+                };
+            } else if owner.is_none() {
+                response.error_code = ResponseError::UnknownTopicOrPartition.code();
+            }
+            slots.push(Slot {
+                topic_index,
+                topic: name.clone(),
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+                owner: if response.error_code == 0 { owner } else { None },
+                response,
+                records: Bytes::new(),
+            });
+        }
+    }
+
+    let min_bytes = req.min_bytes.max(0) as usize;
+    read_all(shard, &mut slots).await;
+    let available: usize = slots.iter().map(|s| s.records.len()).sum();
+    let max_wait_ms = req.max_wait_ms.max(0) as u64;
+    let any_error = slots.iter().any(|s| s.response.error_code != 0);
+    if available < min_bytes && !any_error && max_wait_ms > 0 && !slots.is_empty() {
+        let waited_ms = started.elapsed().as_millis() as u64;
+        if waited_ms < max_wait_ms {
+            wait_any(shard, &slots, max_wait_ms - waited_ms).await;
+            read_all(shard, &mut slots).await;
+        }
+    }
+
+    let max_bytes = req.max_bytes.max(0) as usize;
+    let mut used_bytes = 0usize;
+    for slot in &mut slots {
+        let len = slot.records.len();
+        if len == 0 {
+            continue;
+        }
+        if used_bytes > 0 && used_bytes + len > max_bytes {
+            slot.records = Bytes::new();
+            continue;
+        }
+        used_bytes += len;
+    }
+    for slot in slots {
+        let mut r = slot.response;
+        r.records = Some(slot.records);
+        topics[slot.topic_index].partitions.push(r);
+    }
+    FetchResponse::default()
+        .with_responses(topics)
+        .with_session_id(0)
+        .with_error_code(0)
+}
+
+/// One read of every readable slot, one op per owning shard, all shards at once.
+async fn read_all(shard: &Rc<Shard>, slots: &mut [Slot]) {
+    let work: Vec<(usize, FetchPart)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            s.owner.map(|owner| {
+                (
+                    owner,
+                    FetchPart {
+                        slot: i,
+                        topic: s.topic.clone(),
+                        partition: s.partition,
+                        offset: s.offset,
+                        max_bytes: s.max_bytes,
+                    },
+                )
+            })
+        })
+        .collect();
+    let calls = shard
+        .group_by_owner(work)
+        .into_iter()
+        .map(|(owner, parts)| shard.call(owner, ShardOp::Fetch { parts }));
+    for reply in futures::future::join_all(calls).await {
+        let ShardReply::Fetch(outcomes) = reply else {
+            continue;
+        };
+        for FetchOutcome {
+            slot,
+            error,
+            high_watermark,
+            log_start_offset,
+            records,
+        } in outcomes
+        {
+            let s = &mut slots[slot];
+            s.response.high_watermark = high_watermark;
+            s.response.last_stable_offset = high_watermark;
+            s.response.log_start_offset = log_start_offset;
+            s.response.error_code = error.map(|e| e.code.code()).unwrap_or(0);
+            s.records = records;
+        }
+    }
+}
+
+/// Waits until any owner shard reports new data, or `timeout_ms` passes.
+/// Waits left running on other shards end by their own deadline.
+async fn wait_any(shard: &Rc<Shard>, slots: &[Slot], timeout_ms: u64) {
+    let work: Vec<(usize, WaitPart)> = slots
+        .iter()
+        .filter_map(|s| {
+            s.owner.map(|owner| {
+                (
+                    owner,
+                    WaitPart {
+                        topic: s.topic.clone(),
+                        partition: s.partition,
+                        offset: s.offset,
+                    },
+                )
+            })
+        })
+        .collect();
+    let waits: Vec<_> = shard
+        .group_by_owner(work)
+        .into_iter()
+        .map(|(owner, parts)| Box::pin(shard.call(owner, ShardOp::Wait { parts, timeout_ms })))
+        .collect();
+    if !waits.is_empty() {
+        futures::future::select_all(waits).await;
+    }
+}

@@ -1,0 +1,122 @@
+//! Metadata: brokers, topics, partition leaders; auto-creates topics as Kafka does.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
+use crate::controller::{validate_topic_name, MetadataImage, NewTopic, TopicMeta};
+use crate::shard::{ControlOp, Shard, ShardOp};
+
+/// Metadata v4 added the client's say on auto-creation; before it, it was implied.
+const ALLOW_AUTO_CREATE_VERSION: i16 = 4;
+
+pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let config = &shard.config;
+    let mut image = shard.image();
+    let requested: Option<Vec<(Option<String>, Uuid)>> = match req.topics {
+        // v0 sends an empty list for "all topics"; v1+ sends null.
+        Some(list) if !(version == 0 && list.is_empty()) => Some(
+            list.into_iter()
+                .map(|t| (t.name.map(|n| n.to_string()), t.topic_id))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let allow_auto = config.auto_create_topics_enable
+        && (version < ALLOW_AUTO_CREATE_VERSION || req.allow_auto_topic_creation);
+    if let (Some(list), true) = (&requested, allow_auto) {
+        let missing: Vec<NewTopic> = list
+            .iter()
+            .filter_map(|(name, _)| name.as_ref())
+            .filter(|n| image.topic(n).is_none() && validate_topic_name(n).is_ok())
+            .map(|n| NewTopic {
+                name: n.clone(),
+                num_partitions: -1,
+                replication_factor: -1,
+                assignments: Vec::new(),
+                configs: Vec::new(),
+            })
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(
+                "auto-creating topics {:?}",
+                missing.iter().map(|t| &t.name).collect::<Vec<_>>()
+            );
+            let op = ControlOp::CreateTopics {
+                topics: missing,
+                validate_only: false,
+            };
+            shard.call(0, ShardOp::Control(op)).await;
+            image = shard.image();
+        }
+    }
+
+    let topics: Vec<MetadataResponseTopic> = match requested {
+        None => image.topics.values().map(|t| topic_response(shard, t)).collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|(name, id)| {
+                let meta = match &name {
+                    Some(n) => image.topic(n),
+                    None => image.topic_by_id(&id),
+                };
+                match meta {
+                    Some(t) => topic_response(shard, t),
+                    None => missing_topic(&image, name, id),
+                }
+            })
+            .collect(),
+    };
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(config.node_id))
+        .with_host(str_bytes(&config.advertised_host))
+        .with_port(config.advertised_port as i32);
+    MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id(Some(str_bytes(&image.cluster_id)))
+        .with_controller_id(BrokerId(config.node_id))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+fn missing_topic(_image: &MetadataImage, name: Option<String>, id: Uuid) -> MetadataResponseTopic {
+    let code = match &name {
+        Some(n) if validate_topic_name(n).is_err() => ResponseError::InvalidTopicException,
+        Some(_) => ResponseError::UnknownTopicOrPartition,
+        None => ResponseError::UnknownTopicId,
+    };
+    MetadataResponseTopic::default()
+        .with_error_code(code.code())
+        .with_name(name.map(|n| TopicName(str_bytes(&n))))
+        .with_topic_id(id)
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(shard.config.node_id);
+    let partitions = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            MetadataResponsePartition::default()
+                .with_partition_index(i as i32)
+                .with_leader_id(node)
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(&t.name))))
+        .with_topic_id(t.id)
+        .with_is_internal(false)
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}

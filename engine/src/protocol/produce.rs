@@ -1,0 +1,135 @@
+//! Produce: validate per partition, split by owning shard, append, merge.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+
+use super::str_bytes;
+use crate::controller::validate_topic_name;
+use crate::shard::{ProduceOutcome, ProducePart, Shard, ShardOp, ShardReply};
+
+const PRODUCE_TOPIC_IDS_VERSION: i16 = 13;
+
+/// Returns None for acks=0 (no response is sent).
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    let image = shard.image();
+    let acks = req.acks;
+    let acks_valid = matches!(acks, -1..=1);
+    // Request order is kept in `slots`; work is grouped by owner shard.
+    let mut slots: Vec<(usize, PartitionProduceResponse)> = Vec::new();
+    let mut topics: Vec<TopicProduceResponse> = Vec::with_capacity(req.topic_data.len());
+    let mut work: Vec<(usize, ProducePart)> = Vec::new();
+    for (topic_index, topic) in req.topic_data.into_iter().enumerate() {
+        let meta = if version >= PRODUCE_TOPIC_IDS_VERSION {
+            image.topic_by_id(&topic.topic_id)
+        } else {
+            image.topic(topic.name.as_str())
+        };
+        let name = meta
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| topic.name.to_string());
+        let mut response = TopicProduceResponse::default();
+        if version >= PRODUCE_TOPIC_IDS_VERSION {
+            response.topic_id = topic.topic_id;
+        } else {
+            response.name = topic.name.clone();
+        }
+        topics.push(response);
+        for data in topic.partition_data {
+            let mut p = PartitionProduceResponse::default()
+                .with_index(data.index)
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            let error = if !acks_valid {
+                Some((
+                    ResponseError::InvalidRequiredAcks,
+                    "acks must be -1, 0 or 1".to_string(),
+                ))
+            } else if let Err((code, message)) = validate_topic_name(&name) {
+                Some((code, message))
+            } else if meta.is_none() && version >= PRODUCE_TOPIC_IDS_VERSION {
+                Some((
+                    ResponseError::UnknownTopicId,
+                    "This server does not host this topic ID.".into(),
+                ))
+            } else {
+                match image.owner(&name, data.index) {
+                    None => Some((
+                        ResponseError::UnknownTopicOrPartition,
+                        "This server does not host this topic-partition.".into(),
+                    )),
+                    Some(owner) => match data.records {
+                        None => Some((ResponseError::CorruptMessage, "no records".into())),
+                        Some(records) => {
+                            work.push((
+                                owner,
+                                ProducePart {
+                                    slot: slots.len(),
+                                    topic: name.clone(),
+                                    partition: data.index,
+                                    records,
+                                },
+                            ));
+                            None
+                        }
+                    },
+                }
+            };
+            if let Some((code, message)) = error {
+                tracing::warn!("produce to {name}-{} refused: {message}", data.index);
+                p.error_code = code.code();
+                p.error_message = Some(str_bytes(&message));
+            }
+            slots.push((topic_index, p));
+        }
+    }
+
+    let groups = shard.group_by_owner(work);
+    let calls = groups
+        .into_iter()
+        .map(|(owner, parts)| shard.call(owner, ShardOp::Produce { parts }));
+    for reply in futures::future::join_all(calls).await {
+        let ShardReply::Produce(outcomes) = reply else {
+            continue;
+        };
+        for ProduceOutcome {
+            slot,
+            error,
+            base_offset,
+            log_start_offset,
+        } in outcomes
+        {
+            let p = &mut slots[slot].1;
+            match error {
+                Some(e) => {
+                    p.error_code = e.code.code();
+                    p.error_message = Some(str_bytes(&e.message));
+                }
+                None => {
+                    p.base_offset = base_offset;
+                    p.log_start_offset = log_start_offset;
+                }
+            }
+        }
+    }
+    // A shard that went away mid-request leaves its parts unanswered.
+    for (_, p) in slots.iter_mut() {
+        if p.error_code == 0 && p.base_offset < 0 {
+            p.error_code = ResponseError::NotLeaderOrFollower.code();
+        }
+    }
+    if acks == 0 {
+        return None;
+    }
+    for (topic_index, p) in slots {
+        topics[topic_index].partition_responses.push(p);
+    }
+    Some(
+        ProduceResponse::default()
+            .with_responses(topics)
+            .with_throttle_time_ms(0),
+    )
+}

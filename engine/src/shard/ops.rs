@@ -1,0 +1,282 @@
+//! What a shard does with each `ShardOp`: the per-shard half of produce,
+//! fetch, list-offsets and metadata changes. Runs on the shard that owns the
+//! partitions named in the op.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+
+use super::{Shard, ShardOp, ShardReply};
+use crate::controller::{self, MetadataImage, NewTopic, TopicOutcome};
+use crate::partition::PartitionError;
+use crate::storage::RecoveryMode;
+
+pub struct ProducePart {
+    pub slot: usize,
+    pub topic: String,
+    pub partition: i32,
+    pub records: Bytes,
+}
+
+pub struct ProduceOutcome {
+    pub slot: usize,
+    pub error: Option<PartitionError>,
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+pub struct FetchPart {
+    pub slot: usize,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub max_bytes: usize,
+}
+
+pub struct FetchOutcome {
+    pub slot: usize,
+    pub error: Option<PartitionError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
+pub struct WaitPart {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+pub struct OffsetsPart {
+    pub slot: usize,
+    pub topic: String,
+    pub partition: i32,
+    pub timestamp: i64,
+}
+
+pub struct OffsetsOutcome {
+    pub slot: usize,
+    pub error: Option<PartitionError>,
+    pub offset: i64,
+    pub timestamp: i64,
+    pub leader_epoch: i32,
+}
+
+pub enum ControlOp {
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    },
+    DeleteTopics {
+        names: Vec<String>,
+    },
+    CreatePartitions {
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+    },
+}
+
+pub enum ControlReply {
+    Topics(Vec<TopicOutcome>),
+    /// The shard that should have answered is shutting down.
+    Unavailable,
+}
+
+fn not_here(topic: &str, partition: i32) -> PartitionError {
+    PartitionError::new(
+        ResponseError::UnknownTopicOrPartition,
+        format!("This server does not host {topic}-{partition}"),
+    )
+}
+
+impl Shard {
+    pub(super) async fn execute(self: &Rc<Self>, op: ShardOp) -> ShardReply {
+        match op {
+            ShardOp::Produce { parts } => {
+                let results = futures::future::join_all(parts.into_iter().map(|p| self.produce_one(p))).await;
+                ShardReply::Produce(results)
+            }
+            ShardOp::Fetch { parts } => {
+                let results = futures::future::join_all(parts.into_iter().map(|p| self.fetch_one(p))).await;
+                ShardReply::Fetch(results)
+            }
+            ShardOp::Wait { parts, timeout_ms } => {
+                self.wait_for_data(&parts, timeout_ms).await;
+                ShardReply::Wait
+            }
+            ShardOp::ListOffsets { parts } => {
+                let mut results = Vec::with_capacity(parts.len());
+                for p in parts {
+                    results.push(self.list_offset_one(p).await);
+                }
+                ShardReply::ListOffsets(results)
+            }
+            ShardOp::Apply { image } => {
+                self.apply(image, RecoveryMode::Clean).await;
+                ShardReply::Applied
+            }
+            ShardOp::Control(op) => ShardReply::Control(self.control(op).await),
+        }
+    }
+
+    async fn produce_one(&self, part: ProducePart) -> ProduceOutcome {
+        let mut outcome = ProduceOutcome {
+            slot: part.slot,
+            error: None,
+            base_offset: -1,
+            log_start_offset: -1,
+        };
+        let Some(partition) = self.partition(&part.topic, part.partition) else {
+            outcome.error = Some(not_here(&part.topic, part.partition));
+            return outcome;
+        };
+        match partition.append(&part.records).await {
+            Ok(result) => {
+                self.notify_appended();
+                outcome.base_offset = result.base_offset;
+                outcome.log_start_offset = result.log_start_offset;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "produce to {}-{} refused: {}",
+                    part.topic,
+                    part.partition,
+                    e.message
+                );
+                outcome.error = Some(e);
+            }
+        }
+        outcome
+    }
+
+    async fn fetch_one(&self, part: FetchPart) -> FetchOutcome {
+        let mut outcome = FetchOutcome {
+            slot: part.slot,
+            error: None,
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+        };
+        let Some(partition) = self.partition(&part.topic, part.partition) else {
+            outcome.error = Some(not_here(&part.topic, part.partition));
+            return outcome;
+        };
+        outcome.high_watermark = partition.high_watermark();
+        outcome.log_start_offset = partition.log_start_offset();
+        match partition.read(part.offset, part.max_bytes).await {
+            Ok(read) => {
+                outcome.high_watermark = read.high_watermark;
+                outcome.log_start_offset = read.log_start_offset;
+                outcome.records = read.records;
+            }
+            Err(e) => outcome.error = Some(e),
+        }
+        outcome
+    }
+
+    /// Waits on the shard's append notification (no polling loop) until one
+    /// of the partitions has data past the given offset or time runs out.
+    async fn wait_for_data(&self, parts: &[WaitPart], timeout_ms: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let listener = self.appended.listen();
+            let ready = parts.iter().any(|w| {
+                self.partition(&w.topic, w.partition)
+                    .is_none_or(|p| p.high_watermark() > w.offset)
+            });
+            if ready || self.is_stopping() {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let timeout = glommio::timer::sleep(deadline - now);
+            futures_lite::future::or(listener, timeout).await;
+        }
+    }
+
+    async fn list_offset_one(&self, part: OffsetsPart) -> OffsetsOutcome {
+        let mut outcome = OffsetsOutcome {
+            slot: part.slot,
+            error: None,
+            offset: -1,
+            timestamp: -1,
+            leader_epoch: -1,
+        };
+        let Some(partition) = self.partition(&part.topic, part.partition) else {
+            outcome.error = Some(not_here(&part.topic, part.partition));
+            return outcome;
+        };
+        outcome.leader_epoch = partition.leader_epoch();
+        match partition.offset_for_timestamp(part.timestamp).await {
+            Ok((offset, timestamp)) => {
+                outcome.offset = offset;
+                outcome.timestamp = timestamp;
+            }
+            Err(e) => outcome.error = Some(e),
+        }
+        outcome
+    }
+
+    /// Metadata changes: only on shard 0, one at a time. The new image is
+    /// persisted before any shard sees it, then applied on every shard in
+    /// order before the client gets its answer.
+    async fn control(self: &Rc<Self>, op: ControlOp) -> ControlReply {
+        assert_eq!(self.id, 0, "control ops run on shard 0");
+        let Ok(_permit) = self.control_lock.acquire_permit(1).await else {
+            return ControlReply::Unavailable;
+        };
+        let image = self.image();
+        let (next, outcomes, commit) = match op {
+            ControlOp::CreateTopics {
+                topics,
+                validate_only,
+            } => {
+                let (next, outcomes) =
+                    controller::create_topics(&image, topics, &self.config, self.nr_shards);
+                (next, outcomes, !validate_only)
+            }
+            ControlOp::DeleteTopics { names } => {
+                let (next, outcomes) = controller::delete_topics(&image, names);
+                (next, outcomes, true)
+            }
+            ControlOp::CreatePartitions {
+                topics,
+                validate_only,
+            } => {
+                let (next, outcomes) = controller::create_partitions(&image, topics, self.nr_shards);
+                (next, outcomes, !validate_only)
+            }
+        };
+        if commit && next.epoch != image.epoch {
+            if let Err(e) = next.persist(&self.config.data_dir) {
+                tracing::error!("cannot persist metadata: {e}");
+                let failed = outcomes
+                    .into_iter()
+                    .map(|mut o| {
+                        if o.error.is_none() {
+                            o.error = Some((ResponseError::KafkaStorageError, e.to_string()));
+                        }
+                        o
+                    })
+                    .collect();
+                return ControlReply::Topics(failed);
+            }
+            self.broadcast(Arc::new(next)).await;
+        }
+        ControlReply::Topics(outcomes)
+    }
+
+    /// Applies an image on every shard, this one included, and waits for all.
+    async fn broadcast(self: &Rc<Self>, image: Arc<MetadataImage>) {
+        let calls = (0..self.nr_shards).map(|target| {
+            let image = image.clone();
+            async move { self.call(target, ShardOp::Apply { image }).await }
+        });
+        futures::future::join_all(calls).await;
+    }
+}

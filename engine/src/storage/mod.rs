@@ -1,0 +1,14 @@
+//! Storage: segments, indexes, recovery, retention for one partition's log.
+//! See README.md in this directory.
+
+pub mod batch;
+pub mod index;
+pub mod log;
+mod segment;
+#[cfg(test)]
+pub mod testutil;
+
+pub use batch::{parse_header, split_validated, validate, BatchError, BatchHeader};
+pub use log::{
+    detect_recovery_mode, AppendResult, Log, LogConfig, RecoveryMode, RecoveryReport, StorageError,
+};

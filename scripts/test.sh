@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one command that runs every test of shardlog on a fresh machine:
+# system packages, Python test deps, release build, Rust unit tests, then the
+# end-to-end pytest suite against the real broker binary.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- system packages (kcat) ---------------------------------------------------
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+fi
+need_pkgs=()
+command -v kcat >/dev/null 2>&1 || need_pkgs+=(kcat)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# --- Python test dependencies ---------------------------------------------------
+PYTHON="${PYTHON:-python3}"
+log "installing Python test dependencies ($("$PYTHON" --version 2>&1))"
+"$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
+
+# --- build and unit tests ---------------------------------------------------------
+log "cargo build --release -p shardlog"
+cargo build --release -p shardlog
+export SHARDLOG_BIN="${SHARDLOG_BIN:-$REPO/target/release/shardlog}"
+[ -x "$SHARDLOG_BIN" ] || { echo "broker binary missing: $SHARDLOG_BIN" >&2; exit 1; }
+
+log "cargo test --workspace --release"
+cargo test --workspace --release
+
+# --- end-to-end suite -------------------------------------------------------------------
+log "python3 -m pytest -v tests/"
+set +e
+"$PYTHON" -m pytest -v tests/ "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests: treating as a failure" >&2
+    exit 1
+fi
+exit "$rc"
