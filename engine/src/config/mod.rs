@@ -52,6 +52,8 @@ pub struct BrokerConfig {
     pub message_max_bytes: usize,
     /// `max.connections`: per broker; split evenly between shards.
     pub max_connections: usize,
+    /// `connections.max.idle.ms`: a connection silent this long is closed.
+    pub connections_max_idle_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub log_retention_check_interval_ms: u64,
     /// `min.insync.replicas`.
@@ -83,6 +85,7 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 104_857_600,
             message_max_bytes: 1_048_588,
             max_connections: 10_000,
+            connections_max_idle_ms: 600_000,
             log_retention_check_interval_ms: 300_000,
             min_insync_replicas: 1,
             log_message_timestamp_type: "CreateTime".to_string(),
@@ -97,39 +100,6 @@ impl Default for BrokerConfig {
 fn default_shards() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
-
-/// Keys `set` understands, for `--help` and for warnings about typos.
-pub const BROKER_KEYS: &[&str] = &[
-    "node.id",
-    "broker.id",
-    "listeners",
-    "advertised.listeners",
-    "log.dirs",
-    "log.dir",
-    "num.partitions",
-    "default.replication.factor",
-    "auto.create.topics.enable",
-    "socket.request.max.bytes",
-    "message.max.bytes",
-    "max.connections",
-    "log.segment.bytes",
-    "log.roll.ms",
-    "log.roll.hours",
-    "log.retention.ms",
-    "log.retention.minutes",
-    "log.retention.hours",
-    "log.retention.bytes",
-    "log.retention.check.interval.ms",
-    "log.index.interval.bytes",
-    "log.index.size.max.bytes",
-    "log.flush.interval.messages",
-    "log.flush.interval.ms",
-    "min.insync.replicas",
-    "log.message.timestamp.type",
-    "log.cleanup.policy",
-    "shutdown.timeout.ms",
-    "shard.channel.capacity",
-];
 
 impl BrokerConfig {
     /// Builds the configuration: defaults, then the TOML file, then `--set` overrides.
@@ -172,6 +142,7 @@ impl BrokerConfig {
             "socket.request.max.bytes" => self.socket_request_max_bytes = parse_positive(key, v)?,
             "message.max.bytes" => self.message_max_bytes = parse_positive(key, v)?,
             "max.connections" => self.max_connections = parse_positive(key, v)?,
+            "connections.max.idle.ms" => self.connections_max_idle_ms = parse_positive(key, v)?,
             "log.segment.bytes" => {
                 let bytes: u64 = parse_positive(key, v)?;
                 if bytes < 14 {
@@ -270,6 +241,11 @@ impl BrokerConfig {
                 "max.connections",
                 self.max_connections.to_string(),
                 d.max_connections.to_string(),
+            ),
+            (
+                "connections.max.idle.ms",
+                self.connections_max_idle_ms.to_string(),
+                d.connections_max_idle_ms.to_string(),
             ),
             (
                 "log.segment.bytes",

@@ -32,8 +32,6 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::shard::Shard;
 
-/// Kafka's `connections.max.idle.ms` default: idle connections are closed after 10 minutes.
-const CONNECTION_IDLE_MS: u64 = 600_000;
 /// Smallest valid request: api key, api version, correlation id.
 const REQUEST_HEADER_MIN_BYTES: usize = 8;
 
@@ -78,7 +76,7 @@ enum Outcome {
 
 async fn connection(shard: &Rc<Shard>, mut stream: TcpStream, peer: &str) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_millis(CONNECTION_IDLE_MS)))?;
+    stream.set_read_timeout(Some(Duration::from_millis(shard.config.connections_max_idle_ms)))?;
     let max_bytes = shard.config.socket_request_max_bytes;
     loop {
         let mut size_buf = [0u8; 4];

@@ -499,7 +499,13 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     drop(accept);
     drop(retention);
     drop(flusher);
-    let clean = shard.close_all().await;
+    let budget = Duration::from_millis(config.shutdown_timeout_ms);
+    let clean = futures_lite::future::or(shard.close_all(), async {
+        glommio::timer::sleep(budget).await;
+        tracing::error!(shard = id, "closing logs took longer than shutdown.timeout.ms");
+        false
+    })
+    .await;
     tracing::info!(shard = id, clean, "shard stopped");
     Ok(clean)
 }
