@@ -51,10 +51,10 @@ for _ in $(seq 1 200); do
 done
 grep -q "listening on" "$LOG" || { cat "$LOG"; echo "broker not listening after 20s" >&2; exit 1; }
 
-COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo uncommitted)"
+COMMIT="$(git describe --always --dirty 2>/dev/null || echo uncommitted)"
 JSON="$WORK/result.json"
 python3 results/bench_e2e.py --bootstrap "127.0.0.1:$PORT" --records "$RECORDS" --partitions "$PARTITIONS" \
-    --acks "$ACKS" --compression "$COMPRESSION" --runs "$RUNS" --json "$JSON" --label "commit $COMMIT"
+    --acks "$ACKS" --compression "$COMPRESSION" --runs "$RUNS" --json "$JSON" --label "commit $COMMIT" --broker-pid "$BROKER_PID"
 
 OUT=results/e2e-produce-consume.md
 python3 - "$JSON" "$OUT" "$LOOPBACK_MBPS" "$ODIRECT_WRITE_MBPS" <<'PY'
@@ -72,13 +72,17 @@ lines = [
     f"- when: {res['when']}; {res['label']}",
     f"- command: `scripts/bench.sh` -> `{res['command']}`",
     "",
-    "| run | produce MB/s | produce msg/s | consume MB/s | consume msg/s |",
-    "| --- | ---: | ---: | ---: | ---: |",
+    "| run | produce MB/s | produce msg/s | consume MB/s | consume msg/s | cores client / broker, produce | cores client / broker, consume |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
 ]
 for i, r in enumerate(m, 1):
-    lines.append(f"| {i} | {r['produce_MBps']} | {r['produce_msgps']:,} | {r['consume_MBps']} | {r['consume_msgps']:,} |")
+    lines.append(f"| {i} | {r['produce_MBps']} | {r['produce_msgps']:,} | {r['consume_MBps']} | {r['consume_msgps']:,} "
+                 f"| {r['produce_client_cores']} / {r['produce_broker_cores']} | {r['consume_client_cores']} / {r['consume_broker_cores']} |")
 lines += [
-    f"| **median** | **{med['produce_MBps']}** | **{med['produce_msgps']:,.0f}** | **{med['consume_MBps']}** | **{med['consume_msgps']:,.0f}** |",
+    f"| **median** | **{med['produce_MBps']}** | **{med['produce_msgps']:,.0f}** | **{med['consume_MBps']}** | **{med['consume_msgps']:,.0f}** | | |",
+    "",
+    "cores = CPU seconds per wall second (client: the Python process incl. librdkafka threads; broker: all its threads). "
+    "A side near 1.0 per thread it can use is the bottleneck; the machine has 2 cores for both.",
     "",
     "Against this machine's limits (shared/PERFORMANCE.md):",
     "",

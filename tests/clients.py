@@ -94,7 +94,6 @@ def confluent_consumer(bootstrap, **conf):
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "fetch.wait.max.ms": 100,
-        "api.version.request": True,
     }
     c.update(conf)
     return Consumer(c)

@@ -146,6 +146,18 @@ def test_huge_length_does_not_allocate_or_hang(b, bystander):
     assert_still_serving(b, bystander, log0, "2 GiB length")
 
 
+def test_forged_array_length_closes_the_connection_without_allocating(b, bystander):
+    # Metadata v1 claiming 0x7fffffff topics in a 20-byte body: a decoder that
+    # reserves what the length prefix claims asks for tens of GiB and aborts.
+    log0 = b.log_size()
+    with kr.Conn(b.bootstrap) as c:
+        body = kr.int32(0x7FFFFFFF) + kr.string("a") * 3
+        c.send_raw(kr.encode_request(kr.METADATA, 1, 79, body))
+        kind, _ = response_or_close(c.sock, 79)
+        assert kind == "closed"
+    assert_still_serving(b, bystander, log0, "forged array length")
+
+
 def test_truncated_frame_then_close(b, bystander):
     log0 = b.log_size()
     full = kr.encode_request(kr.METADATA, 1, 7, kr.int32(-1))
@@ -196,7 +208,8 @@ def test_unsupported_metadata_version_gets_error_or_close(b, bystander):
 
 @pytest.mark.parametrize("flexible", [True, False], ids=["header-v2", "header-v1"])
 def test_api_versions_unsupported_version_gets_v0_fallback_with_error_35(b, bystander, flexible):
-    log0 = b.log_size()
+    # Not a log-line check here: a client newer than the broker sends this on
+    # every connection (KIP-511 negotiation), so it is normal traffic, not an error.
     # what a newer client would send: flexible header + v3-style body (client software name/version)
     body = kr.compact_string("raw-test") + kr.compact_string("1.0") + kr.uvarint(0) if flexible else b""
     with kr.Conn(b.bootstrap) as c:
@@ -207,7 +220,7 @@ def test_api_versions_unsupported_version_gets_v0_fallback_with_error_35(b, byst
         # the connection stays usable: the client retries with a supported version
         av0 = c.api_versions(0)
         assert av0["error_code"] == 0
-    assert_still_serving(b, bystander, log0, "ApiVersions v99")
+    assert_still_serving(b, bystander)
 
 
 # --- bad produce payloads -----------------------------------------------------------------------

@@ -85,6 +85,8 @@ def test_kafka_python_keyed_roundtrip_preserves_offsets_and_per_key_order(broker
     records = keyed_records(KP_RECORDS, n_keys=1000, seed=7 + len(codec))
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, compression_type=None if codec == "none" else codec,
                              acks="all", linger_ms=5, batch_size=256 * 1024,
+                             # kafka-python 3 turns idempotence on by default; the broker has no InitProducerId
+                             enable_idempotence=False,
                              max_request_size=8 * 1024 * 1024, request_timeout_ms=30000, max_block_ms=60000)
     try:
         futures = [(v, producer.send(topic, key=k, value=v)) for k, v in records]
@@ -147,17 +149,19 @@ def test_aiokafka_roundtrip(broker, codec):
             await asyncio.wait_for(producer.stop(), 30)
 
         consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False,
-                                    fetch_max_wait_ms=100, request_timeout_ms=30000)
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=100, request_timeout_ms=30000)
         await asyncio.wait_for(consumer.start(), 30)
         try:
             tps = [ATP(topic, p) for p in range(3)]
             consumer.assign(tps)
             ends = await asyncio.wait_for(consumer.end_offsets(tps), 30)
-            await consumer.seek_to_beginning(*tps)
+            for tp in tps:
+                consumer.seek(tp, 0)  # explicit offsets (seek_to_beginning can race the initial reset)
             read = {p: [] for p in range(3)}
             deadline = time.monotonic() + 60
             while sum(len(r) for r in read.values()) < sum(ends.values()):
-                assert time.monotonic() < deadline, "timed out consuming with aiokafka"
+                assert time.monotonic() < deadline, (
+                    f"timed out consuming with aiokafka: ends {ends}, read {[(p, len(r)) for p, r in read.items()]}")
                 batch = await consumer.getmany(timeout_ms=500, max_records=5000)
                 for tp, msgs in batch.items():
                     read[tp.partition].extend((m.offset, m.key, m.value, m.timestamp) for m in msgs)
@@ -366,3 +370,113 @@ def test_describe_cluster_reports_the_single_node(broker):
     assert n.id == node and n.port == broker.port and n.host in ("127.0.0.1", "localhost"), n
     assert desc.controller is not None and desc.controller.id == node
     assert desc.cluster_id, "cluster id must be set"
+
+
+# --- fetch behaviour: middle offsets, tailing, headers, large records, acks=0 ----------------
+
+
+def test_fetch_from_middle_offset_starts_exactly_there(broker):
+    topic = unique_topic("middle")
+    create_topic(broker.bootstrap, topic, 1)
+    records = [(None, f"mid-{i:06d}".encode()) for i in range(20000)]
+    confluent_produce(broker.bootstrap, topic, records, timeout=60)
+    for start in (1, 9999, 12345, 19999):
+        read, marks = confluent_consume_all(broker.bootstrap, topic, [0], timeout=60, start_offset=start)
+        got = read[0]
+        assert got[0][0] == start, f"asked for offset {start}, first record returned is {got[0][0]}"
+        assert [v for _, _, v, _ in got] == [v for _, v in records[start:]]
+
+
+def test_consumer_tails_records_produced_after_it_caught_up(broker):
+    """A fetch long-polling on an empty log (fetch.wait.max.ms=5000) must be woken
+    by the next append: each record reaches the waiting consumer well before the
+    5 s wait would expire."""
+    from confluent_kafka import Producer
+    topic = unique_topic("tail")
+    create_topic(broker.bootstrap, topic, 2)
+    c = confluent_consumer(broker.bootstrap, **{"fetch.wait.max.ms": 5000})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 0})
+    try:
+        c.assign([TopicPartition(topic, 0, 0), TopicPartition(topic, 1, 0)])
+        early = [m for m in c.consume(num_messages=10, timeout=1.0) if not m.error()]
+        assert early == [], early
+        got, latencies = [], []
+        for i in range(20):
+            p.produce(topic, value=f"live-{i}".encode(), partition=i % 2)
+            assert p.flush(10) == 0
+            t0 = time.monotonic()
+            while len(got) <= i:
+                assert time.monotonic() - t0 < 2.0, (
+                    f"record live-{i} not delivered to a long-polling consumer within 2 s (fetch.wait.max.ms=5000): "
+                    "the fetch is not woken by the append")
+                m = c.poll(0.02)
+                if m is not None and not m.error():
+                    got.append(m.value())
+            latencies.append(time.monotonic() - t0)
+        assert got == [f"live-{i}".encode() for i in range(20)]
+        print(f"append-to-consumer latency: median {sorted(latencies)[10] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+    finally:
+        c.close()
+
+
+def test_headers_keys_timestamps_and_null_values_round_trip(broker):
+    from confluent_kafka import Producer
+    topic = unique_topic("hdr")
+    create_topic(broker.bootstrap, topic, 1)
+    ts0 = int(time.time() * 1000) - 86_400_000
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "compression.type": "lz4", "linger.ms": 5})
+    expected = []
+    for i in range(300):
+        headers = [("h1", f"v{i}".encode()), ("empty", b""), ("dup", b"a"), ("dup", b"b")] if i % 3 else []
+        key = None if i % 5 == 0 else f"key{i}".encode()
+        value = None if i % 7 == 0 else f"value{i}".encode() * (i % 13)
+        p.produce(topic, key=key, value=value, headers=headers, partition=0, timestamp=ts0 + i)
+        expected.append((key, value, headers, ts0 + i))
+    assert p.flush(30) == 0
+    c = confluent_consumer(broker.bootstrap)
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < len(expected):
+            assert time.monotonic() < deadline, f"read {len(got)} of {len(expected)}"
+            for m in c.consume(num_messages=1000, timeout=0.5):
+                assert not m.error(), m.error()
+                got.append((m.key(), m.value(), m.headers() or [], m.timestamp()[1]))
+    finally:
+        c.close()
+    for i, (e, g) in enumerate(zip(expected, got)):
+        # an empty value produced as b"" may read back as b"" (never as None) and vice versa
+        assert g[0] == e[0] and g[2] == e[2] and g[3] == e[3], f"record {i}: expected {e}, got {g}"
+        assert g[1] == e[1] or (not g[1] and e[1] is not None and not e[1]), f"record {i} value: {e[1]!r} -> {g[1]!r}"
+
+
+def test_large_records_near_message_max_bytes(broker_factory):
+    b = broker_factory(sets={"message.max.bytes": 4 * 1024 * 1024})
+    topic = unique_topic("large")
+    create_topic(b.bootstrap, topic, 2)
+    records = [(f"k{i}".encode(), bytes([i]) * (3 * 1024 * 1024 + i)) for i in range(6)]
+    delivered = confluent_produce(b.bootstrap, topic, records, timeout=120, **{"message.max.bytes": 5 * 1024 * 1024})
+    read, _ = confluent_consume_all(b.bootstrap, topic, range(2), timeout=120)
+    got = {(p, off): v for p, recs in read.items() for off, _k, v, _ in recs}
+    assert all(got.get(loc) == v for v, loc in delivered.items())
+
+
+def test_acks0_records_are_appended(broker):
+    topic = unique_topic("acks0")
+    create_topic(broker.bootstrap, topic, 3)
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": 0, "linger.ms": 5})
+    n = 10000
+    for i in range(n):
+        p.produce(topic, key=f"k{i % 30}".encode(), value=f"fire-and-forget-{i:05d}".encode())
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+    # acks=0: no response, so wait (bounded) until everything has been appended
+    from clients import watermarks
+    wait_until(lambda: sum(h for _, h in watermarks(broker.bootstrap, topic, range(3)).values()) >= n, 30,
+               what=f"{n} acks=0 records appended")
+    read, _ = confluent_consume_all(broker.bootstrap, topic, range(3), timeout=60)
+    values = sorted(v for recs in read.values() for _, _, v, _ in recs)
+    assert values == sorted(f"fire-and-forget-{i:05d}".encode() for i in range(n))

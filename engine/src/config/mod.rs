@@ -52,6 +52,8 @@ pub struct BrokerConfig {
     pub message_max_bytes: usize,
     /// `max.connections`: per broker; split evenly between shards.
     pub max_connections: usize,
+    /// `socket.listen.backlog.size`: pending connections per shard's listening socket.
+    pub socket_listen_backlog_size: i32,
     /// `connections.max.idle.ms`: a connection silent this long is closed.
     pub connections_max_idle_ms: u64,
     /// `log.retention.check.interval.ms`.
@@ -86,6 +88,7 @@ impl Default for BrokerConfig {
             message_max_bytes: 1_048_588,
             max_connections: 10_000,
             connections_max_idle_ms: 600_000,
+            socket_listen_backlog_size: 50,
             log_retention_check_interval_ms: 300_000,
             min_insync_replicas: 1,
             log_message_timestamp_type: "CreateTime".to_string(),
@@ -143,6 +146,7 @@ impl BrokerConfig {
             "message.max.bytes" => self.message_max_bytes = parse_positive(key, v)?,
             "max.connections" => self.max_connections = parse_positive(key, v)?,
             "connections.max.idle.ms" => self.connections_max_idle_ms = parse_positive(key, v)?,
+            "socket.listen.backlog.size" => self.socket_listen_backlog_size = parse_positive(key, v)?,
             "log.segment.bytes" => {
                 let bytes: u64 = parse_positive(key, v)?;
                 if bytes < 14 {
@@ -241,6 +245,11 @@ impl BrokerConfig {
                 "max.connections",
                 self.max_connections.to_string(),
                 d.max_connections.to_string(),
+            ),
+            (
+                "socket.listen.backlog.size",
+                self.socket_listen_backlog_size.to_string(),
+                d.socket_listen_backlog_size.to_string(),
             ),
             (
                 "connections.max.idle.ms",

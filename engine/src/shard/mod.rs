@@ -321,7 +321,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     }
     // Every shard binds with SO_REUSEPORT, which would silently share the port
     // with another process of this user: check it is free first.
-    port_is_free(config.listen_addr)
+    wait_for_port(config.listen_addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
     let shutdown = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
@@ -376,12 +376,43 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     }
 }
 
+/// How long startup waits for the port of a just-killed predecessor: the
+/// kernel releases an io_uring process's sockets a few ms after it exits.
+const PORT_WAIT_MS: u64 = 3_000;
+
 /// Binds (SO_REUSEADDR, no SO_REUSEPORT) and releases the address: fails
-/// if anything listens there, ignores connections lingering in TIME_WAIT.
-fn port_is_free(addr: std::net::SocketAddr) -> std::io::Result<()> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+/// if anything still listens there after `PORT_WAIT_MS`; connections
+/// lingering in TIME_WAIT do not count.
+fn wait_for_port(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(PORT_WAIT_MS);
+    loop {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        match socket.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The shard's listening socket: SO_REUSEPORT so every shard accepts on the
+/// port, SO_REUSEADDR so a restart is not refused by TIME_WAIT connections
+/// of the previous process (glommio's own `bind` sets only the first).
+fn listen(addr: std::net::SocketAddr, backlog: i32) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    // SAFETY: the fd is a bound, listening TCP socket that we own and hand over.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Result<bool> {
@@ -441,7 +472,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         .detach();
     }
 
-    let listener = glommio::net::TcpListener::bind(config.listen_addr);
+    let listener = listen(config.listen_addr, config.socket_listen_backlog_size);
     if listener.is_err() {
         startup.startup_failed.store(true, Ordering::SeqCst);
     }
