@@ -2,6 +2,8 @@
 //! Layers, each calling only the one below: protocol → shard → controller /
 //! partition → storage. See the README in each module's directory.
 
+#![deny(clippy::await_holding_refcell_ref, clippy::await_holding_lock)]
+
 pub mod config;
 pub mod controller;
 pub mod partition;

@@ -85,19 +85,12 @@ pub async fn create_topics(
                         r.topic_id = o.topic_id;
                         if version >= 5 {
                             r.configs = Some(
-                                topic_config::TOPIC_KEYS
-                                    .iter()
-                                    .map(|k| {
-                                        let (value, is_default) =
-                                            topic_config::effective(k, &o.configs, &shard.config);
+                                topic_entries(&o.configs, &shard.config)
+                                    .map(|(k, value, source)| {
                                         CreatableTopicConfigs::default()
                                             .with_name(str_bytes(k))
                                             .with_value(Some(str_bytes(&value)))
-                                            .with_config_source(if is_default {
-                                                SOURCE_DEFAULT_CONFIG
-                                            } else {
-                                                SOURCE_TOPIC_CONFIG
-                                            })
+                                            .with_config_source(source)
                                     })
                                     .collect(),
                             );
@@ -222,6 +215,22 @@ pub async fn create_partitions(shard: &Rc<Shard>, req: CreatePartitionsRequest) 
     CreatePartitionsResponse::default().with_results(results)
 }
 
+/// Every topic config as (name, effective value, Kafka config source).
+fn topic_entries<'a>(
+    overrides: &'a std::collections::BTreeMap<String, String>,
+    broker: &'a crate::config::BrokerConfig,
+) -> impl Iterator<Item = (&'static str, String, i8)> + 'a {
+    topic_config::TOPIC_KEYS.iter().map(move |k| {
+        let (value, is_default) = topic_config::effective(k, overrides, broker);
+        let source = if is_default {
+            SOURCE_DEFAULT_CONFIG
+        } else {
+            SOURCE_TOPIC_CONFIG
+        };
+        (*k, value, source)
+    })
+}
+
 fn wanted(keys: &Option<Vec<kafka_protocol::protocol::StrBytes>>, name: &str) -> bool {
     keys.as_ref().is_none_or(|k| k.iter().any(|k| k.as_str() == name))
 }
@@ -242,20 +251,13 @@ pub fn describe_configs(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> Descr
                         result.error_message = Some(str_bytes("This server does not host this topic."));
                     }
                     Some(meta) => {
-                        result.configs = topic_config::TOPIC_KEYS
-                            .iter()
-                            .filter(|k| wanted(&res.configuration_keys, k))
-                            .map(|k| {
-                                let (value, is_default) =
-                                    topic_config::effective(k, &meta.configs, &shard.config);
+                        result.configs = topic_entries(&meta.configs, &shard.config)
+                            .filter(|(k, _, _)| wanted(&res.configuration_keys, k))
+                            .map(|(k, value, source)| {
                                 DescribeConfigsResourceResult::default()
                                     .with_name(str_bytes(k))
                                     .with_value(Some(str_bytes(&value)))
-                                    .with_config_source(if is_default {
-                                        SOURCE_DEFAULT_CONFIG
-                                    } else {
-                                        SOURCE_TOPIC_CONFIG
-                                    })
+                                    .with_config_source(source)
                                     .with_config_type(topic_config::config_type(k))
                             })
                             .collect();

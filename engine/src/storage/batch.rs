@@ -123,21 +123,17 @@ pub fn parse_header(bytes: &[u8]) -> Result<&BatchHeader, BatchError> {
     Ok(header)
 }
 
-/// Full check of ONE whole batch: header as in [`parse_header`], total length
-/// equals `bytes.len()`, CRC32C over `bytes[21..]`, and
-/// `0 < recordsCount <= lastOffsetDelta + 1`.
-pub fn validate(bytes: &[u8]) -> Result<&BatchHeader, BatchError> {
+/// Shape check of ONE whole batch, without the CRC: header as in
+/// [`parse_header`], total length equals `bytes.len()`, and
+/// `0 < recordsCount <= lastOffsetDelta + 1`. The append path re-checks
+/// this cheaply to keep the log's invariants whatever its caller did.
+pub fn check_shape(bytes: &[u8]) -> Result<&BatchHeader, BatchError> {
     let header = parse_header(bytes)?;
     if header.total_bytes() != bytes.len() {
         return Err(BatchError::BadLength {
             declared: i64::from(header.batch_length.get()),
             available: bytes.len(),
         });
-    }
-    let computed = crc32c::crc32c(&bytes[CRC_COVERED_START..]);
-    let stored = header.crc.get();
-    if computed != stored {
-        return Err(BatchError::CrcMismatch { stored, computed });
     }
     let last_offset_delta = header.last_offset_delta.get();
     let records_count = header.records_count.get();
@@ -149,6 +145,17 @@ pub fn validate(bytes: &[u8]) -> Result<&BatchHeader, BatchError> {
             last_offset_delta,
             records_count,
         });
+    }
+    Ok(header)
+}
+
+/// Full check of ONE whole batch: [`check_shape`] plus CRC32C over `bytes[21..]`.
+pub fn validate(bytes: &[u8]) -> Result<&BatchHeader, BatchError> {
+    let header = check_shape(bytes)?;
+    let computed = crc32c::crc32c(&bytes[CRC_COVERED_START..]);
+    let stored = header.crc.get();
+    if computed != stored {
+        return Err(BatchError::CrcMismatch { stored, computed });
     }
     Ok(header)
 }

@@ -1245,26 +1245,9 @@ fn describe(batches: Vec<Bytes>) -> Result<PendingAppend, StorageError> {
         records: 0,
     };
     for bytes in &batches {
-        let header = batch::parse_header(bytes)?;
-        if header.total_bytes() != bytes.len() {
-            return Err(BatchError::BadLength {
-                declared: i64::from(header.batch_length.get()),
-                available: bytes.len(),
-            }
-            .into());
-        }
+        let header = batch::check_shape(bytes)?;
         let last_offset_delta = header.last_offset_delta.get();
         let records_count = header.records_count.get();
-        if last_offset_delta < 0
-            || records_count <= 0
-            || i64::from(records_count) > i64::from(last_offset_delta) + 1
-        {
-            return Err(BatchError::BadOffsetDelta {
-                last_offset_delta,
-                records_count,
-            }
-            .into());
-        }
         pending.bytes += bytes.len() as u64;
         pending.offsets += i64::from(last_offset_delta) + 1;
         pending.records += records_count as u64;
