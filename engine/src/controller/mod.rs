@@ -378,6 +378,128 @@ pub fn create_partitions(
     (next, outcomes)
 }
 
+/// IncrementalAlterConfigs operations.
+pub const CONFIG_OP_SET: i8 = 0;
+pub const CONFIG_OP_DELETE: i8 = 1;
+pub const CONFIG_OP_APPEND: i8 = 2;
+pub const CONFIG_OP_SUBTRACT: i8 = 3;
+
+/// One topic's config change from AlterConfigs (`incremental: false`: the
+/// listed values replace every override) or IncrementalAlterConfigs.
+#[derive(Clone, Debug)]
+pub struct ConfigAlteration {
+    pub topic: String,
+    pub incremental: bool,
+    /// (name, operation, value)
+    pub entries: Vec<(String, i8, Option<String>)>,
+}
+
+fn altered_overrides(
+    current: &BTreeMap<String, String>,
+    change: &ConfigAlteration,
+    broker: &BrokerConfig,
+) -> Result<BTreeMap<String, String>, Refusal> {
+    let mut seen = std::collections::HashSet::new();
+    let mut next = if change.incremental {
+        current.clone()
+    } else {
+        BTreeMap::new()
+    };
+    for (name, op, value) in &change.entries {
+        if !seen.insert(name.as_str()) {
+            return Err((
+                ResponseError::InvalidRequest,
+                format!("Duplicate config key {name}"),
+            ));
+        }
+        let list = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let new_value = match (*op, value) {
+            (CONFIG_OP_DELETE, _) | (CONFIG_OP_SET, None) => None,
+            (CONFIG_OP_SET, Some(v)) => Some(v.trim().to_string()),
+            (CONFIG_OP_APPEND | CONFIG_OP_SUBTRACT, Some(v)) => {
+                if topic_config::config_type(name) != topic_config::CONFIG_TYPE_LIST {
+                    return Err((
+                        ResponseError::InvalidConfig,
+                        format!("Config value append/subtract is not allowed for config key {name}"),
+                    ));
+                }
+                let (base, _) = topic_config::effective(name, current, broker);
+                let mut items = list(current.get(name).unwrap_or(&base));
+                for item in list(v) {
+                    if *op == CONFIG_OP_APPEND {
+                        if !items.contains(&item) {
+                            items.push(item);
+                        }
+                    } else {
+                        items.retain(|i| *i != item);
+                    }
+                }
+                Some(items.join(","))
+            }
+            (CONFIG_OP_APPEND | CONFIG_OP_SUBTRACT, None) => {
+                return Err((ResponseError::InvalidConfig, format!("No value given for {name}")))
+            }
+            (other, _) => {
+                return Err((
+                    ResponseError::InvalidRequest,
+                    format!("Unknown config operation {other}"),
+                ))
+            }
+        };
+        match new_value {
+            Some(v) => {
+                topic_config::validate(name, &v).map_err(|m| (ResponseError::InvalidConfig, m))?;
+                next.insert(name.clone(), v);
+            }
+            None => {
+                if !topic_config::TOPIC_KEYS.contains(&name.as_str()) {
+                    return Err((
+                        ResponseError::InvalidConfig,
+                        format!("Unknown topic config name: {name}"),
+                    ));
+                }
+                next.remove(name);
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// Plans config changes: each topic's change is all-or-nothing.
+pub fn alter_configs(
+    image: &MetadataImage,
+    changes: Vec<ConfigAlteration>,
+    broker: &BrokerConfig,
+) -> (MetadataImage, Vec<Option<Refusal>>) {
+    let mut next = image.clone();
+    let mut outcomes = Vec::with_capacity(changes.len());
+    for change in changes {
+        let Some(meta) = next.topics.get(&change.topic).cloned() else {
+            outcomes.push(Some((
+                ResponseError::UnknownTopicOrPartition,
+                format!("Topic {} does not exist", change.topic),
+            )));
+            continue;
+        };
+        match altered_overrides(&meta.configs, &change, broker) {
+            Err(refusal) => outcomes.push(Some(refusal)),
+            Ok(configs) => {
+                outcomes.push(None);
+                if configs != meta.configs {
+                    next = next.with_topic(TopicMeta { configs, ..meta });
+                }
+            }
+        }
+    }
+    (next, outcomes)
+}
+
 /// Kafka's cluster ids are 22-character url-safe base64 of a UUID; any unique string works for clients.
 fn random_cluster_id() -> String {
     Uuid::new_v4().simple().to_string()[..22].to_string()
@@ -426,6 +548,92 @@ mod tests {
         assert!(validate_topic_name("bad name!").is_err());
         assert!(validate_topic_name(&"a".repeat(249)).is_ok());
         assert!(validate_topic_name(&"a".repeat(250)).is_err());
+    }
+
+    fn image_with_topic() -> MetadataImage {
+        let image = MetadataImage::new("c".into());
+        let topic = TopicMeta {
+            name: "t".into(),
+            id: Uuid::new_v4(),
+            partitions: image.place(1, 1),
+            configs: BTreeMap::new(),
+        };
+        image.with_topic(topic)
+    }
+
+    fn change(incremental: bool, entries: &[(&str, i8, Option<&str>)]) -> ConfigAlteration {
+        ConfigAlteration {
+            topic: "t".into(),
+            incremental,
+            entries: entries
+                .iter()
+                .map(|(n, o, v)| (n.to_string(), *o, v.map(String::from)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn incremental_alter_sets_and_deletes_overrides() {
+        let image = image_with_topic();
+        let (next, out) = alter_configs(
+            &image,
+            vec![change(true, &[("retention.ms", CONFIG_OP_SET, Some("1000"))])],
+            &BrokerConfig::default(),
+        );
+        assert_eq!(out, vec![None]);
+        assert_eq!(next.topic("t").unwrap().configs["retention.ms"], "1000");
+        assert!(next.epoch > image.epoch);
+        let (after, out) = alter_configs(
+            &next,
+            vec![change(true, &[("retention.ms", CONFIG_OP_DELETE, None)])],
+            &BrokerConfig::default(),
+        );
+        assert_eq!(out, vec![None]);
+        assert!(after.topic("t").unwrap().configs.is_empty());
+    }
+
+    #[test]
+    fn bad_config_values_change_nothing() {
+        let image = image_with_topic();
+        let (next, out) = alter_configs(
+            &image,
+            vec![change(
+                true,
+                &[
+                    ("retention.ms", CONFIG_OP_SET, Some("5")),
+                    ("segment.bytes", CONFIG_OP_SET, Some("x")),
+                ],
+            )],
+            &BrokerConfig::default(),
+        );
+        assert_eq!(out[0].as_ref().unwrap().0, ResponseError::InvalidConfig);
+        assert_eq!(next.epoch, image.epoch);
+        assert!(next.topic("t").unwrap().configs.is_empty());
+        let (_, out) = alter_configs(
+            &image,
+            vec![change(true, &[("segment.ms", CONFIG_OP_APPEND, Some("1"))])],
+            &BrokerConfig::default(),
+        );
+        assert_eq!(out[0].as_ref().unwrap().0, ResponseError::InvalidConfig);
+    }
+
+    #[test]
+    fn non_incremental_alter_replaces_all_overrides() {
+        let image = image_with_topic();
+        let (next, _) = alter_configs(
+            &image,
+            vec![change(true, &[("retention.ms", CONFIG_OP_SET, Some("1000"))])],
+            &BrokerConfig::default(),
+        );
+        let (after, out) = alter_configs(
+            &next,
+            vec![change(false, &[("segment.ms", CONFIG_OP_SET, Some("60000"))])],
+            &BrokerConfig::default(),
+        );
+        assert_eq!(out, vec![None]);
+        let configs = &after.topic("t").unwrap().configs;
+        assert_eq!(configs.len(), 1);
+        assert_eq!(configs["segment.ms"], "60000");
     }
 
     #[test]

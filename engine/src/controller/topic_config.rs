@@ -24,14 +24,16 @@ pub const TOPIC_KEYS: &[&str] = &[
     "flush.ms",
 ];
 
+/// Kafka's DescribeConfigs config type of a list value (`cleanup.policy`).
+pub const CONFIG_TYPE_LIST: i8 = 7;
+
 /// Kafka's DescribeConfigs config types.
 pub fn config_type(key: &str) -> i8 {
     const STRING: i8 = 2;
     const INT: i8 = 3;
     const LONG: i8 = 5;
-    const LIST: i8 = 7;
     match key {
-        "cleanup.policy" => LIST,
+        "cleanup.policy" => CONFIG_TYPE_LIST,
         "message.timestamp.type" => STRING,
         "segment.index.bytes"
         | "index.interval.bytes"

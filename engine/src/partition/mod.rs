@@ -8,6 +8,8 @@
 //! log end offset, since every acknowledged write is complete on the only
 //! replica.
 
+pub mod leader_epoch;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -15,6 +17,7 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
 use crate::storage::{batch, AppendResult, Log, StorageError};
+use leader_epoch::LeaderEpochCache;
 
 /// Per-topic settings the partition enforces on its append path.
 #[derive(Clone, Debug)]
@@ -67,6 +70,8 @@ pub struct Partition {
     log: Rc<Log>,
     /// Epochs never go back; bumped by the controller when leadership moves.
     leader_epoch: Cell<i32>,
+    /// Which epoch began at which offset (the leader-epoch checkpoint).
+    epochs: LeaderEpochCache,
     policy: RefCell<PartitionPolicy>,
 }
 
@@ -77,6 +82,7 @@ impl Partition {
         index: i32,
         log: Rc<Log>,
         leader_epoch: i32,
+        epochs: LeaderEpochCache,
         policy: PartitionPolicy,
     ) -> Self {
         Partition {
@@ -85,6 +91,7 @@ impl Partition {
             index,
             log,
             leader_epoch: Cell::new(leader_epoch),
+            epochs,
             policy: RefCell::new(policy),
         }
     }
@@ -159,6 +166,50 @@ impl Partition {
             high_watermark: self.high_watermark(),
             log_start_offset: self.log_start_offset(),
         })
+    }
+
+    /// OffsetForLeaderEpoch: (epoch, end offset) from the checkpoint, after
+    /// checking the client's view of the current epoch as Kafka does.
+    pub fn end_offset_for_epoch(
+        &self,
+        requested_epoch: i32,
+        current_leader_epoch: i32,
+    ) -> Result<(i32, i64), PartitionError> {
+        self.check_current_epoch(current_leader_epoch)?;
+        Ok(self.epochs.end_offset_for(requested_epoch, self.high_watermark()))
+    }
+
+    fn check_current_epoch(&self, current_leader_epoch: i32) -> Result<(), PartitionError> {
+        let ours = self.leader_epoch();
+        match current_leader_epoch {
+            -1 => Ok(()),
+            e if e < ours => Err(PartitionError::new(
+                ResponseError::FencedLeaderEpoch,
+                format!("epoch {e} is older than the leader's {ours}"),
+            )),
+            e if e > ours => Err(PartitionError::new(
+                ResponseError::UnknownLeaderEpoch,
+                format!("epoch {e} is newer than the leader's {ours}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// DeleteRecords: moves the log start offset to `offset` (-1: the high
+    /// watermark) and returns the new low watermark.
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, PartitionError> {
+        let high_watermark = self.high_watermark();
+        let target = if offset == -1 { high_watermark } else { offset };
+        if target < 0 || target > high_watermark {
+            return Err(PartitionError::new(
+                ResponseError::OffsetOutOfRange,
+                format!("offset {offset} is outside 0..={high_watermark}"),
+            ));
+        }
+        if target > self.log_start_offset() {
+            self.log.advance_log_start_offset(target).await?;
+        }
+        Ok(self.log_start_offset())
     }
 
     /// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, -4 earliest

@@ -1,9 +1,11 @@
 //! Topic administration and cluster description: CreateTopics, DeleteTopics,
-//! CreatePartitions (forwarded to the controller on shard 0),
+//! CreatePartitions, AlterConfigs, IncrementalAlterConfigs (forwarded to
+//! the controller on shard 0),
 //! DescribeConfigs and DescribeCluster (answered from the local image).
 
 use std::rc::Rc;
 
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -11,15 +13,17 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResourceResponse;
 use kafka_protocol::messages::{
-    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+    AlterConfigsRequest, AlterConfigsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
-use crate::controller::{topic_config, NewTopic, TopicOutcome};
+use crate::controller::{topic_config, ConfigAlteration, NewTopic, TopicOutcome, CONFIG_OP_SET};
 use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply};
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -317,4 +321,140 @@ pub fn describe_cluster(
         .with_controller_id(BrokerId(config.node_id))
         .with_brokers(vec![broker])
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+/// One resource of an AlterConfigs / IncrementalAlterConfigs request.
+struct ResourceChange {
+    resource_type: i8,
+    resource_name: kafka_protocol::protocol::StrBytes,
+    entries: Vec<(String, i8, Option<String>)>,
+}
+
+/// Shared by both AlterConfigs flavours: topic changes go to the controller;
+/// broker configs are static (set in the file or with --set), as Kafka's
+/// read-only broker configs are.
+async fn alter_resources(
+    shard: &Rc<Shard>,
+    resources: Vec<ResourceChange>,
+    incremental: bool,
+    validate_only: bool,
+) -> Vec<(i8, kafka_protocol::protocol::StrBytes, i16, Option<String>)> {
+    let mut answers: Vec<(i8, kafka_protocol::protocol::StrBytes, i16, Option<String>)> = Vec::new();
+    let mut changes = Vec::new();
+    let mut change_slots = Vec::new();
+    for r in resources {
+        match r.resource_type {
+            RESOURCE_TOPIC => {
+                change_slots.push(answers.len());
+                changes.push(ConfigAlteration {
+                    topic: r.resource_name.to_string(),
+                    incremental,
+                    entries: r.entries,
+                });
+                answers.push((r.resource_type, r.resource_name, 0, None));
+            }
+            RESOURCE_BROKER => answers.push((
+                r.resource_type,
+                r.resource_name,
+                ResponseError::InvalidRequest.code(),
+                Some("Broker configs are static here: set them in the config file or with --set".into()),
+            )),
+            other => answers.push((
+                other,
+                r.resource_name,
+                ResponseError::InvalidRequest.code(),
+                Some(format!("Unsupported resource type {other}")),
+            )),
+        }
+    }
+    if changes.is_empty() {
+        return answers;
+    }
+    let op = ControlOp::AlterConfigs {
+        changes,
+        validate_only,
+    };
+    let outcomes = match shard.call(0, ShardOp::Control(op)).await {
+        ShardReply::Control(ControlReply::Altered(outcomes)) => outcomes,
+        _ => vec![
+            Some((ResponseError::NotController, "controller unavailable".to_string()));
+            change_slots.len()
+        ],
+    };
+    for (slot, outcome) in change_slots.into_iter().zip(outcomes) {
+        if let Some((code, message)) = outcome {
+            tracing::info!(
+                "config change of topic {:?} refused: {message}",
+                answers[slot].1.as_str()
+            );
+            answers[slot].2 = code.code();
+            answers[slot].3 = Some(message);
+        }
+    }
+    answers
+}
+
+pub async fn alter_configs(shard: &Rc<Shard>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    let resources = req
+        .resources
+        .into_iter()
+        .map(|r| ResourceChange {
+            resource_type: r.resource_type,
+            resource_name: r.resource_name,
+            entries: r
+                .configs
+                .into_iter()
+                .map(|c| (c.name.to_string(), CONFIG_OP_SET, c.value.map(|v| v.to_string())))
+                .collect(),
+        })
+        .collect();
+    let responses = alter_resources(shard, resources, false, req.validate_only)
+        .await
+        .into_iter()
+        .map(|(resource_type, resource_name, error_code, message)| {
+            AlterConfigsResourceResponse::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(resource_name)
+                .with_error_code(error_code)
+                .with_error_message(message.map(|m| str_bytes(&m)))
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+pub async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let resources = req
+        .resources
+        .into_iter()
+        .map(|r| ResourceChange {
+            resource_type: r.resource_type,
+            resource_name: r.resource_name,
+            entries: r
+                .configs
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.name.to_string(),
+                        c.config_operation,
+                        c.value.map(|v| v.to_string()),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    let responses = alter_resources(shard, resources, true, req.validate_only)
+        .await
+        .into_iter()
+        .map(|(resource_type, resource_name, error_code, message)| {
+            IncrementalResourceResponse::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(resource_name)
+                .with_error_code(error_code)
+                .with_error_message(message.map(|m| str_bytes(&m)))
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
 }

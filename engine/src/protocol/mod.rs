@@ -14,6 +14,7 @@ mod admin;
 mod fetch;
 mod list_offsets;
 mod metadata;
+mod offsets;
 mod produce;
 pub mod versions;
 
@@ -24,8 +25,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
+    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest,
     ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
@@ -231,6 +233,34 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes) -> Outcome {
                 correlation_id,
                 version,
                 &admin::describe_cluster(shard, req, version),
+            )
+        }
+        ApiKey::AlterConfigs => {
+            let req = decode!(AlterConfigsRequest);
+            encode_response(correlation_id, version, &admin::alter_configs(shard, req).await)
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let req = decode!(IncrementalAlterConfigsRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &admin::incremental_alter_configs(shard, req).await,
+            )
+        }
+        ApiKey::DeleteRecords => {
+            let req = decode!(DeleteRecordsRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &offsets::delete_records(shard, req).await,
+            )
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let req = decode!(OffsetForLeaderEpochRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &offsets::offset_for_leader_epoch(shard, req).await,
             )
         }
         other => Outcome::Close(format!("unsupported API {other:?}")),

@@ -24,6 +24,10 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::CreatePartitions => (0, 3),
         ApiKey::DescribeConfigs => (1, 4),
         ApiKey::DescribeCluster => (0, 2),
+        ApiKey::AlterConfigs => (0, 2),
+        ApiKey::IncrementalAlterConfigs => (0, 1),
+        ApiKey::DeleteRecords => (0, 2),
+        ApiKey::OffsetForLeaderEpoch => (2, 4),
         _ => return None,
     };
     let crate_range = key.valid_versions();

@@ -31,12 +31,13 @@ use glommio::sync::Semaphore;
 
 use crate::config::BrokerConfig;
 use crate::controller::{self, MetadataImage};
+use crate::partition::leader_epoch::LeaderEpochCache;
 use crate::partition::Partition;
 use crate::storage::RecoveryMode;
 
 pub use ops::{
-    ControlOp, ControlReply, FetchOutcome, FetchPart, OffsetsOutcome, OffsetsPart, ProduceOutcome,
-    ProducePart, WaitPart,
+    ControlOp, ControlReply, DeleteRecordsOutcome, DeleteRecordsPart, EpochOutcome, EpochPart, FetchOutcome,
+    FetchPart, OffsetsOutcome, OffsetsPart, ProduceOutcome, ProducePart, WaitPart,
 };
 
 /// Name of the clean-shutdown marker in the data directory, as Kafka names it.
@@ -59,6 +60,12 @@ pub enum ShardOp {
     ListOffsets {
         parts: Vec<OffsetsPart>,
     },
+    DeleteRecords {
+        parts: Vec<DeleteRecordsPart>,
+    },
+    LeaderEpochs {
+        parts: Vec<EpochPart>,
+    },
     /// A new metadata image from the controller (shard 0); applied in order.
     Apply {
         image: Arc<MetadataImage>,
@@ -72,6 +79,8 @@ pub enum ShardReply {
     Fetch(Vec<FetchOutcome>),
     Wait,
     ListOffsets(Vec<OffsetsOutcome>),
+    DeleteRecords(Vec<DeleteRecordsOutcome>),
+    LeaderEpochs(Vec<EpochOutcome>),
     Applied,
     Control(ControlReply),
 }
@@ -186,12 +195,14 @@ impl Shard {
         }
         let policy = controller::topic_config::partition_policy(&topic.configs, &self.config);
         let epoch = topic.partitions[index as usize].leader_epoch;
+        let epochs = LeaderEpochCache::load_or_init(&dir, epoch, log.log_end_offset())?;
         Ok(Rc::new(Partition::new(
             topic.name.clone(),
             topic.id,
             index,
             log,
             epoch,
+            epochs,
             policy,
         )))
     }
@@ -237,12 +248,10 @@ impl Shard {
                 let existing = self.partitions.borrow().get(&key).cloned();
                 match existing {
                     Some(p) if p.topic_id() == topic.id => {
-                        p.set_policy(controller::topic_config::partition_policy(
-                            &topic.configs,
-                            &self.config,
-                        ));
-                        p.log()
-                            .set_config(controller::topic_config::log_config(&topic.configs, &self.config));
+                        let changed = old.topic(&topic.name).is_none_or(|t| t.configs != topic.configs);
+                        if changed {
+                            self.reconfigure(&p, topic);
+                        }
                     }
                     _ => match self.open_partition(topic, index, mode).await {
                         Ok(p) => {
@@ -253,6 +262,25 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Applies a topic's new settings live; a retention change takes effect
+    /// now rather than at the next `log.retention.check.interval.ms` sweep.
+    fn reconfigure(&self, partition: &Rc<Partition>, topic: &controller::TopicMeta) {
+        partition.set_policy(controller::topic_config::partition_policy(
+            &topic.configs,
+            &self.config,
+        ));
+        partition
+            .log()
+            .set_config(controller::topic_config::log_config(&topic.configs, &self.config));
+        let p = partition.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = p.log().enforce_retention(now_ms()).await {
+                tracing::error!("retention of {}-{} failed: {e}", p.topic(), p.index());
+            }
+        })
+        .detach();
     }
 
     /// Retention for every partition of this shard, one at a time so a large

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
 use super::{Shard, ShardOp, ShardReply};
-use crate::controller::{self, MetadataImage, NewTopic, TopicOutcome};
+use crate::controller::{self, ConfigAlteration, MetadataImage, NewTopic, Refusal, TopicOutcome};
 use crate::partition::PartitionError;
 use crate::storage::RecoveryMode;
 
@@ -65,6 +65,35 @@ pub struct OffsetsOutcome {
     pub leader_epoch: i32,
 }
 
+pub struct DeleteRecordsPart {
+    pub slot: usize,
+    pub topic: String,
+    pub partition: i32,
+    /// -1: up to the high watermark.
+    pub offset: i64,
+}
+
+pub struct DeleteRecordsOutcome {
+    pub slot: usize,
+    pub error: Option<PartitionError>,
+    pub low_watermark: i64,
+}
+
+pub struct EpochPart {
+    pub slot: usize,
+    pub topic: String,
+    pub partition: i32,
+    pub current_leader_epoch: i32,
+    pub leader_epoch: i32,
+}
+
+pub struct EpochOutcome {
+    pub slot: usize,
+    pub error: Option<PartitionError>,
+    pub leader_epoch: i32,
+    pub end_offset: i64,
+}
+
 pub enum ControlOp {
     CreateTopics {
         topics: Vec<NewTopic>,
@@ -77,10 +106,16 @@ pub enum ControlOp {
         topics: Vec<(String, i32)>,
         validate_only: bool,
     },
+    AlterConfigs {
+        changes: Vec<ConfigAlteration>,
+        validate_only: bool,
+    },
 }
 
 pub enum ControlReply {
     Topics(Vec<TopicOutcome>),
+    /// One outcome per AlterConfigs resource, in request order.
+    Altered(Vec<Option<Refusal>>),
     /// The shard that should have answered is shutting down.
     Unavailable,
 }
@@ -113,6 +148,16 @@ impl Shard {
                     results.push(self.list_offset_one(p).await);
                 }
                 ShardReply::ListOffsets(results)
+            }
+            ShardOp::DeleteRecords { parts } => {
+                let mut results = Vec::with_capacity(parts.len());
+                for p in parts {
+                    results.push(self.delete_records_one(p).await);
+                }
+                ShardReply::DeleteRecords(results)
+            }
+            ShardOp::LeaderEpochs { parts } => {
+                ShardReply::LeaderEpochs(parts.into_iter().map(|p| self.leader_epoch_one(p)).collect())
             }
             ShardOp::Apply { image } => {
                 self.apply(image, RecoveryMode::Clean).await;
@@ -222,6 +267,42 @@ impl Shard {
         outcome
     }
 
+    async fn delete_records_one(&self, part: DeleteRecordsPart) -> DeleteRecordsOutcome {
+        let mut outcome = DeleteRecordsOutcome {
+            slot: part.slot,
+            error: None,
+            low_watermark: -1,
+        };
+        match self.partition(&part.topic, part.partition) {
+            None => outcome.error = Some(not_here(&part.topic, part.partition)),
+            Some(p) => match p.delete_records(part.offset).await {
+                Ok(low_watermark) => outcome.low_watermark = low_watermark,
+                Err(e) => outcome.error = Some(e),
+            },
+        }
+        outcome
+    }
+
+    fn leader_epoch_one(&self, part: EpochPart) -> EpochOutcome {
+        let mut outcome = EpochOutcome {
+            slot: part.slot,
+            error: None,
+            leader_epoch: -1,
+            end_offset: -1,
+        };
+        match self.partition(&part.topic, part.partition) {
+            None => outcome.error = Some(not_here(&part.topic, part.partition)),
+            Some(p) => match p.end_offset_for_epoch(part.leader_epoch, part.current_leader_epoch) {
+                Ok((epoch, end_offset)) => {
+                    outcome.leader_epoch = epoch;
+                    outcome.end_offset = end_offset;
+                }
+                Err(e) => outcome.error = Some(e),
+            },
+        }
+        outcome
+    }
+
     /// Metadata changes: only on shard 0, one at a time. The new image is
     /// persisted before any shard sees it, then applied on every shard in
     /// order before the client gets its answer.
@@ -231,44 +312,78 @@ impl Shard {
             return ControlReply::Unavailable;
         };
         let image = self.image();
-        let (next, outcomes, commit) = match op {
-            ControlOp::CreateTopics {
-                topics,
+        let storage_error = |e: &std::io::Error| (ResponseError::KafkaStorageError, e.to_string());
+        match op {
+            ControlOp::AlterConfigs {
+                changes,
                 validate_only,
             } => {
-                let (next, outcomes) =
-                    controller::create_topics(&image, topics, &self.config, self.nr_shards);
-                (next, outcomes, !validate_only)
+                let (next, outcomes) = controller::alter_configs(&image, changes, &self.config);
+                let committed = if validate_only {
+                    Ok(())
+                } else {
+                    self.commit(&image, next).await
+                };
+                ControlReply::Altered(match committed {
+                    Ok(()) => outcomes,
+                    Err(e) => outcomes
+                        .into_iter()
+                        .map(|o| o.or(Some(storage_error(&e))))
+                        .collect(),
+                })
             }
-            ControlOp::DeleteTopics { names } => {
-                let (next, outcomes) = controller::delete_topics(&image, names);
-                (next, outcomes, true)
+            op => {
+                let (next, outcomes, validate_only) = match op {
+                    ControlOp::CreateTopics {
+                        topics,
+                        validate_only,
+                    } => {
+                        let (next, outcomes) =
+                            controller::create_topics(&image, topics, &self.config, self.nr_shards);
+                        (next, outcomes, validate_only)
+                    }
+                    ControlOp::DeleteTopics { names } => {
+                        let (next, outcomes) = controller::delete_topics(&image, names);
+                        (next, outcomes, false)
+                    }
+                    ControlOp::CreatePartitions {
+                        topics,
+                        validate_only,
+                    } => {
+                        let (next, outcomes) = controller::create_partitions(&image, topics, self.nr_shards);
+                        (next, outcomes, validate_only)
+                    }
+                    ControlOp::AlterConfigs { .. } => return ControlReply::Unavailable,
+                };
+                let committed = if validate_only {
+                    Ok(())
+                } else {
+                    self.commit(&image, next).await
+                };
+                ControlReply::Topics(match committed {
+                    Ok(()) => outcomes,
+                    Err(e) => outcomes
+                        .into_iter()
+                        .map(|mut o| {
+                            o.error = o.error.or(Some(storage_error(&e)));
+                            o
+                        })
+                        .collect(),
+                })
             }
-            ControlOp::CreatePartitions {
-                topics,
-                validate_only,
-            } => {
-                let (next, outcomes) = controller::create_partitions(&image, topics, self.nr_shards);
-                (next, outcomes, !validate_only)
-            }
-        };
-        if commit && next.epoch != image.epoch {
-            if let Err(e) = next.persist(&self.config.data_dir) {
-                tracing::error!("cannot persist metadata: {e}");
-                let failed = outcomes
-                    .into_iter()
-                    .map(|mut o| {
-                        if o.error.is_none() {
-                            o.error = Some((ResponseError::KafkaStorageError, e.to_string()));
-                        }
-                        o
-                    })
-                    .collect();
-                return ControlReply::Topics(failed);
-            }
-            self.broadcast(Arc::new(next)).await;
         }
-        ControlReply::Topics(outcomes)
+    }
+
+    /// Persists `next` and applies it everywhere, if it changed anything.
+    async fn commit(self: &Rc<Self>, current: &MetadataImage, next: MetadataImage) -> std::io::Result<()> {
+        if next.epoch == current.epoch {
+            return Ok(());
+        }
+        next.persist(&self.config.data_dir).inspect_err(|e| {
+            tracing::error!("cannot persist metadata: {e}");
+        })?;
+        self.broadcast(Arc::new(next)).await;
+        Ok(())
     }
 
     /// Applies an image on every shard, this one included, and waits for all.

@@ -1,0 +1,138 @@
+"""Topic configuration as Kafka has it: AlterConfigs and
+IncrementalAlterConfigs through confluent-kafka's AdminClient apply live,
+persist across a restart, and bad values get INVALID_CONFIG and change
+nothing. DeleteRecords advances the log start offset."""
+
+import os
+import time
+
+import pytest
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    OffsetSpec,
+)
+
+from clients import confluent_produce, watermarks
+from conftest import create_topic, unique_topic, wait_until
+
+INVALID_CONFIG = 40
+
+
+def topic_configs(admin, topic):
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    return {k: v.value for k, v in admin.describe_configs([res])[res].result(timeout=30).items()}
+
+
+def incremental(admin, topic, entries):
+    res = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry(k, v, incremental_operation=op) for k, v, op in entries],
+    )
+    return admin.incremental_alter_configs([res])[res].result(timeout=30)
+
+
+def segment_files(broker, topic, partition=0):
+    d = broker.data_dir / f"{topic}-{partition}"
+    return sorted(f for f in os.listdir(d) if f.endswith(".log"))
+
+
+def fill(bootstrap, topic, n, size=1000):
+    records = [(None, b"%08d" % i + b"x" * (size - 8)) for i in range(n)]
+    # Small batches, so the records span several segments.
+    return confluent_produce(bootstrap, topic, records, partition=0, **{"batch.size": 8192})
+
+
+def test_retention_change_deletes_segments_live_and_survives_restart(broker):
+    topic = unique_topic("retention")
+    admin = create_topic(broker.bootstrap, topic, 1, config={"segment.bytes": "65536"})
+    fill(broker.bootstrap, topic, 400)
+    before = segment_files(broker, topic)
+    assert len(before) >= 4, before
+    low, high = watermarks(broker.bootstrap, topic, [0])[0]
+    assert low == 0 and high == 400
+
+    time.sleep(0.1)
+    incremental(admin, topic, [("retention.ms", "1", AlterConfigOpType.SET)])
+    assert topic_configs(admin, topic)["retention.ms"] == "1"
+    # Applied live: every segment but the active one goes, the start offset moves up.
+    wait_until(lambda: len(segment_files(broker, topic)) == 1, 10, what="old segments deleted")
+    low, high = watermarks(broker.bootstrap, topic, [0])[0]
+    assert 0 < low <= high == 400
+
+    incremental(admin, topic, [("retention.ms", "604800000", AlterConfigOpType.SET)])
+    broker.stop()
+    broker.restart()
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    configs = topic_configs(admin, topic)
+    assert configs["retention.ms"] == "604800000"
+    assert configs["segment.bytes"] == "65536"
+    assert watermarks(broker.bootstrap, topic, [0])[0] == (low, high)
+
+
+def test_delete_config_restores_the_broker_default(broker, admin):
+    topic = unique_topic("restore")
+    create_topic(broker.bootstrap, topic, 1, config={"retention.ms": "123456"})
+    assert topic_configs(admin, topic)["retention.ms"] == "123456"
+    incremental(admin, topic, [("retention.ms", None, AlterConfigOpType.DELETE)])
+    assert topic_configs(admin, topic)["retention.ms"] == "604800000"
+
+
+def test_non_incremental_alter_configs_replaces_the_overrides(broker, admin):
+    topic = unique_topic("alter")
+    create_topic(broker.bootstrap, topic, 1, config={"retention.ms": "123456"})
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic, set_config={"segment.ms": "60000"})
+    admin.alter_configs([res])[res].result(timeout=30)
+    configs = topic_configs(admin, topic)
+    assert configs["segment.ms"] == "60000"
+    assert configs["retention.ms"] == "604800000"
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("retention.ms", "soon"), ("segment.bytes", "3"), ("max.message.bytes", "0"), ("no.such.config", "1")],
+)
+def test_bad_config_value_gets_invalid_config_and_changes_nothing(broker, admin, key, value):
+    topic = unique_topic("bad")
+    create_topic(broker.bootstrap, topic, 1, config={"retention.ms": "123456"})
+    before = topic_configs(admin, topic)
+    with pytest.raises(KafkaException) as err:
+        incremental(
+            admin,
+            topic,
+            [("flush.ms", "999", AlterConfigOpType.SET), (key, value, AlterConfigOpType.SET)],
+        )
+    kerr = err.value.args[0]
+    assert kerr.code() == INVALID_CONFIG, kerr
+    assert key in kerr.str(), kerr.str()
+    assert topic_configs(admin, topic) == before
+
+
+def test_max_message_bytes_change_applies_to_the_next_produce(broker, admin):
+    topic = unique_topic("maxmsg")
+    create_topic(broker.bootstrap, topic, 1)
+    fill(broker.bootstrap, topic, 1, size=5000)
+    incremental(admin, topic, [("max.message.bytes", "2000", AlterConfigOpType.SET)])
+    with pytest.raises(AssertionError, match="delivery errors"):
+        fill(broker.bootstrap, topic, 1, size=5000)
+
+
+def test_delete_records_advances_the_log_start_offset(broker, admin):
+    topic = unique_topic("delrec")
+    create_topic(broker.bootstrap, topic, 1, config={"segment.bytes": "65536"})
+    fill(broker.bootstrap, topic, 300)
+    fs = admin.delete_records([TopicPartition(topic, 0, 150)], request_timeout=30)
+    result = list(fs.values())[0].result(timeout=30)
+    assert result.low_watermark == 150
+    assert watermarks(broker.bootstrap, topic, [0])[0] == (150, 300)
+    earliest = admin.list_offsets({TopicPartition(topic, 0): OffsetSpec.earliest()})
+    assert list(earliest.values())[0].result(timeout=30).offset == 150
+    # Beyond the high watermark: OFFSET_OUT_OF_RANGE, nothing moves.
+    fs = admin.delete_records([TopicPartition(topic, 0, 10_000)], request_timeout=30)
+    with pytest.raises(KafkaException):
+        list(fs.values())[0].result(timeout=30)
+    assert watermarks(broker.bootstrap, topic, [0])[0] == (150, 300)
