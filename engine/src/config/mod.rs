@@ -58,6 +58,11 @@ pub struct BrokerConfig {
     pub connections_max_idle_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub log_retention_check_interval_ms: u64,
+    /// `log.flush.offset.checkpoint.interval.ms`: how often producer-state
+    /// snapshots are written, which bounds the log replayed after a crash.
+    pub log_flush_offset_checkpoint_interval_ms: u64,
+    /// `producer.id.expiration.ms`: idle idempotent producers are forgotten after this.
+    pub producer_id_expiration_ms: i64,
     /// `min.insync.replicas`.
     pub min_insync_replicas: i32,
     /// `log.message.timestamp.type`.
@@ -90,6 +95,8 @@ impl Default for BrokerConfig {
             connections_max_idle_ms: 600_000,
             socket_listen_backlog_size: 50,
             log_retention_check_interval_ms: 300_000,
+            log_flush_offset_checkpoint_interval_ms: 60_000,
+            producer_id_expiration_ms: 86_400_000,
             min_insync_replicas: 1,
             log_message_timestamp_type: "CreateTime".to_string(),
             log_cleanup_policy: "delete".to_string(),
@@ -163,6 +170,10 @@ impl BrokerConfig {
             "log.retention.check.interval.ms" => {
                 self.log_retention_check_interval_ms = parse_positive(key, v)?
             }
+            "log.flush.offset.checkpoint.interval.ms" => {
+                self.log_flush_offset_checkpoint_interval_ms = parse_positive(key, v)?
+            }
+            "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse_positive(key, v)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, v)?,
             "log.index.size.max.bytes" => {
                 let bytes: u32 = parse_positive(key, v)?;
@@ -280,6 +291,16 @@ impl BrokerConfig {
                 "log.retention.check.interval.ms",
                 self.log_retention_check_interval_ms.to_string(),
                 d.log_retention_check_interval_ms.to_string(),
+            ),
+            (
+                "log.flush.offset.checkpoint.interval.ms",
+                self.log_flush_offset_checkpoint_interval_ms.to_string(),
+                d.log_flush_offset_checkpoint_interval_ms.to_string(),
+            ),
+            (
+                "producer.id.expiration.ms",
+                self.producer_id_expiration_ms.to_string(),
+                d.producer_id_expiration_ms.to_string(),
             ),
             (
                 "log.index.interval.bytes",

@@ -48,6 +48,10 @@ pub struct MetadataImage {
     pub epoch: u64,
     pub cluster_id: String,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Producer ids below this were handed to shard 0's allocator and are
+    /// never given out again, across restarts.
+    #[serde(default)]
+    pub producer_ids_reserved: i64,
     #[serde(skip)]
     ids: HashMap<Uuid, String>,
 }
@@ -115,6 +119,15 @@ impl MetadataImage {
         next.topics.insert(topic.name.clone(), topic);
         next.reindex();
         next
+    }
+
+    /// Reserves the next block of `count` producer ids; returns its first id.
+    pub fn with_producer_ids_reserved(&self, count: i64) -> (MetadataImage, i64) {
+        let mut next = self.clone();
+        next.epoch += 1;
+        let first = next.producer_ids_reserved;
+        next.producer_ids_reserved += count;
+        (next, first)
     }
 
     pub fn without_topic(&self, name: &str) -> MetadataImage {

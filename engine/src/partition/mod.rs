@@ -9,6 +9,7 @@
 //! replica.
 
 pub mod leader_epoch;
+pub mod producer_state;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -18,6 +19,7 @@ use kafka_protocol::ResponseError;
 
 use crate::storage::{batch, AppendResult, Log, StorageError};
 use leader_epoch::LeaderEpochCache;
+use producer_state::{ProducerStates, SequenceCheck};
 
 /// Per-topic settings the partition enforces on its append path.
 #[derive(Clone, Debug)]
@@ -73,19 +75,33 @@ pub struct Partition {
     /// Which epoch began at which offset (the leader-epoch checkpoint).
     epochs: LeaderEpochCache,
     policy: RefCell<PartitionPolicy>,
+    /// Idempotent producers' recent sequences (Kafka's producer state).
+    producers: RefCell<ProducerStates>,
+    /// Held from the sequence check to the state update of an idempotent
+    /// append, so a retry racing its original (a new connection while the
+    /// first write is in flight) is seen as a duplicate; also held while a
+    /// snapshot is taken, so the snapshot's offset matches its state.
+    /// Non-idempotent appends never take it.
+    idempotent_lock: glommio::sync::Semaphore,
+    /// Log end offset covered by the last producer-state snapshot.
+    snapshot_offset: Cell<i64>,
 }
 
 impl Partition {
-    pub fn new(
+    /// Wraps a just-opened log: loads (or starts) its leader-epoch
+    /// checkpoint and rebuilds idempotent-producer state from the newest
+    /// snapshot plus the log after it.
+    pub async fn open(
         topic: String,
         topic_id: uuid::Uuid,
         index: i32,
         log: Rc<Log>,
         leader_epoch: i32,
-        epochs: LeaderEpochCache,
         policy: PartitionPolicy,
-    ) -> Self {
-        Partition {
+    ) -> Result<Self, StorageError> {
+        let epochs = LeaderEpochCache::load_or_init(log.dir(), leader_epoch, log.log_end_offset())?;
+        let (producers, snapshot_offset) = rebuild_producer_states(&log).await?;
+        Ok(Partition {
             topic,
             topic_id,
             index,
@@ -93,7 +109,10 @@ impl Partition {
             leader_epoch: Cell::new(leader_epoch),
             epochs,
             policy: RefCell::new(policy),
-        }
+            producers: RefCell::new(producers),
+            idempotent_lock: glommio::sync::Semaphore::new(1),
+            snapshot_offset: Cell::new(snapshot_offset),
+        })
     }
 
     pub fn topic(&self) -> &str {
@@ -154,9 +173,108 @@ impl Partition {
                 ),
             ));
         }
+        let first = batches[0].clone();
+        let header = batch::parse_header(&first)
+            .map_err(|e| PartitionError::new(ResponseError::CorruptMessage, e.to_string()))?;
+        if header.producer_id.get() < 0 {
+            let result = self.log.append(batches).await?;
+            debug_assert!(result.last_offset >= result.base_offset);
+            return Ok(result);
+        }
+        if batches.len() != 1 {
+            return Err(PartitionError::new(
+                ResponseError::InvalidRecord,
+                "an idempotent producer sends one batch per partition and request",
+            ));
+        }
+        if header.is_transactional() || header.is_control() {
+            return Err(PartitionError::new(
+                ResponseError::InvalidTxnState,
+                "transactions are not supported by this broker",
+            ));
+        }
+        let _permit = self
+            .idempotent_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| PartitionError::new(ResponseError::NotLeaderOrFollower, e.to_string()))?;
+        let check = self.producers.borrow().check(header);
+        match check {
+            SequenceCheck::NotIdempotent | SequenceCheck::Append => {}
+            SequenceCheck::Duplicate(meta) => {
+                return Ok(AppendResult {
+                    base_offset: meta.first_offset,
+                    last_offset: meta.last_offset,
+                    log_append_time_ms: -1,
+                    log_start_offset: self.log_start_offset(),
+                })
+            }
+            SequenceCheck::OutOfOrder {
+                expected_first_seq,
+                got_first_seq,
+            } => {
+                return Err(PartitionError::new(
+                    ResponseError::OutOfOrderSequenceNumber,
+                    format!(
+                        "producer {}: expected sequence {expected_first_seq}, got {got_first_seq}",
+                        header.producer_id.get()
+                    ),
+                ))
+            }
+            SequenceCheck::InvalidEpoch { current, got } => {
+                return Err(PartitionError::new(
+                    ResponseError::InvalidProducerEpoch,
+                    format!(
+                        "producer {}: epoch {got} is older than {current}",
+                        header.producer_id.get()
+                    ),
+                ))
+            }
+        }
         let result = self.log.append(batches).await?;
-        debug_assert!(result.last_offset >= result.base_offset);
+        self.producers.borrow_mut().on_appended(
+            header,
+            result.base_offset,
+            result.last_offset,
+            crate::shard::now_ms(),
+        );
         Ok(result)
+    }
+
+    /// Forgets idempotent producers idle for `expiration_ms`.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) {
+        self.producers.borrow_mut().expire(now_ms, expiration_ms);
+    }
+
+    /// Writes the producer-state snapshot `<log end offset>.snapshot` if
+    /// anything was appended since the last one, and removes older ones.
+    /// Small (about 200 bytes a producer) and rare: plain file I/O.
+    pub async fn snapshot_producers(&self) -> std::io::Result<()> {
+        let _permit = self
+            .idempotent_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let log_end_offset = self.log.log_end_offset();
+        if log_end_offset == self.snapshot_offset.get() {
+            return Ok(());
+        }
+        let bytes = self.producers.borrow().encode_snapshot(log_end_offset);
+        let dir = self.log.dir();
+        let name = producer_state::snapshot_file_name(log_end_offset);
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, dir.join(&name))?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let old = entry.file_name();
+            let old = old.to_string_lossy();
+            if producer_state::parse_snapshot_file_name(&old).is_some_and(|o| o != log_end_offset) {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        self.snapshot_offset.set(log_end_offset);
+        Ok(())
     }
 
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, PartitionError> {
@@ -265,4 +383,66 @@ fn decode_records(batch: &Bytes) -> Result<Vec<(i64, i64)>, PartitionError> {
     let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
         .map_err(|e| PartitionError::new(ResponseError::CorruptMessage, e.to_string()))?;
     Ok(set.records.iter().map(|r| (r.offset, r.timestamp)).collect())
+}
+
+/// Rebuilds producer state for a log just opened: the newest snapshot at or
+/// below the log end offset, then every batch after it read back from the
+/// log. Returns the state and the offset the snapshot covered.
+async fn rebuild_producer_states(log: &Log) -> Result<(ProducerStates, i64), StorageError> {
+    let dir = log.dir().to_path_buf();
+    let log_end_offset = log.log_end_offset();
+    let mut snapshots: Vec<i64> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| producer_state::parse_snapshot_file_name(&e.file_name().to_string_lossy()))
+        .collect();
+    snapshots.sort_unstable();
+    let mut states = ProducerStates::new();
+    let mut from = log.log_start_offset();
+    let mut covered = -1;
+    for offset in snapshots.into_iter().rev() {
+        let path = dir.join(producer_state::snapshot_file_name(offset));
+        if offset > log_end_offset {
+            tracing::warn!(path = %path.display(), "producer snapshot beyond the log end; removing it");
+            std::fs::remove_file(&path)?;
+            continue;
+        }
+        match ProducerStates::decode_snapshot(&std::fs::read(&path)?) {
+            Ok((snapshot_offset, loaded)) if snapshot_offset == offset => {
+                states = loaded;
+                from = from.max(offset);
+                covered = offset;
+                break;
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(path = %path.display(), "unreadable producer snapshot; removing it");
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    let mut offset = from;
+    let mut replayed = 0u64;
+    while offset < log_end_offset {
+        let chunk = log.read(offset, 1 << 20).await?;
+        let mut position = 0usize;
+        while position < chunk.len() {
+            let header = batch::parse_header(&chunk[position..])?;
+            let end = position + header.total_bytes();
+            let Some(stored) = chunk.get(position..end) else {
+                break;
+            };
+            if let Err(e) = states.replay(stored) {
+                tracing::warn!(dir = %dir.display(), "skipping a batch in producer-state rebuild: {e}");
+            }
+            offset = offset.max(header.last_offset() + 1);
+            position = end;
+            replayed += 1;
+        }
+        if position == 0 {
+            break;
+        }
+    }
+    if replayed > 0 {
+        tracing::info!(dir = %dir.display(), "producer state rebuilt from offset {from}: {replayed} batches, {} producers", states.len());
+    }
+    Ok((states, covered))
 }

@@ -16,6 +16,7 @@ mod list_offsets;
 mod metadata;
 mod offsets;
 mod produce;
+mod producer_id;
 pub mod versions;
 
 use std::rc::Rc;
@@ -27,8 +28,8 @@ use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
     DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest,
-    ProduceRequest, RequestHeader, ResponseHeader,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -245,6 +246,14 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes) -> Outcome {
                 correlation_id,
                 version,
                 &admin::incremental_alter_configs(shard, req).await,
+            )
+        }
+        ApiKey::InitProducerId => {
+            let req = decode!(InitProducerIdRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &producer_id::init_producer_id(shard, req).await,
             )
         }
         ApiKey::DeleteRecords => {

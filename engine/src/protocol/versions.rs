@@ -27,6 +27,7 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::AlterConfigs => (0, 2),
         ApiKey::IncrementalAlterConfigs => (0, 1),
         ApiKey::DeleteRecords => (0, 2),
+        ApiKey::InitProducerId => (0, 5),
         ApiKey::OffsetForLeaderEpoch => (2, 4),
         _ => return None,
     };

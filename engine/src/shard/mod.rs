@@ -31,7 +31,6 @@ use glommio::sync::Semaphore;
 
 use crate::config::BrokerConfig;
 use crate::controller::{self, MetadataImage};
-use crate::partition::leader_epoch::LeaderEpochCache;
 use crate::partition::Partition;
 use crate::storage::RecoveryMode;
 
@@ -117,6 +116,8 @@ pub struct Shard {
     peer_of_shard: Vec<usize>,
     /// Serialises metadata changes (used on shard 0 only).
     control_lock: Semaphore,
+    /// (next, end) of the producer-id block being handed out (shard 0 only).
+    producer_ids: Cell<(i64, i64)>,
     /// Fired after every append on this shard; long-polling fetches wait on it.
     appended: Event,
     connections: Cell<usize>,
@@ -195,16 +196,8 @@ impl Shard {
         }
         let policy = controller::topic_config::partition_policy(&topic.configs, &self.config);
         let epoch = topic.partitions[index as usize].leader_epoch;
-        let epochs = LeaderEpochCache::load_or_init(&dir, epoch, log.log_end_offset())?;
-        Ok(Rc::new(Partition::new(
-            topic.name.clone(),
-            topic.id,
-            index,
-            log,
-            epoch,
-            epochs,
-            policy,
-        )))
+        let partition = Partition::open(topic.name.clone(), topic.id, index, log, epoch, policy).await?;
+        Ok(Rc::new(partition))
     }
 
     /// Brings this shard's partitions in line with `image`: opens the new ones,
@@ -303,6 +296,19 @@ impl Shard {
         }
     }
 
+    /// Expires idle producers and snapshots producer state of every partition.
+    async fn checkpoint_producers(&self) {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let now_ms = now_ms();
+        for p in parts {
+            p.expire_producers(now_ms, self.config.producer_id_expiration_ms);
+            if let Err(e) = p.snapshot_producers().await {
+                tracing::error!("producer snapshot of {}-{} failed: {e}", p.topic(), p.index());
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
     async fn flush_all(&self) {
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         for p in parts {
@@ -316,6 +322,10 @@ impl Shard {
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let mut clean = true;
         for p in parts {
+            if let Err(e) = p.snapshot_producers().await {
+                tracing::error!("producer snapshot of {}-{} failed: {e}", p.topic(), p.index());
+                clean = false;
+            }
             if let Err(e) = p.log().close().await {
                 tracing::error!("closing {}-{} failed: {e}", p.topic(), p.index());
                 clean = false;
@@ -470,6 +480,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         senders,
         peer_of_shard,
         control_lock: Semaphore::new(1),
+        producer_ids: Cell::new((0, 0)),
         appended: Event::new(),
         connections: Cell::new(0),
         connections_max: config.max_connections.div_ceil(nr_shards),
@@ -540,6 +551,16 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
             }
         })
     };
+    let checkpoint = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let every = Duration::from_millis(shard.config.log_flush_offset_checkpoint_interval_ms);
+            loop {
+                glommio::timer::sleep(every).await;
+                shard.checkpoint_producers().await;
+            }
+        })
+    };
     // `log.flush.interval.ms`: Kafka's default never flushes on a timer.
     let flusher = (config.log.flush_interval_ms < i64::MAX as u64).then(|| {
         let shard = shard.clone();
@@ -557,6 +578,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     shard.stopping.set(true);
     drop(accept);
     drop(retention);
+    drop(checkpoint);
     drop(flusher);
     let budget = Duration::from_millis(config.shutdown_timeout_ms);
     let clean = futures_lite::future::or(shard.close_all(), async {

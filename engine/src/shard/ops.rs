@@ -110,15 +110,21 @@ pub enum ControlOp {
         changes: Vec<ConfigAlteration>,
         validate_only: bool,
     },
+    /// InitProducerId for an idempotent producer: a fresh, never reused id.
+    AllocateProducerId,
 }
 
 pub enum ControlReply {
     Topics(Vec<TopicOutcome>),
     /// One outcome per AlterConfigs resource, in request order.
     Altered(Vec<Option<Refusal>>),
+    ProducerId(Result<i64, Refusal>),
     /// The shard that should have answered is shutting down.
     Unavailable,
 }
+
+/// Producer ids reserved per metadata write (Kafka's block size is 1000).
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 fn not_here(topic: &str, partition: i32) -> PartitionError {
     PartitionError::new(
@@ -314,6 +320,9 @@ impl Shard {
         let image = self.image();
         let storage_error = |e: &std::io::Error| (ResponseError::KafkaStorageError, e.to_string());
         match op {
+            ControlOp::AllocateProducerId => {
+                ControlReply::ProducerId(self.allocate_producer_id(&image).await)
+            }
             ControlOp::AlterConfigs {
                 changes,
                 validate_only,
@@ -353,7 +362,9 @@ impl Shard {
                         let (next, outcomes) = controller::create_partitions(&image, topics, self.nr_shards);
                         (next, outcomes, validate_only)
                     }
-                    ControlOp::AlterConfigs { .. } => return ControlReply::Unavailable,
+                    ControlOp::AlterConfigs { .. } | ControlOp::AllocateProducerId => {
+                        return ControlReply::Unavailable
+                    }
                 };
                 let committed = if validate_only {
                     Ok(())
@@ -372,6 +383,22 @@ impl Shard {
                 })
             }
         }
+    }
+
+    /// Hands out ids from a block reserved in the persisted image, so an id
+    /// is never reused after a restart; one metadata write per block.
+    async fn allocate_producer_id(self: &Rc<Self>, image: &MetadataImage) -> Result<i64, Refusal> {
+        let (next_id, block_end) = self.producer_ids.get();
+        if next_id < block_end {
+            self.producer_ids.set((next_id + 1, block_end));
+            return Ok(next_id);
+        }
+        let (next, first) = image.with_producer_ids_reserved(PRODUCER_ID_BLOCK);
+        self.commit(image, next)
+            .await
+            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
+        self.producer_ids.set((first + 1, first + PRODUCER_ID_BLOCK));
+        Ok(first)
     }
 
     /// Persists `next` and applies it everywhere, if it changed anything.
