@@ -136,3 +136,34 @@ def test_delete_records_advances_the_log_start_offset(broker, admin):
     with pytest.raises(KafkaException):
         list(fs.values())[0].result(timeout=30)
     assert watermarks(broker.bootstrap, topic, [0])[0] == (150, 300)
+
+
+def test_log_append_time_topic_stamps_records_with_the_broker_time(broker, admin):
+    from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, Consumer, Producer
+
+    topic = unique_topic("lat")
+    create_topic(broker.bootstrap, topic, 1)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    p.produce(topic, value=b"create-time", partition=0, timestamp=1_000)
+    assert p.flush(30) == 0
+    # Switched live: the next batch is stamped by the broker, CRC still valid.
+    incremental(admin, topic, [("message.timestamp.type", "LogAppendTime", AlterConfigOpType.SET)])
+    before_ms = int(time.time() * 1000)
+    p.produce(topic, value=b"append-time", partition=0, timestamp=1_000)
+    assert p.flush(30) == 0
+    after_ms = int(time.time() * 1000)
+
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "lat", "enable.auto.commit": False,
+                  "check.crcs": True})
+    c.assign([TopicPartition(topic, 0, 0)])
+    got = []
+    deadline = time.monotonic() + 30
+    while len(got) < 2 and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.append((m.value(), m.timestamp()))
+    c.close()
+    assert got[0] == (b"create-time", (TIMESTAMP_CREATE_TIME, 1_000))
+    value, (ts_type, ts) = got[1]
+    assert value == b"append-time" and ts_type == TIMESTAMP_LOG_APPEND_TIME
+    assert before_ms - 1000 <= ts <= after_ms + 1000

@@ -75,10 +75,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
         "index.interval.bytes" => int(0),
         "max.message.bytes" | "min.insync.replicas" => int(1),
         "message.timestamp.type" => match value.trim() {
-            "CreateTime" => Ok(()),
-            "LogAppendTime" => Err(format!(
-                "Invalid value {value} for configuration {key}: LogAppendTime is not supported yet"
-            )),
+            "CreateTime" | "LogAppendTime" => Ok(()),
             _ => Err(format!(
                 "Invalid value {value} for configuration {key}: CreateTime or LogAppendTime"
             )),
@@ -149,12 +146,15 @@ pub fn log_config(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -
     if let Some(v) = num(overrides, "flush.ms") {
         c.flush_interval_ms = v;
     }
+    let (timestamp_type, _) = effective("message.timestamp.type", overrides, broker);
+    c.log_append_time = timestamp_type == "LogAppendTime";
     c
 }
 
 pub fn partition_policy(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> PartitionPolicy {
     PartitionPolicy {
         max_message_bytes: num(overrides, "max.message.bytes").unwrap_or(broker.message_max_bytes),
+        log_append_time: effective("message.timestamp.type", overrides, broker).0 == "LogAppendTime",
     }
 }
 

@@ -26,6 +26,8 @@ use producer_state::{ProducerStates, SequenceCheck};
 pub struct PartitionPolicy {
     /// `max.message.bytes`: the largest record batch accepted.
     pub max_message_bytes: usize,
+    /// `message.timestamp.type=LogAppendTime`: produce answers carry the append time.
+    pub log_append_time: bool,
 }
 
 /// Why a partition refused a request, already in Kafka's terms.
@@ -179,7 +181,7 @@ impl Partition {
         if header.producer_id.get() < 0 {
             let result = self.log.append(batches).await?;
             debug_assert!(result.last_offset >= result.base_offset);
-            return Ok(result);
+            return Ok(self.answer(result));
         }
         if batches.len() != 1 {
             return Err(PartitionError::new(
@@ -238,7 +240,15 @@ impl Partition {
             result.last_offset,
             crate::shard::now_ms(),
         );
-        Ok(result)
+        Ok(self.answer(result))
+    }
+
+    /// Kafka answers the append time only for LogAppendTime topics, -1 otherwise.
+    fn answer(&self, mut result: AppendResult) -> AppendResult {
+        if !self.policy.borrow().log_append_time {
+            result.log_append_time_ms = -1;
+        }
+        result
     }
 
     /// Forgets idempotent producers idle for `expiration_ms`.

@@ -100,6 +100,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
             error,
             base_offset,
             log_start_offset,
+            log_append_time_ms,
         } in outcomes
         {
             let p = &mut slots[slot].1;
@@ -111,6 +112,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                 None => {
                     p.base_offset = base_offset;
                     p.log_start_offset = log_start_offset;
+                    p.log_append_time_ms = log_append_time_ms;
                 }
             }
         }

@@ -26,6 +26,7 @@ pub struct ProduceOutcome {
     pub error: Option<PartitionError>,
     pub base_offset: i64,
     pub log_start_offset: i64,
+    pub log_append_time_ms: i64,
 }
 
 pub struct FetchPart {
@@ -179,6 +180,7 @@ impl Shard {
             error: None,
             base_offset: -1,
             log_start_offset: -1,
+            log_append_time_ms: -1,
         };
         let Some(partition) = self.partition(&part.topic, part.partition) else {
             outcome.error = Some(not_here(&part.topic, part.partition));
@@ -189,6 +191,7 @@ impl Shard {
                 self.notify_appended();
                 outcome.base_offset = result.base_offset;
                 outcome.log_start_offset = result.log_start_offset;
+                outcome.log_append_time_ms = result.log_append_time_ms;
             }
             Err(e) => {
                 tracing::warn!(

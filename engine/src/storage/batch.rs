@@ -186,10 +186,41 @@ pub(crate) fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[..8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// LogAppendTime: marks the batch's timestamps as the broker's (attribute
+/// bit 3), sets maxTimestamp to `now_ms` and recomputes the CRC32C, as Kafka
+/// does for `message.timestamp.type=LogAppendTime`. Record payloads are
+/// untouched; consumers read every record's timestamp as maxTimestamp.
+pub(crate) fn set_log_append_time(batch: &mut [u8], now_ms: i64) -> Result<(), BatchError> {
+    const TIMESTAMP_TYPE_LOG_APPEND: i16 = 1 << 3;
+    let header = BatchHeader::mut_from_prefix(batch)
+        .map_err(|_| BatchError::TooShort { len: 0 })?
+        .0;
+    let attributes = header.attributes.get() | TIMESTAMP_TYPE_LOG_APPEND;
+    header.attributes.set(attributes);
+    header.max_timestamp.set(now_ms);
+    let crc = crc32c::crc32c(&batch[CRC_COVERED_START..]);
+    BatchHeader::mut_from_prefix(batch)
+        .map_err(|_| BatchError::TooShort { len: 0 })?
+        .0
+        .crc
+        .set(crc);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::testutil::make_batch;
+
+    #[test]
+    fn log_append_time_rewrites_timestamp_type_and_keeps_the_crc_valid() {
+        let mut batch = make_batch(0, 4, 10, 1_000).to_vec();
+        set_log_append_time(&mut batch, 2_000).unwrap();
+        let header = validate(&batch).expect("crc recomputed");
+        assert!(header.timestamp_type_log_append());
+        assert_eq!(header.max_timestamp.get(), 2_000);
+        assert_eq!(header.records_count.get(), 4);
+    }
 
     #[test]
     fn header_is_61_bytes_and_fields_decode() {

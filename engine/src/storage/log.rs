@@ -59,6 +59,9 @@ pub struct LogConfig {
     pub flush_interval_messages: u64,
     /// log.flush.interval.ms (u64::MAX = never fsync on time).
     pub flush_interval_ms: u64,
+    /// message.timestamp.type=LogAppendTime: the writer stamps each batch
+    /// with the append time (and recomputes its CRC).
+    pub log_append_time: bool,
 }
 
 impl Default for LogConfig {
@@ -72,6 +75,7 @@ impl Default for LogConfig {
             segment_index_bytes: 10 << 20,
             flush_interval_messages: u64::MAX,
             flush_interval_ms: u64::MAX,
+            log_append_time: false,
         }
     }
 }
@@ -651,7 +655,7 @@ impl Log {
     /// stays a contiguous run of batches that Kafka tools can read. A stream
     /// writer buffers across calls and pads at close only, which loses (3).
     async fn write_run(&self, run: &[PendingAppend], now: i64) -> Result<Vec<AppendResult>, StorageError> {
-        let (file, tail, size, log_end_offset, log_start_offset) = {
+        let (file, tail, size, log_end_offset, log_start_offset, log_append_time) = {
             let state = self.state.borrow();
             let writer = state.writer.as_ref().ok_or(StorageError::Closed)?;
             let active = state.active().ok_or(StorageError::Closed)?;
@@ -661,6 +665,7 @@ impl Log {
                 active.size_bytes,
                 state.log_end_offset,
                 state.log_start_offset,
+                state.config.log_append_time,
             )
         };
         let tail_start = size - tail.len() as u64;
@@ -687,6 +692,9 @@ impl Log {
                 let copy = &mut out[cursor..cursor + bytes.len()];
                 copy.copy_from_slice(bytes);
                 batch::set_base_offset(copy, next_offset);
+                if log_append_time {
+                    batch::set_log_append_time(copy, now)?;
+                }
                 let header = batch::parse_header(copy)?;
                 assert_eq!(header.total_bytes(), bytes.len(), "batch length changed");
                 let last_offset = header.last_offset();
