@@ -58,6 +58,14 @@ pub struct BrokerConfig {
     pub connections_max_idle_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub log_retention_check_interval_ms: u64,
+    /// `log.fd.cache.size`: segment files a shard keeps open at most (an LRU);
+    /// idle partitions hold none.
+    pub log_fd_cache_size: usize,
+    /// `shard.partitions.max`: the partition budget of one shard. Creating
+    /// more is refused (POLICY_VIOLATION) instead of running out of memory
+    /// or file descriptors; the idle cost of a partition is measured in
+    /// `results/partition-footprint.md`.
+    pub shard_partitions_max: usize,
     /// `log.flush.offset.checkpoint.interval.ms`: how often producer-state
     /// snapshots are written, which bounds the log replayed after a crash.
     pub log_flush_offset_checkpoint_interval_ms: u64,
@@ -96,6 +104,8 @@ impl Default for BrokerConfig {
             socket_listen_backlog_size: 50,
             log_retention_check_interval_ms: 300_000,
             log_flush_offset_checkpoint_interval_ms: 60_000,
+            log_fd_cache_size: 256,
+            shard_partitions_max: 20_000,
             producer_id_expiration_ms: 86_400_000,
             min_insync_replicas: 1,
             log_message_timestamp_type: "CreateTime".to_string(),
@@ -174,6 +184,8 @@ impl BrokerConfig {
                 self.log_flush_offset_checkpoint_interval_ms = parse_positive(key, v)?
             }
             "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse_positive(key, v)?,
+            "log.fd.cache.size" => self.log_fd_cache_size = parse_positive(key, v)?,
+            "shard.partitions.max" => self.shard_partitions_max = parse_positive(key, v)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, v)?,
             "log.index.size.max.bytes" => {
                 let bytes: u32 = parse_positive(key, v)?;
@@ -301,6 +313,16 @@ impl BrokerConfig {
                 "producer.id.expiration.ms",
                 self.producer_id_expiration_ms.to_string(),
                 d.producer_id_expiration_ms.to_string(),
+            ),
+            (
+                "log.fd.cache.size",
+                self.log_fd_cache_size.to_string(),
+                d.log_fd_cache_size.to_string(),
+            ),
+            (
+                "shard.partitions.max",
+                self.shard_partitions_max.to_string(),
+                d.shard_partitions_max.to_string(),
             ),
             (
                 "log.index.interval.bytes",
