@@ -94,6 +94,29 @@ impl MetadataImage {
         load
     }
 
+    /// Refuses `count` more partitions when they would push a shard past its
+    /// budget (`shard.partitions.max`). Placement fills the least-loaded
+    /// shard first, so the total room is what matters.
+    pub fn check_partition_budget(
+        &self,
+        count: usize,
+        nr_shards: usize,
+        per_shard_max: usize,
+    ) -> Result<(), Refusal> {
+        let load = self.load_per_shard(nr_shards);
+        let room: usize = load.iter().map(|l| per_shard_max.saturating_sub(*l)).sum();
+        if count > room {
+            return Err((
+                ResponseError::PolicyViolation,
+                format!(
+                    "{count} more partitions exceed this broker's budget: {nr_shards} shards x shard.partitions.max {per_shard_max}, {} already placed",
+                    load.iter().sum::<usize>()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Places `count` new partitions on the least-loaded shards (by partition count).
     pub fn place(&self, count: usize, nr_shards: usize) -> Vec<PartitionMeta> {
         let mut load = self.load_per_shard(nr_shards);
@@ -218,6 +241,7 @@ fn check_new_topic(
     image: &MetadataImage,
     t: &NewTopic,
     config: &BrokerConfig,
+    nr_shards: usize,
 ) -> Result<(i32, i16, BTreeMap<String, String>), Refusal> {
     validate_topic_name(&t.name)?;
     if image.topics.contains_key(&t.name) {
@@ -271,6 +295,7 @@ fn check_new_topic(
             format!("Replication factor: {rf} larger than available brokers: 1."),
         ));
     }
+    image.check_partition_budget(partitions as usize, nr_shards, config.shard_partitions_max)?;
     let mut configs = BTreeMap::new();
     for (key, value) in &t.configs {
         let Some(value) = value else { continue };
@@ -299,7 +324,7 @@ pub fn create_topics(
             ));
             continue;
         }
-        match check_new_topic(&next, &t, config) {
+        match check_new_topic(&next, &t, config, nr_shards) {
             Err((code, message)) => outcomes.push(TopicOutcome::err(t.name, code, message)),
             Ok((partitions, rf, configs)) => {
                 let meta = TopicMeta {
@@ -349,6 +374,7 @@ pub fn delete_topics(image: &MetadataImage, names: Vec<String>) -> (MetadataImag
 pub fn create_partitions(
     image: &MetadataImage,
     topics: Vec<(String, i32)>,
+    config: &BrokerConfig,
     nr_shards: usize,
 ) -> (MetadataImage, Vec<TopicOutcome>) {
     let mut next = image.clone();
@@ -372,6 +398,13 @@ pub fn create_partitions(
                 )
             };
             outcomes.push(TopicOutcome::err(name, ResponseError::InvalidPartitions, message));
+            continue;
+        }
+        let added = (count - current) as usize;
+        if let Err((code, message)) =
+            next.check_partition_budget(added, nr_shards, config.shard_partitions_max)
+        {
+            outcomes.push(TopicOutcome::err(name, code, message));
             continue;
         }
         let mut grown = meta.clone();
@@ -647,6 +680,32 @@ mod tests {
         let configs = &after.topic("t").unwrap().configs;
         assert_eq!(configs.len(), 1);
         assert_eq!(configs["segment.ms"], "60000");
+    }
+
+    #[test]
+    fn partitions_beyond_the_shard_budget_are_refused() {
+        let config = BrokerConfig {
+            shard_partitions_max: 4,
+            ..BrokerConfig::default()
+        };
+        let topic = |name: &str, n| NewTopic {
+            name: name.into(),
+            num_partitions: n,
+            replication_factor: -1,
+            assignments: Vec::new(),
+            configs: Vec::new(),
+        };
+        let image = MetadataImage::new("c".into());
+        let (image, out) = create_topics(&image, vec![topic("a", 6)], &config, 2);
+        assert!(out[0].error.is_none());
+        let (image, out) = create_topics(&image, vec![topic("b", 3)], &config, 2);
+        assert_eq!(out[0].error.as_ref().unwrap().0, ResponseError::PolicyViolation);
+        assert!(image.topic("b").is_none());
+        let (image, out) = create_partitions(&image, vec![("a".into(), 9)], &config, 2);
+        assert_eq!(out[0].error.as_ref().unwrap().0, ResponseError::PolicyViolation);
+        let (image, out) = create_partitions(&image, vec![("a".into(), 8)], &config, 2);
+        assert!(out[0].error.is_none());
+        assert_eq!(image.topic("a").unwrap().partitions.len(), 8);
     }
 
     #[test]

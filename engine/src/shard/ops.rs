@@ -362,7 +362,8 @@ impl Shard {
                         topics,
                         validate_only,
                     } => {
-                        let (next, outcomes) = controller::create_partitions(&image, topics, self.nr_shards);
+                        let (next, outcomes) =
+                            controller::create_partitions(&image, topics, &self.config, self.nr_shards);
                         (next, outcomes, validate_only)
                     }
                     ControlOp::AlterConfigs { .. } | ControlOp::AllocateProducerId => {
