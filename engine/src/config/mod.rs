@@ -58,6 +58,9 @@ pub struct BrokerConfig {
     pub connections_max_idle_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub log_retention_check_interval_ms: u64,
+    /// `log.cache.bytes`: per shard, recently appended batches kept in memory
+    /// for consumers at the tail (0 disables the cache).
+    pub log_cache_bytes: usize,
     /// `log.fd.cache.size`: segment files a shard keeps open at most (an LRU);
     /// idle partitions hold none.
     pub log_fd_cache_size: usize,
@@ -105,6 +108,7 @@ impl Default for BrokerConfig {
             log_retention_check_interval_ms: 300_000,
             log_flush_offset_checkpoint_interval_ms: 60_000,
             log_fd_cache_size: 256,
+            log_cache_bytes: 64 << 20,
             shard_partitions_max: 20_000,
             producer_id_expiration_ms: 86_400_000,
             min_insync_replicas: 1,
@@ -185,6 +189,7 @@ impl BrokerConfig {
             }
             "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse_positive(key, v)?,
             "log.fd.cache.size" => self.log_fd_cache_size = parse_positive(key, v)?,
+            "log.cache.bytes" => self.log_cache_bytes = parse(key, v)?,
             "shard.partitions.max" => self.shard_partitions_max = parse_positive(key, v)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, v)?,
             "log.index.size.max.bytes" => {
@@ -318,6 +323,11 @@ impl BrokerConfig {
                 "log.fd.cache.size",
                 self.log_fd_cache_size.to_string(),
                 d.log_fd_cache_size.to_string(),
+            ),
+            (
+                "log.cache.bytes",
+                self.log_cache_bytes.to_string(),
+                d.log_cache_bytes.to_string(),
             ),
             (
                 "shard.partitions.max",

@@ -10,6 +10,7 @@
 
 pub mod leader_epoch;
 pub mod producer_state;
+pub mod tail_cache;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -20,6 +21,7 @@ use kafka_protocol::ResponseError;
 use crate::storage::{batch, AppendResult, Log, StorageError};
 use leader_epoch::LeaderEpochCache;
 use producer_state::{ProducerStates, SequenceCheck};
+use tail_cache::{CacheBudget, PartitionCache};
 
 /// Per-topic settings the partition enforces on its append path.
 #[derive(Clone, Debug)]
@@ -87,6 +89,8 @@ pub struct Partition {
     idempotent_lock: glommio::sync::Semaphore,
     /// Log end offset covered by the last producer-state snapshot.
     snapshot_offset: Cell<i64>,
+    /// Recently appended batches, served to tail consumers from memory.
+    cache: Rc<PartitionCache>,
 }
 
 impl Partition {
@@ -100,6 +104,7 @@ impl Partition {
         log: Rc<Log>,
         leader_epoch: i32,
         policy: PartitionPolicy,
+        cache_budget: Rc<CacheBudget>,
     ) -> Result<Self, StorageError> {
         let epochs = LeaderEpochCache::load_or_init(log.dir(), leader_epoch, log.log_end_offset())?;
         let (producers, snapshot_offset) = rebuild_producer_states(&log).await?;
@@ -114,6 +119,7 @@ impl Partition {
             producers: RefCell::new(producers),
             idempotent_lock: glommio::sync::Semaphore::new(1),
             snapshot_offset: Cell::new(snapshot_offset),
+            cache: PartitionCache::new(cache_budget),
         })
     }
 
@@ -179,9 +185,7 @@ impl Partition {
         let header = batch::parse_header(&first)
             .map_err(|e| PartitionError::new(ResponseError::CorruptMessage, e.to_string()))?;
         if header.producer_id.get() < 0 {
-            let result = self.log.append(batches).await?;
-            debug_assert!(result.last_offset >= result.base_offset);
-            return Ok(self.answer(result));
+            return self.write(batches).await;
         }
         if batches.len() != 1 {
             return Err(PartitionError::new(
@@ -233,22 +237,29 @@ impl Partition {
                 ))
             }
         }
-        let result = self.log.append(batches).await?;
+        let result = self.write(batches).await?;
         self.producers.borrow_mut().on_appended(
             header,
             result.base_offset,
             result.last_offset,
             crate::shard::now_ms(),
         );
-        Ok(self.answer(result))
+        Ok(result)
     }
 
-    /// Kafka answers the append time only for LogAppendTime topics, -1 otherwise.
-    fn answer(&self, mut result: AppendResult) -> AppendResult {
-        if !self.policy.borrow().log_append_time {
+    /// Appends to the log and the tail cache. Kafka answers the append time
+    /// only for LogAppendTime topics, -1 otherwise.
+    async fn write(&self, batches: Vec<Bytes>) -> Result<AppendResult, PartitionError> {
+        let cached = batches.clone();
+        let mut result = self.log.append(batches).await?;
+        debug_assert!(result.last_offset >= result.base_offset);
+        let log_append_time = self.policy.borrow().log_append_time;
+        let stamp = log_append_time.then_some(result.log_append_time_ms);
+        self.cache.insert(&cached, result.base_offset, stamp);
+        if !log_append_time {
             result.log_append_time_ms = -1;
         }
-        result
+        Ok(result)
     }
 
     /// Forgets idempotent producers idle for `expiration_ms`.
@@ -287,8 +298,18 @@ impl Partition {
         Ok(())
     }
 
+    /// Whole batches from the one containing `offset`: from the tail cache
+    /// when it holds that offset, else from the segment files.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, PartitionError> {
-        let records = self.log.read(offset, max_bytes).await?;
+        let log_start_offset = self.log_start_offset();
+        self.cache.trim_below(log_start_offset);
+        let cached = (offset >= log_start_offset)
+            .then(|| self.cache.read(offset, max_bytes))
+            .flatten();
+        let records = match cached {
+            Some(records) => records,
+            None => self.log.read(offset, max_bytes).await?,
+        };
         Ok(ReadOutcome {
             records,
             high_watermark: self.high_watermark(),
@@ -455,4 +476,88 @@ async fn rebuild_producer_states(log: &Log) -> Result<(ProducerStates, i64), Sto
         tracing::info!(dir = %dir.display(), "producer state rebuilt from offset {from}: {replayed} batches, {} producers", states.len());
     }
     Ok((states, covered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testutil::make_batch;
+    use crate::storage::{LogConfig, RecoveryMode};
+
+    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { f().await })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    fn policy() -> PartitionPolicy {
+        PartitionPolicy {
+            max_message_bytes: 1 << 20,
+            log_append_time: false,
+        }
+    }
+
+    #[test]
+    fn catch_up_reads_return_the_same_bytes_as_tail_reads() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = Log::open(dir.path(), LogConfig::default(), RecoveryMode::Clean)
+                .await
+                .unwrap();
+            let budget = CacheBudget::new(64 << 20);
+            let p = Partition::open(
+                "t".into(),
+                uuid::Uuid::nil(),
+                0,
+                log.clone(),
+                0,
+                policy(),
+                budget.clone(),
+            )
+            .await
+            .unwrap();
+            for i in 0..20 {
+                // Producers send base offset 0; the log assigns the real ones.
+                p.append(&make_batch(0, 1 + i % 4, 200, 1_000 + i as i64))
+                    .await
+                    .unwrap();
+            }
+            let end = p.high_watermark();
+            assert!(budget.bytes_used() > 0, "appends are cached");
+            for offset in 0..end {
+                let tail = p.read(offset, 1 << 20).await.unwrap().records;
+                let disk = log.read(offset, 1 << 20).await.unwrap();
+                assert_eq!(tail, disk, "offset {offset}");
+            }
+        });
+    }
+
+    #[test]
+    fn reads_below_the_cache_come_from_disk_and_below_the_log_start_fail() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = Log::open(dir.path(), LogConfig::default(), RecoveryMode::Clean)
+                .await
+                .unwrap();
+            let batch = make_batch(0, 1, 1000, 1_000);
+            // A budget of three batches: the older ones are read from disk.
+            let budget = CacheBudget::new(3 * batch.len());
+            let p = Partition::open("t".into(), uuid::Uuid::nil(), 0, log.clone(), 0, policy(), budget)
+                .await
+                .unwrap();
+            for _ in 0..10 {
+                p.append(&batch).await.unwrap();
+            }
+            for offset in 0..10 {
+                let read = p.read(offset, 1).await.unwrap().records;
+                let header = batch::validate(&read).unwrap();
+                assert_eq!(header.base_offset.get(), offset);
+            }
+            p.delete_records(5).await.unwrap();
+            assert!(p.read(4, 1).await.is_err());
+            assert_eq!(p.read(9, 1).await.unwrap().records.len(), batch.len());
+        });
+    }
 }

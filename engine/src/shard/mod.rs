@@ -118,6 +118,8 @@ pub struct Shard {
     control_lock: Semaphore,
     /// (next, end) of the producer-id block being handed out (shard 0 only).
     producer_ids: Cell<(i64, i64)>,
+    /// The tail-cache budget shared by this shard's partitions (`log.cache.bytes`).
+    tail_cache: Rc<crate::partition::tail_cache::CacheBudget>,
     /// Fired after every append on this shard; long-polling fetches wait on it.
     appended: Event,
     connections: Cell<usize>,
@@ -196,7 +198,16 @@ impl Shard {
         }
         let policy = controller::topic_config::partition_policy(&topic.configs, &self.config);
         let epoch = topic.partitions[index as usize].leader_epoch;
-        let partition = Partition::open(topic.name.clone(), topic.id, index, log, epoch, policy).await?;
+        let partition = Partition::open(
+            topic.name.clone(),
+            topic.id,
+            index,
+            log,
+            epoch,
+            policy,
+            self.tail_cache.clone(),
+        )
+        .await?;
         Ok(Rc::new(partition))
     }
 
@@ -481,6 +492,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         peer_of_shard,
         control_lock: Semaphore::new(1),
         producer_ids: Cell::new((0, 0)),
+        tail_cache: crate::partition::tail_cache::CacheBudget::new(config.log_cache_bytes),
         appended: Event::new(),
         connections: Cell::new(0),
         connections_max: config.max_connections.div_ceil(nr_shards),
