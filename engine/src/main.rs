@@ -65,5 +65,26 @@ fn run(args: Args) -> anyhow::Result<()> {
         anyhow::ensure!(n > 0, "--shards must be at least 1");
         broker.shards = n;
     }
+    raise_open_files_limit();
     shardlog::shard::run(broker)
+}
+
+/// Raises the soft open-files limit to the hard one, as Kafka's deployment
+/// guides ask of operators: partitions, segments and connections all use
+/// descriptors (bounded by `log.fd.cache.size` and `max.connections`).
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::info!("open files limit raised from {soft} to {}", limit.rlim_max);
+            }
+        }
+    }
 }

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Broker cost of idle partitions: RSS and open fds with 1, 1,000 and 10,000
+partitions (one small record each), and restart time after a clean
+(SIGTERM) and an unclean (kill -9) shutdown. Starts its own broker on a
+free loopback port and a temp data dir; writes a markdown report.
+
+    python3 results/partition_footprint.py --bin target/release/shardlog \
+        --counts 1 1000 10000 --out results/partition-footprint.md
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Broker:
+    def __init__(self, binary, data_dir, port, log_path):
+        self.args = [binary, "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
+                     "--set", "log.retention.check.interval.ms=3600000"]
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self, timeout=300):
+        start = time.monotonic()
+        offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"))
+        while time.monotonic() - start < timeout:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                if b"listening on" in f.read():
+                    return time.monotonic() - start
+            if self.proc.poll() is not None:
+                sys.exit(f"broker exited: see {self.log_path}")
+            time.sleep(0.01)
+        sys.exit("broker did not start")
+
+    def stop(self, sig):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=300)
+
+    def rss_bytes(self):
+        with open(f"/proc/{self.proc.pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+
+    def fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+
+def measure(binary, partitions, workdir):
+    data = os.path.join(workdir, f"data-{partitions}")
+    log = os.path.join(workdir, f"broker-{partitions}.log")
+    port = free_port()
+    b = Broker(binary, data, port, log)
+    b.start()
+    base_rss, base_fds = b.rss_bytes(), b.fds()
+    bootstrap = f"127.0.0.1:{port}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    t0 = time.monotonic()
+    fs = admin.create_topics([NewTopic("footprint", num_partitions=partitions, replication_factor=1)],
+                             operation_timeout=600, request_timeout=600)
+    fs["footprint"].result(timeout=600)
+    create_s = time.monotonic() - t0
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "queue.buffering.max.messages": 2000000})
+    for i in range(partitions):
+        p.produce("footprint", value=b"x" * 100, partition=i)
+        if i % 10000 == 0:
+            p.poll(0)
+    assert p.flush(600) == 0
+    time.sleep(1)
+    rss, fds = b.rss_bytes(), b.fds()
+    b.stop(signal.SIGTERM)
+    clean_s = b.start()
+    clean_rss, clean_fds = b.rss_bytes(), b.fds()
+    b.stop(signal.SIGKILL)
+    unclean_s = b.start()
+    b.stop(signal.SIGTERM)
+    shutil.rmtree(data)
+    return {
+        "partitions": partitions, "create_s": create_s,
+        "rss_mib": rss / 2**20, "rss_per_partition_kib": (rss - base_rss) / 1024 / partitions,
+        "fds": fds, "fds_per_partition": (fds - base_fds) / partitions,
+        "restart_rss_mib": clean_rss / 2**20, "restart_fds": clean_fds,
+        "clean_restart_s": clean_s, "unclean_restart_s": unclean_s,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="target/release/shardlog")
+    ap.add_argument("--counts", type=int, nargs="+", default=[1, 1000, 10000])
+    ap.add_argument("--out", default="results/partition-footprint.md")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="shardlog-footprint-")
+    rows = [measure(os.path.abspath(args.bin), n, work) for n in args.counts]
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# Idle partitions: memory, open files, restart time",
+        "",
+        f"- command: `python3 {' '.join(sys.argv)}`",
+        f"- when: {time.strftime('%Y-%m-%d %H:%M:%S %z')}; commit {commit}",
+        f"- machine: {os.cpu_count()} cores, kernel {platform.release()}; broker on its default shards, one topic",
+        "  with N partitions, one 100-byte record in each, then idle.",
+        "",
+        "| partitions | create s | RSS MiB | RSS per partition KiB | open fds | fds per partition | after clean restart: RSS MiB / fds | clean restart s | unclean restart s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['partitions']:,} | {r['create_s']:.2f} | {r['rss_mib']:.1f} | {r['rss_per_partition_kib']:.1f} | "
+            f"{r['fds']} | {r['fds_per_partition']:.2f} | {r['restart_rss_mib']:.1f} / {r['restart_fds']} | "
+            f"{r['clean_restart_s']:.2f} | {r['unclean_restart_s']:.2f} |")
+    lines.append("")
+    lines.append("Restart time is from process start to the `listening on` log line. One run per row.")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
