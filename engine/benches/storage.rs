@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use shardlog::storage::{split_validated, Log, LogConfig, RecoveryMode};
+use shardlog::storage::{split_validated, FileCache, Log, LogConfig, RecoveryMode};
 
 #[path = "../src/storage/testutil.rs"]
 #[allow(dead_code)]
@@ -49,7 +49,7 @@ fn append_run(batch: &Bytes, writers: u64, iterations: u64) -> Duration {
             segment_bytes: 256 << 20,
             ..LogConfig::default()
         };
-        let log = Log::open(dir.path(), config, RecoveryMode::Clean)
+        let log = Log::open(dir.path(), config, RecoveryMode::Clean, FileCache::new(256))
             .await
             .expect("open");
         let start = Instant::now();

@@ -482,7 +482,7 @@ async fn rebuild_producer_states(log: &Log) -> Result<(ProducerStates, i64), Sto
 mod tests {
     use super::*;
     use crate::storage::testutil::make_batch;
-    use crate::storage::{LogConfig, RecoveryMode};
+    use crate::storage::{FileCache, LogConfig, RecoveryMode};
 
     fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
         glommio::LocalExecutorBuilder::default()
@@ -503,9 +503,14 @@ mod tests {
     fn catch_up_reads_return_the_same_bytes_as_tail_reads() {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
-            let log = Log::open(dir.path(), LogConfig::default(), RecoveryMode::Clean)
-                .await
-                .unwrap();
+            let log = Log::open(
+                dir.path(),
+                LogConfig::default(),
+                RecoveryMode::Clean,
+                FileCache::new(16),
+            )
+            .await
+            .unwrap();
             let budget = CacheBudget::new(64 << 20);
             let p = Partition::open(
                 "t".into(),
@@ -538,9 +543,14 @@ mod tests {
     fn reads_below_the_cache_come_from_disk_and_below_the_log_start_fail() {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
-            let log = Log::open(dir.path(), LogConfig::default(), RecoveryMode::Clean)
-                .await
-                .unwrap();
+            let log = Log::open(
+                dir.path(),
+                LogConfig::default(),
+                RecoveryMode::Clean,
+                FileCache::new(16),
+            )
+            .await
+            .unwrap();
             let batch = make_batch(0, 1, 1000, 1_000);
             // A budget of three batches: the older ones are read from disk.
             let budget = CacheBudget::new(3 * batch.len());

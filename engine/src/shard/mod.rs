@@ -118,6 +118,8 @@ pub struct Shard {
     control_lock: Semaphore,
     /// (next, end) of the producer-id block being handed out (shard 0 only).
     producer_ids: Cell<(i64, i64)>,
+    /// This shard's open segment files, shared by its logs (`log.fd.cache.size`).
+    file_cache: Rc<crate::storage::FileCache>,
     /// The tail-cache budget shared by this shard's partitions (`log.cache.bytes`).
     tail_cache: Rc<crate::partition::tail_cache::CacheBudget>,
     /// Fired after every append on this shard; long-polling fetches wait on it.
@@ -184,7 +186,7 @@ impl Shard {
     ) -> Result<Rc<Partition>, crate::storage::StorageError> {
         let dir = controller::partition_dir(&self.config.data_dir, &topic.name, index);
         let log_config = controller::topic_config::log_config(&topic.configs, &self.config);
-        let log = crate::storage::Log::open(&dir, log_config, mode).await?;
+        let log = crate::storage::Log::open(&dir, log_config, mode, self.file_cache.clone()).await?;
         let report = log.recovery_report();
         if report.segments_scanned > 0 || report.bytes_truncated > 0 || report.indexes_rebuilt > 0 {
             tracing::warn!(
@@ -492,6 +494,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         peer_of_shard,
         control_lock: Semaphore::new(1),
         producer_ids: Cell::new((0, 0)),
+        file_cache: crate::storage::FileCache::new(config.log_fd_cache_size),
         tail_cache: crate::partition::tail_cache::CacheBudget::new(config.log_cache_bytes),
         appended: Event::new(),
         connections: Cell::new(0),

@@ -7,8 +7,9 @@
 //! ~0 at 1 MiB). Memory per partition: one < 4 KiB tail block, the active
 //! segment's in-memory index (8 + 12 bytes per 4 KiB of log: <= 5 MiB for a
 //! full 1 GiB segment), and sealed segments' indexes only once read. Files
-//! open per partition: the active `.log` plus at most one sealed `.log` kept
-//! for reads (a later issue replaces that with a per-shard fd LRU).
+//! open per partition: none of its own; every `.log` it writes or reads comes
+//! from the shard's `FileCache` (an LRU of `log.fd.cache.size` files), so an
+//! idle partition holds no file descriptor.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -21,9 +22,10 @@ use futures::channel::oneshot;
 use glommio::io::DmaFile;
 
 use super::batch::{self, BatchError};
+use super::file_cache::{FileCache, FileMode};
 use super::index::{IndexBounds, SegmentIndex};
 use super::segment::{
-    self, file_name, file_path, is_not_found, open_for_read, open_for_write, read_batches, LOG_SUFFIX,
+    self, file_name, file_path, is_not_found, open_existing, open_for_read, read_batches, LOG_SUFFIX,
 };
 
 /// O_DIRECT block size the writer aligns to. Every write starts at a multiple
@@ -144,7 +146,7 @@ impl StorageError {
         }
     }
 
-    fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, StorageError::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
     }
 }
@@ -157,6 +159,10 @@ pub struct AppendResult {
     pub log_append_time_ms: i64,
     pub log_start_offset: i64,
 }
+
+/// Boxed values: a B-tree leaf has 11 slots, so a one-segment log (the usual
+/// idle partition) pays 11 x 16 bytes instead of 11 x 136.
+type Segments = BTreeMap<i64, Box<Segment>>;
 
 struct Segment {
     base_offset: i64,
@@ -171,9 +177,10 @@ struct Segment {
     index: Option<SegmentIndex>,
 }
 
-/// The active segment's write side.
+/// The active segment's write side. Its file comes from the shard's
+/// `FileCache` at each write (reopened after an eviction); the partial tail
+/// block is kept here, so a reopen reads nothing back.
 struct Writer {
-    file: Rc<DmaFile>,
     /// Bytes of the last, partial block: `[align_down(size), size)`.
     tail: Vec<u8>,
 }
@@ -188,7 +195,7 @@ struct PendingAppend {
 struct State {
     config: LogConfig,
     /// By base offset; the last one is the active segment.
-    segments: BTreeMap<i64, Segment>,
+    segments: Segments,
     /// None once closed.
     writer: Option<Writer>,
     log_start_offset: i64,
@@ -201,8 +208,6 @@ struct State {
     closed: bool,
     messages_since_flush: u64,
     last_flush_ms: i64,
-    /// The last sealed segment file opened for reads.
-    read_file: Option<(i64, Rc<DmaFile>)>,
     /// Group-commit writes completed (each may carry many appends).
     writes_completed: u64,
 }
@@ -214,11 +219,11 @@ impl State {
     }
 
     fn active(&self) -> Option<&Segment> {
-        self.segments.values().next_back()
+        self.segments.values().next_back().map(|s| &**s)
     }
 
     fn active_mut(&mut self) -> Option<&mut Segment> {
-        self.segments.values_mut().next_back()
+        self.segments.values_mut().next_back().map(|s| &mut **s)
     }
 
     fn next_base_after(&self, base: i64) -> Option<i64> {
@@ -243,6 +248,8 @@ impl State {
 pub struct Log {
     dir: PathBuf,
     this: Weak<Log>,
+    /// The shard's open segment files; the log holds none of its own.
+    cache: Rc<FileCache>,
     state: RefCell<State>,
     log_start_offset_writing: Cell<bool>,
 }
@@ -325,7 +332,32 @@ impl Log {
     /// Unclean: every segment from the one holding the recovery point on is
     /// scanned and CRC-checked, its indexes rebuilt, and the log truncated at
     /// the first torn or invalid batch (zero padding included).
-    pub async fn open(dir: &Path, config: LogConfig, mode: RecoveryMode) -> Result<Rc<Log>, StorageError> {
+    ///
+    /// Segment files come from `cache` (the shard's), and the log keeps none
+    /// open of its own: once this returns, its only open file is the active
+    /// segment's, in the cache, evictable like any other.
+    pub async fn open(
+        dir: &Path,
+        config: LogConfig,
+        mode: RecoveryMode,
+        cache: Rc<FileCache>,
+    ) -> Result<Rc<Log>, StorageError> {
+        // Files cached for this directory belong to an earlier Log dropped
+        // without close (or to a failed open): they may be stale.
+        cache.forget(dir);
+        let opened = Self::open_in(dir, config, mode, &cache).await;
+        if opened.is_err() {
+            cache.forget(dir);
+        }
+        opened
+    }
+
+    async fn open_in(
+        dir: &Path,
+        config: LogConfig,
+        mode: RecoveryMode,
+        cache: &Rc<FileCache>,
+    ) -> Result<Rc<Log>, StorageError> {
         // Startup only: std::fs metadata calls are brief and bounded by the
         // partition's segment count.
         std::fs::create_dir_all(dir)?;
@@ -346,35 +378,37 @@ impl Log {
         let recovery_point = read_offset_file(dir, RECOVERY_POINT_FILE).await?;
         let stored_log_start_offset = read_offset_file(dir, LOG_START_OFFSET_FILE).await?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-        if marker.exists() {
+        // Only the directory changes: it is synced below, and the segments'
+        // data was synced by the close that wrote the marker.
+        let marker_removed = marker.exists();
+        if marker_removed {
             segment::remove_if_exists(&marker).await?;
-            files_changed = true;
         }
 
-        let mut segments = BTreeMap::new();
+        let mut segments = Segments::new();
         for base in bases {
             let metadata = std::fs::metadata(file_path(dir, base, LOG_SUFFIX))?;
             segments.insert(
                 base,
-                Segment {
+                Box::new(Segment {
                     base_offset: base,
                     size_bytes: metadata.len(),
                     last_modified_ms: mtime_ms(&metadata),
                     first_append_ms: None,
                     index: None,
-                },
+                }),
             );
         }
         if segments.is_empty() {
             segments.insert(
                 0,
-                Segment {
+                Box::new(Segment {
                     base_offset: 0,
                     size_bytes: 0,
                     last_modified_ms: now_ms(),
                     first_append_ms: None,
                     index: Some(SegmentIndex::new(0)),
-                },
+                }),
             );
             files_changed = true;
         }
@@ -393,7 +427,9 @@ impl Log {
             Some(s) => (s.base_offset, s.size_bytes),
             None => return Err(StorageError::Corrupt("no active segment".into())),
         };
-        let file = open_for_write(&file_path(dir, active_base, LOG_SUFFIX)).await?;
+        let file = cache
+            .get(&file_path(dir, active_base, LOG_SUFFIX), FileMode::ReadWrite)
+            .await?;
         if !BLOCK_BYTES.is_multiple_of(file.alignment()) {
             return Err(StorageError::Corrupt(format!(
                 "device alignment {} does not divide the {BLOCK_BYTES}-byte block",
@@ -433,7 +469,7 @@ impl Log {
             write_offset_file(dir, RECOVERY_POINT_FILE, log_end_offset).await?;
             files_changed = true;
         }
-        if files_changed {
+        if files_changed || marker_removed {
             segment::sync_dir(dir).await?;
         }
         tracing::debug!(
@@ -446,10 +482,7 @@ impl Log {
         let state = State {
             config,
             segments,
-            writer: Some(Writer {
-                file: Rc::new(file),
-                tail,
-            }),
+            writer: Some(Writer { tail }),
             log_start_offset,
             log_end_offset,
             recovery_point: log_end_offset,
@@ -460,12 +493,13 @@ impl Log {
             closed: false,
             messages_since_flush: 0,
             last_flush_ms: now_ms(),
-            read_file: None,
             writes_completed: 0,
         };
+        drop(file);
         Ok(Rc::new_cyclic(|this| Log {
             dir: dir.to_path_buf(),
             this: this.clone(),
+            cache: cache.clone(),
             state: RefCell::new(state),
             log_start_offset_writing: Cell::new(false),
         }))
@@ -543,7 +577,8 @@ impl Log {
                     }
                     return;
                 }
-                state.pending.drain(..).collect()
+                // Moves the queue's buffer out, so an idle log keeps none.
+                Vec::from(std::mem::take(&mut state.pending))
             };
             self.write_drained(drained).await;
         }
@@ -655,12 +690,11 @@ impl Log {
     /// stays a contiguous run of batches that Kafka tools can read. A stream
     /// writer buffers across calls and pads at close only, which loses (3).
     async fn write_run(&self, run: &[PendingAppend], now: i64) -> Result<Vec<AppendResult>, StorageError> {
-        let (file, tail, size, log_end_offset, log_start_offset, log_append_time) = {
+        let (tail, size, log_end_offset, log_start_offset, log_append_time) = {
             let state = self.state.borrow();
             let writer = state.writer.as_ref().ok_or(StorageError::Closed)?;
             let active = state.active().ok_or(StorageError::Closed)?;
             (
-                writer.file.clone(),
                 writer.tail.clone(),
                 active.size_bytes,
                 state.log_end_offset,
@@ -668,6 +702,7 @@ impl Log {
                 state.config.log_append_time,
             )
         };
+        let file = self.active_file().await?;
         let tail_start = size - tail.len() as u64;
         assert_eq!(tail_start % BLOCK_BYTES, 0, "tail block must start aligned");
         let payload_bytes: u64 = run.iter().map(|p| p.bytes).sum();
@@ -757,9 +792,9 @@ impl Log {
     /// Seals the active segment (trim padding, fdatasync, write indexes) and
     /// starts a new one at the log end offset; moves the recovery point there.
     async fn roll(&self, now: i64) -> Result<(), StorageError> {
-        let (file, size, index, new_base) = {
+        let file = self.active_file().await?;
+        let (size, index, new_base) = {
             let mut state = self.state.borrow_mut();
-            let file = state.writer.as_ref().ok_or(StorageError::Closed)?.file.clone();
             let new_base = state.log_end_offset;
             let active = state.active_mut().ok_or(StorageError::Closed)?;
             assert!(
@@ -770,19 +805,24 @@ impl Log {
                 .index
                 .get_or_insert_with(|| SegmentIndex::new(active.base_offset));
             index.seal();
-            (file, active.size_bytes, index.clone(), new_base)
+            (active.size_bytes, index.clone(), new_base)
         };
         file.truncate(size).await?;
         file.fdatasync().await?;
+        drop(file);
         segment::write_indexes(&self.dir, &index).await?;
-        let new_file = open_for_write(&file_path(&self.dir, new_base, LOG_SUFFIX)).await?;
+        let new_file = self
+            .cache
+            .get(&file_path(&self.dir, new_base, LOG_SUFFIX), FileMode::ReadWrite)
+            .await?;
         if new_file.file_size().await? != 0 {
             // Left by an earlier roll that failed after creating it.
             new_file.truncate(0).await?;
         }
+        drop(new_file);
         write_offset_file(&self.dir, RECOVERY_POINT_FILE, new_base).await?;
         segment::sync_dir(&self.dir).await?;
-        let old_writer = {
+        {
             let mut state = self.state.borrow_mut();
             if let Some(sealed) = state.active_mut() {
                 // Sealed indexes are on disk; reload on demand to keep an idle
@@ -791,25 +831,20 @@ impl Log {
             }
             state.segments.insert(
                 new_base,
-                Segment {
+                Box::new(Segment {
                     base_offset: new_base,
                     size_bytes: 0,
                     last_modified_ms: now,
                     first_append_ms: None,
                     index: Some(SegmentIndex::new(new_base)),
-                },
+                }),
             );
             state.recovery_point = new_base;
             state.messages_since_flush = 0;
             state.last_flush_ms = now;
-            state.writer.replace(Writer {
-                file: Rc::new(new_file),
-                tail: Vec::new(),
-            })
-        };
-        drop(file);
-        if let Some(old) = old_writer {
-            close_if_last(old.file).await;
+            if let Some(writer) = state.writer.as_mut() {
+                writer.tail = Vec::new();
+            }
         }
         tracing::debug!(dir = %self.dir.display(), new_base, "segment rolled");
         Ok(())
@@ -821,7 +856,7 @@ impl Log {
     /// fetch continues in the next segment. `offset == LEO` gives empty bytes.
     ///
     /// Reads go through the segment's DmaFile `read_at` (O_DIRECT, glommio
-    /// aligns), the active segment's own file or a lazily opened read file,
+    /// aligns) on the segment's file from the shard's `FileCache`,
     /// copied once into `Bytes`; a later issue adds a tail cache and sendfile.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
         let mut base = {
@@ -999,43 +1034,42 @@ impl Log {
         Ok(())
     }
 
-    /// A read handle on a segment's `.log`: the writer's file for the active
-    /// segment, else the cached or a newly opened read file. A file deleted by
-    /// retention surfaces as `Io(NotFound)`.
+    /// The active segment's file, for the writer (reopened read+write if
+    /// the cache evicted it). Only the writer task, roll and close call it.
+    async fn active_file(&self) -> Result<Rc<DmaFile>, StorageError> {
+        let base = self.state.borrow().active_base();
+        let path = file_path(&self.dir, base, LOG_SUFFIX);
+        self.cache.get(&path, FileMode::ReadWrite).await
+    }
+
+    /// A read handle on a segment's `.log`, from the shard's cache (the
+    /// active segment in the writer's read+write mode, so reads and writes
+    /// share one file). A file deleted by retention surfaces as
+    /// `Io(NotFound)`. Once the log is closed, reads open a file of their
+    /// own, closed when dropped, so a closed log leaves nothing cached.
     async fn segment_file(&self, base: i64) -> Result<Rc<DmaFile>, StorageError> {
-        {
+        let path = file_path(&self.dir, base, LOG_SUFFIX);
+        let (closed, active) = {
             let state = self.state.borrow();
-            if base == state.active_base() {
-                if let Some(writer) = &state.writer {
-                    return Ok(writer.file.clone());
-                }
-            }
-            if let Some((cached, file)) = &state.read_file {
-                if *cached == base {
-                    return Ok(file.clone());
-                }
-            }
+            (state.writer.is_none(), base == state.active_base())
+        };
+        if closed {
+            return Ok(Rc::new(open_existing(&path).await?));
         }
-        let file = match open_for_read(&file_path(&self.dir, base, LOG_SUFFIX)).await {
-            Ok(file) => Rc::new(file),
-            Err(e) if is_not_found(&e) => {
-                return Err(StorageError::Io(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    e.to_string(),
-                )))
-            }
-            Err(e) => return Err(e.into()),
+        let mode = if active {
+            FileMode::ReadWrite
+        } else {
+            FileMode::Read
         };
-        let replaced = {
-            let mut state = self.state.borrow_mut();
-            if state.segments.contains_key(&base) {
-                state.read_file.replace((base, file.clone()))
-            } else {
-                None
-            }
+        let file = self.cache.get(&path, mode).await?;
+        // No await since `get` returned: a close or retention that ran while
+        // it was opening cannot slip in between this check and the read.
+        let stale = {
+            let state = self.state.borrow();
+            state.writer.is_none() || !state.segments.contains_key(&base)
         };
-        if let Some((_, old)) = replaced {
-            close_if_last(old).await;
+        if stale {
+            self.cache.remove(&path);
         }
         Ok(file)
     }
@@ -1091,8 +1125,8 @@ impl Log {
             .copied()
             .unwrap_or(state.log_end_offset);
         state.log_start_offset = state.log_start_offset.max(first_base);
-        if state.read_file.as_ref().is_some_and(|(b, _)| removed.contains(b)) {
-            state.read_file = None;
+        for base in removed {
+            self.cache.remove(&file_path(&self.dir, *base, LOG_SUFFIX));
         }
     }
 
@@ -1154,15 +1188,22 @@ impl Log {
     }
 
     /// fdatasyncs the active segment now (the flush.ms timer calls this).
+    /// A log with nothing written since its last sync (recovery point at the
+    /// log end) skips the sync, so the timer does not reopen idle
+    /// partitions' files. An evicted file is reopened for the sync: Linux
+    /// syncs the file's data whichever descriptor asks.
     pub async fn flush(&self) -> Result<(), StorageError> {
-        let (file, log_end_offset) = {
+        let (log_end_offset, synced) = {
             let state = self.state.borrow();
-            match &state.writer {
-                Some(writer) => (writer.file.clone(), state.log_end_offset),
-                None => return Ok(()),
+            if state.writer.is_none() {
+                return Ok(());
             }
+            (state.log_end_offset, state.recovery_point >= state.log_end_offset)
         };
-        file.fdatasync().await?;
+        if !synced {
+            let file = self.active_file().await?;
+            file.fdatasync().await?;
+        }
         let mut state = self.state.borrow_mut();
         state.recovery_point = state.recovery_point.max(log_end_offset);
         state.messages_since_flush = 0;
@@ -1173,8 +1214,15 @@ impl Log {
     /// Clean close: waits for in-flight appends, trims the O_DIRECT padding,
     /// fdatasyncs, writes the indexes, the recovery point (= LEO) and the
     /// clean-shutdown marker. Appends afterwards fail with `Closed`; reads
-    /// keep working.
+    /// keep working (with files of their own). Releases the log's cached
+    /// files, whether or not the close succeeded.
     pub async fn close(&self) -> Result<(), StorageError> {
+        let closed = self.close_in().await;
+        self.cache.forget(&self.dir);
+        closed
+    }
+
+    async fn close_in(&self) -> Result<(), StorageError> {
         self.state.borrow_mut().closed = true;
         loop {
             let idle = {
@@ -1188,34 +1236,32 @@ impl Log {
             };
             let _ = idle.await;
         }
-        let (writer, size, index, log_end_offset) = {
+        if self.state.borrow().writer.is_none() {
+            return Ok(());
+        }
+        let file = self.active_file().await?;
+        let (size, index, log_end_offset) = {
             let mut state = self.state.borrow_mut();
-            let Some(writer) = state.writer.take() else {
+            if state.writer.take().is_none() {
+                // A concurrent close got here first.
                 return Ok(());
-            };
+            }
             let log_end_offset = state.log_end_offset;
             let active = state.active_mut().ok_or(StorageError::Closed)?;
             let index = active
                 .index
                 .get_or_insert_with(|| SegmentIndex::new(active.base_offset));
             index.seal();
-            (writer, active.size_bytes, index.clone(), log_end_offset)
+            (active.size_bytes, index.clone(), log_end_offset)
         };
-        writer.file.truncate(size).await?;
-        writer.file.fdatasync().await?;
+        file.truncate(size).await?;
+        file.fdatasync().await?;
+        drop(file);
         segment::write_indexes(&self.dir, &index).await?;
         write_offset_file(&self.dir, RECOVERY_POINT_FILE, log_end_offset).await?;
         segment::write_file_atomic(&self.dir, CLEAN_SHUTDOWN_FILE, Vec::new()).await?;
         segment::sync_dir(&self.dir).await?;
-        let read_file = {
-            let mut state = self.state.borrow_mut();
-            state.recovery_point = log_end_offset;
-            state.read_file.take()
-        };
-        close_if_last(writer.file).await;
-        if let Some((_, file)) = read_file {
-            close_if_last(file).await;
-        }
+        self.state.borrow_mut().recovery_point = log_end_offset;
         tracing::debug!(dir = %self.dir.display(), log_end_offset, "log closed");
         Ok(())
     }
@@ -1229,14 +1275,6 @@ impl Log {
         }
         std::fs::remove_dir(&self.dir)?;
         Ok(())
-    }
-}
-
-/// Closes a file explicitly when this is its last handle (a dropped glommio
-/// file is closed too, one I/O cycle later).
-async fn close_if_last(file: Rc<DmaFile>) {
-    if let Err(e) = file.close_rc().await {
-        tracing::debug!(error = %e, "closing segment file");
     }
 }
 
@@ -1268,7 +1306,7 @@ fn describe(batches: Vec<Bytes>) -> Result<PendingAppend, StorageError> {
 /// scanning from its last index entry (or rebuild its index if unusable).
 async fn recover_clean(
     dir: &Path,
-    segments: &mut BTreeMap<i64, Segment>,
+    segments: &mut Segments,
     config: &LogConfig,
 ) -> Result<Recovered, StorageError> {
     let mut report = RecoveryReport::default();
@@ -1350,7 +1388,7 @@ fn warn_truncation(dir: &Path, base: i64, outcome: &segment::ScanOutcome, trunca
 /// delete the segments after it.
 async fn recover_unclean(
     dir: &Path,
-    segments: &mut BTreeMap<i64, Segment>,
+    segments: &mut Segments,
     recovery_point: i64,
     config: &LogConfig,
 ) -> Result<Recovered, StorageError> {

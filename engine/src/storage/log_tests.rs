@@ -23,8 +23,15 @@ fn small_segments(segment_bytes: u64) -> LogConfig {
     }
 }
 
+/// A shard's file cache as tests use it: small, so evictions happen.
+fn file_cache(capacity: usize) -> Rc<FileCache> {
+    FileCache::new(capacity)
+}
+
 async fn open(dir: &Path, config: LogConfig, mode: RecoveryMode) -> Rc<Log> {
-    Log::open(dir, config, mode).await.expect("open log")
+    Log::open(dir, config, mode, file_cache(4))
+        .await
+        .expect("open log")
 }
 
 /// Appends `count` single-batch appends of `records` records each.
@@ -684,5 +691,421 @@ fn append_rejects_an_empty_append_and_a_malformed_batch() {
             Err(StorageError::InvalidBatch(_))
         ));
         assert_eq!(log.log_end_offset(), 0);
+    });
+}
+
+/// Open descriptors of this process whose target lies under `dir` (tests
+/// run in parallel threads of one process, so the total count is noisy).
+fn fds_under(dir: &Path) -> usize {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+/// Waits (up to ~1 s) for detached closes to finish until at most `max`
+/// descriptors under `dir` are open; returns the count.
+async fn settle_fds(dir: &Path, max: usize) -> usize {
+    for _ in 0..1000 {
+        let open = fds_under(dir);
+        if open <= max {
+            return open;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    fds_under(dir)
+}
+
+/// Reads the whole log like a consumer and checks it holds exactly `sent`
+/// (assigned base offset, then every byte the client sent after it).
+async fn assert_reads_back(log: &Log, sent: &[(i64, Bytes)]) {
+    let mut next = log.log_start_offset();
+    let mut expected = sent.iter();
+    while next < log.log_end_offset() {
+        let read = log.read(next, 8 * 1024).await.expect("read");
+        let batches = split_validated(&read).expect("whole valid batches");
+        assert!(
+            !batches.is_empty(),
+            "read at {next} below the LEO returned nothing"
+        );
+        for got in batches {
+            let (base_offset, want) = expected.next().expect("no more batches than sent");
+            let header = validate(&got).expect("valid");
+            assert_eq!(header.base_offset.get(), *base_offset);
+            assert_eq!(&got[8..], &want[8..]);
+            next = header.last_offset() + 1;
+        }
+    }
+    assert!(expected.next().is_none(), "every sent batch read back");
+}
+
+#[test]
+fn fifty_logs_share_an_eight_file_cache_and_read_back_everything() {
+    const LOGS: usize = 50;
+    const CAPACITY: usize = 8;
+    // The LRU may trail capacity by closes still in flight; none are at rest.
+    const SLACK: usize = 2;
+    run(|| async {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cache = file_cache(CAPACITY);
+        let mut logs = Vec::new();
+        for i in 0..LOGS {
+            let dir = root.path().join(format!("topic-{i}"));
+            let log = Log::open(
+                &dir,
+                small_segments(16 * 1024),
+                RecoveryMode::Clean,
+                cache.clone(),
+            )
+            .await
+            .expect("open");
+            logs.push(log);
+        }
+        assert!(
+            settle_fds(root.path(), CAPACITY).await <= CAPACITY,
+            "open keeps no fd"
+        );
+        let mut sent: Vec<Vec<(i64, Bytes)>> = vec![Vec::new(); LOGS];
+        for round in 0..12usize {
+            for i in 0..LOGS {
+                // Odd sizes: tails stay partial, so reopened writers must
+                // rewrite their in-memory tail block at the right position.
+                let batch = make_batch(0, 1 + (round + i) % 3, 100 + 37 * i, (round * 1000 + i) as i64);
+                let appended = logs[i].append(vec![batch.clone()]).await.expect("append");
+                sent[i].push((appended.base_offset, batch));
+                // Reading another log evicts files mid-stream, active ones too.
+                let other = (i * 7 + round) % LOGS;
+                if let Some((offset, want)) = sent[other].last() {
+                    let read = logs[other].read(*offset, 1).await.expect("read");
+                    assert_eq!(&read[8..], &want[8..]);
+                }
+            }
+            let open = settle_fds(root.path(), CAPACITY).await;
+            assert!(open <= CAPACITY + SLACK, "round {round}: {open} files open");
+        }
+        assert!(logs.iter().any(|l| l.segment_count() > 1), "some logs rolled");
+        for (log, sent) in logs.iter().zip(&sent) {
+            assert_reads_back(log, sent).await;
+        }
+        let stats = cache.stats();
+        assert!(
+            stats.evictions > 100,
+            "files were evicted and reopened: {stats:?}"
+        );
+        assert_eq!(stats.over_capacity, 0);
+        assert!(settle_fds(root.path(), CAPACITY).await <= CAPACITY + SLACK);
+        for log in &logs {
+            log.close().await.expect("close");
+        }
+        assert_eq!(settle_fds(root.path(), 0).await, 0);
+        assert_eq!(cache.open_files(), 0);
+    });
+}
+
+#[test]
+fn evicted_log_keeps_appending_at_its_position_and_reopens_without_holes() {
+    run(|| async {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dirs = [root.path().join("a"), root.path().join("b")];
+        // One file for two logs: every append reopens its log's active file.
+        let cache = file_cache(1);
+        let mut logs = Vec::new();
+        for dir in &dirs {
+            let log = Log::open(dir, LogConfig::default(), RecoveryMode::Clean, cache.clone())
+                .await
+                .expect("open");
+            logs.push(log);
+        }
+        let mut sent: Vec<Vec<(i64, Bytes)>> = vec![Vec::new(), Vec::new()];
+        for i in 0..40usize {
+            let which = i % 2;
+            let batch = make_batch(0, 2, 333 + i, i as i64);
+            let appended = logs[which].append(vec![batch.clone()]).await.expect("append");
+            sent[which].push((appended.base_offset, batch));
+        }
+        assert!(cache.stats().evictions >= 38, "{:?}", cache.stats());
+        let ends: Vec<(i64, u64)> = logs
+            .iter()
+            .map(|l| (l.log_end_offset(), l.size_bytes()))
+            .collect();
+        for log in &logs {
+            log.close().await.expect("close");
+        }
+        for ((dir, sent), (end, size)) in dirs.iter().zip(&sent).zip(&ends) {
+            // Whole batches and nothing else: no padding left inside.
+            let file_bytes: u64 = segment_files(dir, "log")
+                .iter()
+                .map(|p| std::fs::metadata(p).expect("stat").len())
+                .sum();
+            assert_eq!(file_bytes, *size);
+            let log = Log::open(dir, LogConfig::default(), RecoveryMode::Clean, file_cache(1))
+                .await
+                .expect("clean reopen");
+            assert_eq!(log.recovery_report().segments_scanned, 0);
+            assert_eq!((log.log_end_offset(), log.size_bytes()), (*end, *size));
+            assert_reads_back(&log, sent).await;
+            crash(log);
+            // A full CRC scan agrees: nothing torn, nothing cut.
+            let log = Log::open(dir, LogConfig::default(), RecoveryMode::Unclean, file_cache(1))
+                .await
+                .expect("unclean reopen");
+            assert_eq!(log.recovery_report().bytes_truncated, 0);
+            assert_eq!(log.recovery_report().batches_scanned, sent.len() as u64);
+            assert_eq!(log.log_end_offset(), *end);
+        }
+    });
+}
+
+#[test]
+fn close_and_delete_release_the_logs_cached_files() {
+    run(|| async {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cache = file_cache(8);
+        let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("topic-{i}"))).collect();
+        let mut logs = Vec::new();
+        for dir in &dirs {
+            let log = Log::open(dir, small_segments(4 * 1024), RecoveryMode::Clean, cache.clone())
+                .await
+                .expect("open");
+            append_batches(&log, 6, 1, 900).await;
+            log.read(0, 1 << 20).await.expect("read sealed");
+            logs.push(log);
+        }
+        for dir in &dirs {
+            assert!(fds_under(dir) >= 1);
+        }
+        let before = cache.open_files();
+
+        logs[0].close().await.expect("close");
+        assert_eq!(settle_fds(&dirs[0], 0).await, 0);
+        let after_close = cache.open_files();
+        assert!(after_close < before);
+        // Reads on a closed log work and leave nothing cached or open.
+        let read = logs[0].read(0, 1 << 20).await.expect("read after close");
+        assert_eq!(batch_offsets(&read)[0], (0, 0));
+        assert_eq!(cache.open_files(), after_close);
+        assert_eq!(settle_fds(&dirs[0], 0).await, 0);
+
+        logs[1].delete().await.expect("delete");
+        assert!(!dirs[1].exists());
+        assert_eq!(
+            settle_fds(&dirs[1], 0).await,
+            0,
+            "a deleted log keeps no file open"
+        );
+        assert!(cache.open_files() < after_close);
+        assert!(fds_under(&dirs[2]) >= 1, "other logs keep theirs");
+    });
+}
+
+#[test]
+fn retention_drops_deleted_segments_from_the_cache() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = file_cache(16);
+        let config = LogConfig {
+            retention_bytes: 0,
+            ..small_segments(4 * 1024)
+        };
+        let log = Log::open(dir.path(), config, RecoveryMode::Clean, cache.clone())
+            .await
+            .expect("open");
+        append_batches(&log, 8, 1, 900).await;
+        let mut next = 0;
+        while next < log.log_end_offset() {
+            let read = log.read(next, 1 << 20).await.expect("read");
+            next = batch_offsets(&read).last().expect("batch").1 + 1;
+        }
+        assert!(cache.open_files() > 1);
+        assert!(log.enforce_retention(now_ms()).await.expect("retention") > 0);
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(cache.open_files(), 1, "only the active segment stays cached");
+        assert_eq!(settle_fds(dir.path(), 1).await, 1);
+    });
+}
+
+#[test]
+fn flush_of_a_synced_idle_log_does_not_reopen_its_file() {
+    run(|| async {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        let cache = file_cache(1);
+        let idle = Log::open(&a, LogConfig::default(), RecoveryMode::Clean, cache.clone())
+            .await
+            .expect("open a");
+        append_batches(&idle, 1, 1, 10).await;
+        idle.flush().await.expect("flush");
+        let busy = Log::open(&b, LogConfig::default(), RecoveryMode::Clean, cache.clone())
+            .await
+            .expect("open b");
+        append_batches(&busy, 1, 1, 10).await;
+        assert_eq!(settle_fds(&a, 0).await, 0, "evicted");
+        idle.flush().await.expect("flush idle");
+        assert_eq!(fds_under(&a), 0, "nothing to sync, nothing reopened");
+        // Unsynced data is synced through a reopened file.
+        append_batches(&idle, 1, 1, 10).await;
+        busy.flush().await.expect("flush busy");
+        idle.flush().await.expect("flush after append");
+        assert_eq!(idle.log_end_offset(), 2);
+    });
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn open_fds_total() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+}
+
+/// Opens `count` logs under `root` through `cache` in `mode`, one at a time
+/// (as a shard does at startup); returns them and the elapsed time.
+async fn open_many(
+    root: &Path,
+    count: usize,
+    mode: RecoveryMode,
+    cache: &Rc<FileCache>,
+) -> (Vec<Rc<Log>>, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut logs = Vec::with_capacity(count);
+    for i in 0..count {
+        let dir = root.join(format!("topic-{i}"));
+        let log = Log::open(&dir, LogConfig::default(), mode, cache.clone())
+            .await
+            .expect("open");
+        logs.push(log);
+    }
+    (logs, start.elapsed())
+}
+
+/// Closes `logs`, 64 at a time (setup for the next measurement only).
+async fn close_all(logs: Vec<Rc<Log>>) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    for chunk in logs.chunks(64) {
+        let closes: Vec<_> = chunk
+            .iter()
+            .map(|log| {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.close().await.expect("close") })
+            })
+            .collect();
+        for close in closes {
+            close.await;
+        }
+    }
+    start.elapsed()
+}
+
+/// Creates `count` logs with one small append each, 64 at a time.
+async fn create_many(
+    root: &Path,
+    count: usize,
+    cache: &Rc<FileCache>,
+) -> (Vec<Rc<Log>>, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut logs = Vec::with_capacity(count);
+    for first in (0..count).step_by(64) {
+        let opens: Vec<_> = (first..count.min(first + 64))
+            .map(|i| {
+                let (dir, cache) = (root.join(format!("topic-{i}")), cache.clone());
+                glommio::spawn_local(async move {
+                    let log = Log::open(&dir, LogConfig::default(), RecoveryMode::Clean, cache)
+                        .await
+                        .expect("open");
+                    log.append(vec![make_batch(0, 1, 100, 1_000)])
+                        .await
+                        .expect("append");
+                    log
+                })
+            })
+            .collect();
+        for open in opens {
+            logs.push(open.await);
+        }
+    }
+    (logs, start.elapsed())
+}
+
+async fn footprint(count: usize) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cache = FileCache::new(256);
+    let (rss0, fds0) = (vm_rss_kib(), open_fds_total());
+    let (logs, opened) = create_many(root.path(), count, &cache).await;
+    settle_fds(root.path(), 256).await;
+    let (rss1, fds1) = (vm_rss_kib(), open_fds_total());
+    println!(
+        "{count:>6} logs new:      create+append (64 at a time) {:>7.1} ms, RSS +{:>8} KiB ({:>6.0} B/log), fds +{} (cache holds {})",
+        opened.as_secs_f64() * 1e3,
+        rss1 - rss0,
+        (rss1 - rss0) as f64 * 1024.0 / count as f64,
+        fds1 as i64 - fds0 as i64,
+        cache.open_files()
+    );
+    let closed = close_all(logs).await;
+    settle_fds(root.path(), 0).await;
+    let (rss2, fds2) = (vm_rss_kib(), open_fds_total());
+    let (logs, reopened) = open_many(root.path(), count, RecoveryMode::Clean, &cache).await;
+    settle_fds(root.path(), 256).await;
+    let (rss3, fds3) = (vm_rss_kib(), open_fds_total());
+    println!(
+        "{count:>6} logs clean:    close (64 at a time) {:>7.1} ms, reopen one at a time {:>7.1} ms ({:>5.0} us/log), \
+         RSS +{} KiB vs before the reopen, +{} KiB vs start, fds after close +{}, after reopen +{}",
+        closed.as_secs_f64() * 1e3,
+        reopened.as_secs_f64() * 1e3,
+        reopened.as_secs_f64() * 1e6 / count as f64,
+        rss3 as i64 - rss2 as i64,
+        rss3 as i64 - rss0 as i64,
+        fds2 as i64 - fds0 as i64,
+        fds3 as i64 - fds0 as i64,
+    );
+    assert!(logs.iter().all(|l| l.recovery_report().segments_scanned == 0));
+    close_all(logs).await;
+    for i in 0..count {
+        std::fs::remove_file(root.path().join(format!("topic-{i}")).join(CLEAN_SHUTDOWN_FILE))
+            .expect("remove marker");
+    }
+    let (logs, unclean) = open_many(root.path(), count, RecoveryMode::Unclean, &cache).await;
+    settle_fds(root.path(), 256).await;
+    println!(
+        "{count:>6} logs unclean:  reopen one at a time {:>7.1} ms ({:>5.0} us/log), fds +{}",
+        unclean.as_secs_f64() * 1e3,
+        unclean.as_secs_f64() * 1e6 / count as f64,
+        open_fds_total() as i64 - fds0 as i64,
+    );
+    assert!(logs.iter().all(|l| l.log_end_offset() == 1));
+    close_all(logs).await;
+}
+
+/// Memory and descriptors per idle partition, and startup time. Run alone:
+/// `cargo test --release -p shardlog --lib -- --ignored --nocapture footprint`
+/// (`FOOTPRINT_COUNTS=1,100` for a quick run).
+#[test]
+#[ignore = "measurement: run alone, in release"]
+fn footprint_of_idle_logs() {
+    use std::mem::size_of;
+    println!(
+        "sizes: Log {} (State {}), Segment {}, SegmentIndex {}, LogConfig {}, segment map leaf ~{} (11 slots)",
+        size_of::<Log>(),
+        size_of::<State>(),
+        size_of::<Segment>(),
+        size_of::<SegmentIndex>(),
+        size_of::<LogConfig>(),
+        11 * (size_of::<i64>() + size_of::<Box<Segment>>()) + 16,
+    );
+    let counts: Vec<usize> = std::env::var("FOOTPRINT_COUNTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 1_000, 10_000]);
+    run(|| async move {
+        for count in counts {
+            footprint(count).await;
+        }
     });
 }

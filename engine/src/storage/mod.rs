@@ -2,6 +2,7 @@
 //! See README.md in this directory.
 
 pub mod batch;
+mod file_cache;
 pub mod index;
 pub mod log;
 mod segment;
@@ -9,6 +10,7 @@ mod segment;
 pub mod testutil;
 
 pub use batch::{parse_header, split_validated, validate, BatchError, BatchHeader};
+pub use file_cache::{FileCache, FileCacheStats, FileMode};
 pub use log::{
     detect_recovery_mode, AppendResult, Log, LogConfig, RecoveryMode, RecoveryReport, StorageError,
 };

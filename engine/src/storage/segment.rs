@@ -94,6 +94,19 @@ pub async fn open_for_read(path: &Path) -> Result<DmaFile, GlommioError<()>> {
     OpenOptions::new().read(true).dma_open(path).await
 }
 
+/// Opens an existing segment `.log` for O_DIRECT reads; a missing file is
+/// `StorageError::Io(NotFound)` (which `StorageError::is_not_found` sees).
+pub async fn open_existing(path: &Path) -> Result<DmaFile, StorageError> {
+    match open_for_read(path).await {
+        Ok(file) => Ok(file),
+        Err(e) if is_not_found(&e) => Err(StorageError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            e.to_string(),
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Opens (creating if missing) a segment's `.log` for O_DIRECT writes.
 pub async fn open_for_write(path: &Path) -> Result<DmaFile, StorageError> {
     Ok(OpenOptions::new()

@@ -1,0 +1,346 @@
+//! Per-shard LRU of open segment files, so an idle partition holds no file
+//! descriptor.
+//!
+//! - **Lives on:** every shard, one per shard (`Rc<FileCache>`, `!Send`),
+//!   built by `shard_main` from `log.fd.cache.size`; touched only by that
+//!   shard's executor. Shared by all of the shard's `Log`s.
+//! - **Called by:** `Log` on every write, read, roll and close; `Log::close`
+//!   and `Log::delete` call `forget(dir)`, retention calls `remove(path)`.
+//!
+//! Bound: at most `capacity` files stay open. A file is "in use" while some
+//! caller holds its `Rc` (a write, read or scan in flight); in-use files are
+//! never evicted, so when every cached file is in use a miss goes over
+//! capacity instead of failing (counted in `FileCacheStats::over_capacity`,
+//! warned once). The excess is bounded by the operations in flight on the
+//! shard (each holds one file at a time) and is trimmed by the next misses.
+//!
+//! Back of envelope: 256 files per shard (the default) is 256 fds per core;
+//! an entry costs the path (~60 bytes), the glommio file (~150 bytes) and two
+//! map slots, so ~100 KiB per shard at the default. An evicted file costs one
+//! `open` (~10 us) when next touched; closes run as detached tasks so no
+//! caller waits for one.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::DmaFile;
+
+use super::log::StorageError;
+use super::segment::{open_existing, open_for_write};
+
+/// How a cached file was opened. A `ReadWrite` file also serves reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMode {
+    /// O_DIRECT, read only; the file must exist.
+    Read,
+    /// O_DIRECT, read and write, created if missing (the active segment).
+    ReadWrite,
+}
+
+impl FileMode {
+    fn serves(self, wanted: FileMode) -> bool {
+        self == wanted || self == FileMode::ReadWrite
+    }
+}
+
+/// Counters since the cache was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Files closed to make room (not counting `forget`/`remove`).
+    pub evictions: u64,
+    /// Misses that left more than `capacity` files open because every cached
+    /// file was in use.
+    pub over_capacity: u64,
+}
+
+struct Entry {
+    file: Rc<DmaFile>,
+    mode: FileMode,
+    /// Key of this entry in `Inner::lru`.
+    last_used: u64,
+}
+
+struct Inner {
+    /// By segment file path. Holds `capacity` entries, more only while every
+    /// entry is in use (see the module doc).
+    entries: HashMap<PathBuf, Entry>,
+    /// `last_used` -> path: the same entries, least recently used first.
+    lru: BTreeMap<u64, PathBuf>,
+    next_tick: u64,
+    stats: FileCacheStats,
+    warned_over_capacity: bool,
+}
+
+/// Per-shard LRU of open segment `.log` files. See the module doc.
+pub struct FileCache {
+    capacity: usize,
+    inner: RefCell<Inner>,
+}
+
+impl FileCache {
+    /// A cache keeping at most `capacity` (at least 1) files open.
+    pub fn new(capacity: usize) -> Rc<FileCache> {
+        Rc::new(FileCache {
+            capacity: capacity.max(1),
+            inner: RefCell::new(Inner {
+                entries: HashMap::new(),
+                lru: BTreeMap::new(),
+                next_tick: 0,
+                stats: FileCacheStats::default(),
+                warned_over_capacity: false,
+            }),
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Files the cache holds open now.
+    pub fn open_files(&self) -> usize {
+        self.inner.borrow().entries.len()
+    }
+
+    pub fn stats(&self) -> FileCacheStats {
+        self.inner.borrow().stats
+    }
+
+    /// The open file at `path`, opening it (and closing the least recently
+    /// used file not in use, if the cache is full) on a miss. A missing file
+    /// in `Read` mode is `StorageError::Io(NotFound)`.
+    ///
+    /// The caller should drop the returned `Rc` when its I/O is done: while
+    /// held, the file counts as in use and cannot be evicted.
+    pub async fn get(&self, path: &Path, mode: FileMode) -> Result<Rc<DmaFile>, StorageError> {
+        if let Some(file) = self.lookup(path, mode) {
+            return Ok(file);
+        }
+        let opened = Rc::new(open(path, mode).await?);
+        let mut inner = self.inner.borrow_mut();
+        inner.stats.misses += 1;
+        if let Some(existing) = inner.entries.get(path) {
+            if existing.mode.serves(mode) {
+                // Another caller opened it while we did: keep theirs.
+                let file = existing.file.clone();
+                touch(&mut inner, path);
+                drop(inner);
+                close_detached(opened);
+                return Ok(file);
+            }
+        }
+        if let Some(replaced) = take(&mut inner, path) {
+            // A read-only file where a writer is now wanted.
+            close_detached(replaced);
+        }
+        let evicted = self.make_room(&mut inner);
+        let tick = next_tick(&mut inner);
+        inner.lru.insert(tick, path.to_path_buf());
+        inner.entries.insert(
+            path.to_path_buf(),
+            Entry {
+                file: opened.clone(),
+                mode,
+                last_used: tick,
+            },
+        );
+        drop(inner);
+        for file in evicted {
+            close_detached(file);
+        }
+        Ok(opened)
+    }
+
+    /// Closes and drops the cached file at `path` (a deleted segment).
+    /// A caller still holding it keeps it until it drops its `Rc`.
+    pub fn remove(&self, path: &Path) {
+        let removed = take(&mut self.inner.borrow_mut(), path);
+        if let Some(file) = removed {
+            close_detached(file);
+        }
+    }
+
+    /// Closes and drops every cached file in `dir` (a closed or deleted log).
+    /// O(open files), which `capacity` bounds.
+    pub fn forget(&self, dir: &Path) {
+        let removed: Vec<Rc<DmaFile>> = {
+            let mut inner = self.inner.borrow_mut();
+            let paths: Vec<PathBuf> = inner
+                .entries
+                .keys()
+                .filter(|p| p.parent() == Some(dir))
+                .cloned()
+                .collect();
+            paths.iter().filter_map(|p| take(&mut inner, p)).collect()
+        };
+        for file in removed {
+            close_detached(file);
+        }
+    }
+
+    fn lookup(&self, path: &Path, mode: FileMode) -> Option<Rc<DmaFile>> {
+        let mut inner = self.inner.borrow_mut();
+        let entry = inner.entries.get(path)?;
+        if !entry.mode.serves(mode) {
+            return None;
+        }
+        let file = entry.file.clone();
+        inner.stats.hits += 1;
+        touch(&mut inner, path);
+        Some(file)
+    }
+
+    /// Takes least recently used files not in use out of the cache until one
+    /// more fits; the caller closes them. Goes over capacity (and says so
+    /// once) when every file is in use.
+    fn make_room(&self, inner: &mut Inner) -> Vec<Rc<DmaFile>> {
+        let mut evicted = Vec::new();
+        while inner.entries.len() >= self.capacity {
+            let entries = &inner.entries;
+            let victim = inner
+                .lru
+                .values()
+                .find(|p| entries.get(*p).is_some_and(|e| Rc::strong_count(&e.file) == 1))
+                .cloned();
+            let Some(victim) = victim else {
+                inner.stats.over_capacity += 1;
+                if !std::mem::replace(&mut inner.warned_over_capacity, true) {
+                    tracing::warn!(
+                        capacity = self.capacity,
+                        open = inner.entries.len() + 1,
+                        "every cached segment file is in use: going over log.fd.cache.size \
+                         (warned once; raise log.fd.cache.size if this persists)"
+                    );
+                }
+                break;
+            };
+            if let Some(file) = take(inner, &victim) {
+                inner.stats.evictions += 1;
+                evicted.push(file);
+            }
+        }
+        evicted
+    }
+}
+
+fn next_tick(inner: &mut Inner) -> u64 {
+    let tick = inner.next_tick;
+    inner.next_tick += 1;
+    tick
+}
+
+fn touch(inner: &mut Inner, path: &Path) {
+    let tick = next_tick(inner);
+    let Some(entry) = inner.entries.get_mut(path) else {
+        return;
+    };
+    let old = std::mem::replace(&mut entry.last_used, tick);
+    if let Some(key) = inner.lru.remove(&old) {
+        inner.lru.insert(tick, key);
+    }
+}
+
+fn take(inner: &mut Inner, path: &Path) -> Option<Rc<DmaFile>> {
+    let entry = inner.entries.remove(path)?;
+    inner.lru.remove(&entry.last_used);
+    Some(entry.file)
+}
+
+async fn open(path: &Path, mode: FileMode) -> Result<DmaFile, StorageError> {
+    match mode {
+        FileMode::ReadWrite => open_for_write(path).await,
+        FileMode::Read => open_existing(path).await,
+    }
+}
+
+/// Closes a file without making anyone wait: a detached task closes it now
+/// if the cache held the last handle; otherwise the last holder's drop closes
+/// it (glommio closes dropped files on its next I/O cycle).
+fn close_detached(file: Rc<DmaFile>) {
+    glommio::spawn_local(async move {
+        if let Err(e) = file.close_rc().await {
+            tracing::debug!(error = %e, "closing segment file");
+        }
+    })
+    .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
+        let executor = glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("glommio executor");
+        executor.run(test());
+    }
+
+    fn make_files(dir: &Path, count: usize) -> Vec<PathBuf> {
+        (0..count)
+            .map(|i| {
+                let path = dir.join(format!("{i:020}.log"));
+                std::fs::write(&path, [1u8; 4096]).expect("write file");
+                path
+            })
+            .collect()
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used_file_not_in_use() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            super::super::segment::prime_iopoll_probe(dir.path())
+                .await
+                .expect("prime");
+            let paths = make_files(dir.path(), 4);
+            let cache = FileCache::new(2);
+            let held = cache.get(&paths[0], FileMode::Read).await.expect("get 0");
+            drop(cache.get(&paths[1], FileMode::Read).await.expect("get 1"));
+            // Full: 1 is the LRU file not in use (0 is older but held).
+            drop(cache.get(&paths[2], FileMode::Read).await.expect("get 2"));
+            assert_eq!(cache.open_files(), 2);
+            assert_eq!(cache.stats().evictions, 1);
+            let again = cache.get(&paths[0], FileMode::Read).await.expect("get 0 again");
+            assert!(Rc::ptr_eq(&held, &again), "a held file stays cached");
+            assert_eq!(cache.stats().hits, 1);
+            // A read+write request replaces a read-only entry; a read is
+            // served by a read+write entry.
+            drop((held, again));
+            let writable = cache.get(&paths[2], FileMode::ReadWrite).await.expect("rw");
+            let read = cache.get(&paths[2], FileMode::Read).await.expect("read");
+            assert!(Rc::ptr_eq(&writable, &read));
+            assert!(cache.open_files() <= 2);
+        });
+    }
+
+    #[test]
+    fn goes_over_capacity_only_while_every_file_is_in_use() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            super::super::segment::prime_iopoll_probe(dir.path())
+                .await
+                .expect("prime");
+            let paths = make_files(dir.path(), 3);
+            let cache = FileCache::new(1);
+            let first = cache.get(&paths[0], FileMode::Read).await.expect("get 0");
+            let second = cache.get(&paths[1], FileMode::Read).await.expect("get 1");
+            assert_eq!(cache.open_files(), 2);
+            assert_eq!(cache.stats().over_capacity, 1);
+            drop((first, second));
+            drop(cache.get(&paths[2], FileMode::Read).await.expect("get 2"));
+            assert_eq!(cache.open_files(), 1, "the next miss trims back to capacity");
+            let missing = cache.get(&dir.path().join("missing.log"), FileMode::Read).await;
+            assert!(missing.is_err_and(|e| e.is_not_found()));
+            cache.forget(dir.path());
+            assert_eq!(cache.open_files(), 0);
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        });
+    }
+}
