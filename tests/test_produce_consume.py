@@ -85,8 +85,8 @@ def test_kafka_python_keyed_roundtrip_preserves_offsets_and_per_key_order(broker
     records = keyed_records(KP_RECORDS, n_keys=1000, seed=7 + len(codec))
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, compression_type=None if codec == "none" else codec,
                              acks="all", linger_ms=5, batch_size=256 * 1024,
-                             # kafka-python 3 turns idempotence on by default; the broker has no InitProducerId
-                             enable_idempotence=False,
+                             # kafka-python 3's default idempotence stays on: InitProducerId and
+                             # per-partition sequence checks are exercised on every codec.
                              max_request_size=8 * 1024 * 1024, request_timeout_ms=30000, max_block_ms=60000)
     try:
         futures = [(v, producer.send(topic, key=k, value=v)) for k, v in records]
