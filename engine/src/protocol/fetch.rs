@@ -141,29 +141,30 @@ async fn read_all(shard: &Rc<Shard>, slots: &mut [Slot]) {
             })
         })
         .collect();
-    let calls = shard
-        .group_by_owner(work)
-        .into_iter()
-        .map(|(owner, parts)| shard.call(owner, ShardOp::Fetch { parts }));
-    for reply in futures::future::join_all(calls).await {
-        let ShardReply::Fetch(outcomes) = reply else {
-            continue;
-        };
-        for FetchOutcome {
-            slot,
-            error,
-            high_watermark,
-            log_start_offset,
-            records,
-        } in outcomes
-        {
-            let s = &mut slots[slot];
-            s.response.high_watermark = high_watermark;
-            s.response.last_stable_offset = high_watermark;
-            s.response.log_start_offset = log_start_offset;
-            s.response.error_code = error.map(|e| e.code.code()).unwrap_or(0);
-            s.records = records;
-        }
+    let outcomes = shard
+        .fan_out(
+            work,
+            |parts| ShardOp::Fetch { parts },
+            |reply| match reply {
+                ShardReply::Fetch(outcomes) => Some(outcomes),
+                _ => None,
+            },
+        )
+        .await;
+    for FetchOutcome {
+        slot,
+        error,
+        high_watermark,
+        log_start_offset,
+        records,
+    } in outcomes
+    {
+        let s = &mut slots[slot];
+        s.response.high_watermark = high_watermark;
+        s.response.last_stable_offset = high_watermark;
+        s.response.log_start_offset = log_start_offset;
+        s.response.error_code = error.map(|e| e.code.code()).unwrap_or(0);
+        s.records = records;
     }
 }
 

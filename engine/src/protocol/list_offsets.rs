@@ -42,24 +42,25 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
             slots.push((topic_index, response));
         }
     }
-    let calls = shard
-        .group_by_owner(work)
-        .into_iter()
-        .map(|(owner, parts)| shard.call(owner, ShardOp::ListOffsets { parts }));
-    for reply in futures::future::join_all(calls).await {
-        let ShardReply::ListOffsets(outcomes) = reply else {
-            continue;
-        };
-        for o in outcomes {
-            let r = &mut slots[o.slot].1;
-            match o.error {
-                Some(e) => r.error_code = e.code.code(),
-                None => {
-                    r.offset = o.offset;
-                    r.timestamp = o.timestamp;
-                    if version >= LEADER_EPOCH_VERSION {
-                        r.leader_epoch = o.leader_epoch;
-                    }
+    let outcomes = shard
+        .fan_out(
+            work,
+            |parts| ShardOp::ListOffsets { parts },
+            |reply| match reply {
+                ShardReply::ListOffsets(outcomes) => Some(outcomes),
+                _ => None,
+            },
+        )
+        .await;
+    for o in outcomes {
+        let r = &mut slots[o.slot].1;
+        match o.error {
+            Some(e) => r.error_code = e.code.code(),
+            None => {
+                r.offset = o.offset;
+                r.timestamp = o.timestamp;
+                if version >= LEADER_EPOCH_VERSION {
+                    r.leader_epoch = o.leader_epoch;
                 }
             }
         }

@@ -43,23 +43,24 @@ pub async fn delete_records(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> Del
             slots.push((topic_index, r));
         }
     }
-    let calls = shard
-        .group_by_owner(work)
-        .into_iter()
-        .map(|(owner, parts)| shard.call(owner, ShardOp::DeleteRecords { parts }));
-    for reply in futures::future::join_all(calls).await {
-        let ShardReply::DeleteRecords(outcomes) = reply else {
-            continue;
-        };
-        for o in outcomes {
-            let r = &mut slots[o.slot].1;
-            match o.error {
-                Some(e) => {
-                    tracing::info!("delete records refused: {}", e.message);
-                    r.error_code = e.code.code();
-                }
-                None => r.low_watermark = o.low_watermark,
+    let outcomes = shard
+        .fan_out(
+            work,
+            |parts| ShardOp::DeleteRecords { parts },
+            |reply| match reply {
+                ShardReply::DeleteRecords(outcomes) => Some(outcomes),
+                _ => None,
+            },
+        )
+        .await;
+    for o in outcomes {
+        let r = &mut slots[o.slot].1;
+        match o.error {
+            Some(e) => {
+                tracing::info!("delete records refused: {}", e.message);
+                r.error_code = e.code.code();
             }
+            None => r.low_watermark = o.low_watermark,
         }
     }
     for (topic_index, r) in slots {
@@ -100,22 +101,23 @@ pub async fn offset_for_leader_epoch(
             slots.push((topic_index, r));
         }
     }
-    let calls = shard
-        .group_by_owner(work)
-        .into_iter()
-        .map(|(owner, parts)| shard.call(owner, ShardOp::LeaderEpochs { parts }));
-    for reply in futures::future::join_all(calls).await {
-        let ShardReply::LeaderEpochs(outcomes) = reply else {
-            continue;
-        };
-        for o in outcomes {
-            let r = &mut slots[o.slot].1;
-            match o.error {
-                Some(e) => r.error_code = e.code.code(),
-                None => {
-                    r.leader_epoch = o.leader_epoch;
-                    r.end_offset = o.end_offset;
-                }
+    let outcomes = shard
+        .fan_out(
+            work,
+            |parts| ShardOp::LeaderEpochs { parts },
+            |reply| match reply {
+                ShardReply::LeaderEpochs(outcomes) => Some(outcomes),
+                _ => None,
+            },
+        )
+        .await;
+    for o in outcomes {
+        let r = &mut slots[o.slot].1;
+        match o.error {
+            Some(e) => r.error_code = e.code.code(),
+            None => {
+                r.leader_epoch = o.leader_epoch;
+                r.end_offset = o.end_offset;
             }
         }
     }

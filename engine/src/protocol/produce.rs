@@ -87,33 +87,34 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
         }
     }
 
-    let groups = shard.group_by_owner(work);
-    let calls = groups
-        .into_iter()
-        .map(|(owner, parts)| shard.call(owner, ShardOp::Produce { parts }));
-    for reply in futures::future::join_all(calls).await {
-        let ShardReply::Produce(outcomes) = reply else {
-            continue;
-        };
-        for ProduceOutcome {
-            slot,
-            error,
-            base_offset,
-            log_start_offset,
-            log_append_time_ms,
-        } in outcomes
-        {
-            let p = &mut slots[slot].1;
-            match error {
-                Some(e) => {
-                    p.error_code = e.code.code();
-                    p.error_message = Some(str_bytes(&e.message));
-                }
-                None => {
-                    p.base_offset = base_offset;
-                    p.log_start_offset = log_start_offset;
-                    p.log_append_time_ms = log_append_time_ms;
-                }
+    let outcomes = shard
+        .fan_out(
+            work,
+            |parts| ShardOp::Produce { parts },
+            |reply| match reply {
+                ShardReply::Produce(outcomes) => Some(outcomes),
+                _ => None,
+            },
+        )
+        .await;
+    for ProduceOutcome {
+        slot,
+        error,
+        base_offset,
+        log_start_offset,
+        log_append_time_ms,
+    } in outcomes
+    {
+        let p = &mut slots[slot].1;
+        match error {
+            Some(e) => {
+                p.error_code = e.code.code();
+                p.error_message = Some(str_bytes(&e.message));
+            }
+            None => {
+                p.base_offset = base_offset;
+                p.log_start_offset = log_start_offset;
+                p.log_append_time_ms = log_append_time_ms;
             }
         }
     }

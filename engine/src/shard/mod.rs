@@ -607,6 +607,27 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
 }
 
 impl Shard {
+    /// Runs one op per owner shard for `work` (owner, part), all shards at
+    /// once, and returns every outcome. A shard that is gone (shutdown)
+    /// contributes none; callers answer its parts with an error.
+    pub async fn fan_out<P, O>(
+        self: &Rc<Self>,
+        work: Vec<(usize, P)>,
+        op: impl Fn(Vec<P>) -> ShardOp,
+        outcomes: impl Fn(ShardReply) -> Option<Vec<O>>,
+    ) -> Vec<O> {
+        let calls = self
+            .group_by_owner(work)
+            .into_iter()
+            .map(|(owner, parts)| self.call(owner, op(parts)));
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(outcomes)
+            .flatten()
+            .collect()
+    }
+
     /// Flattens a list of per-partition items into one op per owning shard,
     /// keeping each item's position (`slot`) so answers can be merged back.
     pub fn group_by_owner<T>(&self, items: Vec<(usize, T)>) -> Vec<(usize, Vec<T>)> {
