@@ -127,6 +127,10 @@ pub enum ControlReply {
 /// Producer ids reserved per metadata write (Kafka's block size is 1000).
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
+fn storage_error(e: &std::io::Error) -> Refusal {
+    (ResponseError::KafkaStorageError, e.to_string())
+}
+
 fn not_here(topic: &str, partition: i32) -> PartitionError {
     PartitionError::new(
         ResponseError::UnknownTopicOrPartition,
@@ -321,7 +325,6 @@ impl Shard {
             return ControlReply::Unavailable;
         };
         let image = self.image();
-        let storage_error = |e: &std::io::Error| (ResponseError::KafkaStorageError, e.to_string());
         match op {
             ControlOp::AllocateProducerId => {
                 ControlReply::ProducerId(self.allocate_producer_id(&image).await)
@@ -344,49 +347,53 @@ impl Shard {
                         .collect(),
                 })
             }
-            op => {
-                let (next, outcomes, validate_only) = match op {
-                    ControlOp::CreateTopics {
-                        topics,
-                        validate_only,
-                    } => {
-                        let (next, outcomes) =
-                            controller::create_topics(&image, topics, &self.config, self.nr_shards);
-                        (next, outcomes, validate_only)
-                    }
-                    ControlOp::DeleteTopics { names } => {
-                        let (next, outcomes) = controller::delete_topics(&image, names);
-                        (next, outcomes, false)
-                    }
-                    ControlOp::CreatePartitions {
-                        topics,
-                        validate_only,
-                    } => {
-                        let (next, outcomes) =
-                            controller::create_partitions(&image, topics, &self.config, self.nr_shards);
-                        (next, outcomes, validate_only)
-                    }
-                    ControlOp::AlterConfigs { .. } | ControlOp::AllocateProducerId => {
-                        return ControlReply::Unavailable
-                    }
-                };
-                let committed = if validate_only {
-                    Ok(())
-                } else {
-                    self.commit(&image, next).await
-                };
-                ControlReply::Topics(match committed {
-                    Ok(()) => outcomes,
-                    Err(e) => outcomes
-                        .into_iter()
-                        .map(|mut o| {
-                            o.error = o.error.or(Some(storage_error(&e)));
-                            o
-                        })
-                        .collect(),
-                })
+            ControlOp::CreateTopics {
+                topics,
+                validate_only,
+            } => {
+                let (next, outcomes) =
+                    controller::create_topics(&image, topics, &self.config, self.nr_shards);
+                self.topics_reply(&image, next, outcomes, validate_only).await
+            }
+            ControlOp::DeleteTopics { names } => {
+                let (next, outcomes) = controller::delete_topics(&image, names);
+                self.topics_reply(&image, next, outcomes, false).await
+            }
+            ControlOp::CreatePartitions {
+                topics,
+                validate_only,
+            } => {
+                let (next, outcomes) =
+                    controller::create_partitions(&image, topics, &self.config, self.nr_shards);
+                self.topics_reply(&image, next, outcomes, validate_only).await
             }
         }
+    }
+
+    /// Commits a topic change (unless only validating) and answers per topic;
+    /// a failed commit fails every topic that had no error of its own.
+    async fn topics_reply(
+        self: &Rc<Self>,
+        image: &MetadataImage,
+        next: MetadataImage,
+        outcomes: Vec<TopicOutcome>,
+        validate_only: bool,
+    ) -> ControlReply {
+        let committed = if validate_only {
+            Ok(())
+        } else {
+            self.commit(image, next).await
+        };
+        ControlReply::Topics(match committed {
+            Ok(()) => outcomes,
+            Err(e) => outcomes
+                .into_iter()
+                .map(|mut o| {
+                    o.error = o.error.or(Some(storage_error(&e)));
+                    o
+                })
+                .collect(),
+        })
     }
 
     /// Hands out ids from a block reserved in the persisted image, so an id
