@@ -167,3 +167,14 @@ def test_log_append_time_topic_stamps_records_with_the_broker_time(broker, admin
     value, (ts_type, ts) = got[1]
     assert value == b"append-time" and ts_type == TIMESTAMP_LOG_APPEND_TIME
     assert before_ms - 1000 <= ts <= after_ms + 1000
+
+
+def test_min_insync_replicas_above_the_replicas_refuses_acks_all_only(broker, admin):
+    topic = unique_topic("isr")
+    create_topic(broker.bootstrap, topic, 1, config={"min.insync.replicas": "2"})
+    with pytest.raises(AssertionError, match="delivery errors"):
+        confluent_produce(broker.bootstrap, topic, [(None, b"all")], partition=0,
+                          **{"acks": "all", "message.timeout.ms": 3000})
+    # acks=1 does not wait for replicas and is accepted.
+    confluent_produce(broker.bootstrap, topic, [(None, b"one")], partition=0, acks="1")
+    assert watermarks(broker.bootstrap, topic, [0])[0] == (0, 1)

@@ -11,6 +11,19 @@ use crate::controller::validate_topic_name;
 use crate::shard::{ProduceOutcome, ProducePart, Shard, ShardOp, ShardReply};
 
 const PRODUCE_TOPIC_IDS_VERSION: i16 = 13;
+/// Single node: every partition has exactly one replica, the leader.
+const IN_SYNC_REPLICAS: i32 = 1;
+
+/// acks=-1 needs `min.insync.replicas` in-sync replicas, as Kafka enforces.
+fn min_insync_replicas(
+    overrides: &std::collections::BTreeMap<String, String>,
+    broker: &crate::config::BrokerConfig,
+) -> i32 {
+    crate::controller::topic_config::effective("min.insync.replicas", overrides, broker)
+        .0
+        .parse()
+        .unwrap_or(broker.min_insync_replicas)
+}
 
 /// Returns None for acks=0 (no response is sent).
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
@@ -54,6 +67,16 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                 Some((
                     ResponseError::UnknownTopicId,
                     "This server does not host this topic ID.".into(),
+                ))
+            } else if let Some(required) = meta
+                .map(|m| min_insync_replicas(&m.configs, &shard.config))
+                .filter(|required| acks == -1 && *required > IN_SYNC_REPLICAS)
+            {
+                Some((
+                    ResponseError::NotEnoughReplicas,
+                    format!(
+                        "min.insync.replicas is {required} but only {IN_SYNC_REPLICAS} replica is in sync"
+                    ),
                 ))
             } else {
                 match image.owner(&name, data.index) {
