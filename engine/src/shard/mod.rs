@@ -357,9 +357,12 @@ pub fn now_ms() -> i64 {
 
 /// Starts one executor per shard, runs the broker until SIGTERM/SIGINT, and
 /// writes the clean-shutdown marker when every shard closed its logs.
-pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    // Absolute from here on: glommio's directory opens fail on relative
+    // paths (the README's default is ./data).
+    config.data_dir = config.data_dir.canonicalize()?;
     let data_dir: PathBuf = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)?;
     let nr_shards = config.shards.max(1);
     let image = MetadataImage::load(&data_dir, nr_shards)?;
     let marker = data_dir.join(CLEAN_SHUTDOWN_MARKER);

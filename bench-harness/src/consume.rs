@@ -1,0 +1,309 @@
+//! The consumer: `--consumers` threads, each with its own connection and a
+//! fixed share of the partitions (partition k goes to consumer k mod n),
+//! fetching in a loop with plain Fetch requests (no group, no session).
+//!
+//! Records are counted from batch headers only (recordsCount, offsets,
+//! batchLength); the first record of each batch is read for its µs
+//! timestamp when end-to-end latency is wanted. Record sets stay inside the
+//! reused response buffer (zero-copy `Bytes` slices).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{ApiKey, FetchRequest};
+
+use crate::batch::BatchHeader;
+use crate::stats::{self, Latency, Throughput};
+use crate::wire::{self, Conn, Error, Result};
+
+/// Fetch version asked for (the highest before topic ids, v13).
+pub const FETCH_VERSION_PREFERRED: i16 = 12;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConsumeParams {
+    pub topic: String,
+    pub partitions: Vec<i32>,
+    #[serde(skip)]
+    pub leader: String,
+    pub consumers: usize,
+    /// Value bytes per record, for MB/s (values are not parsed).
+    pub record_bytes: usize,
+    pub max_wait_ms: i32,
+    pub min_bytes: i32,
+    pub max_bytes: i32,
+    pub partition_max_bytes: i32,
+    /// Upper bound on the run; it ends earlier once every partition has
+    /// reached its end offset.
+    pub duration_s: f64,
+    pub verify_crc: bool,
+    pub measure_e2e: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConsumeReport {
+    pub fetch_version: i16,
+    #[serde(flatten)]
+    pub throughput: Throughput,
+    pub fetches: u64,
+    /// Records the end offsets said were there to read.
+    pub records_expected: Option<u64>,
+    /// Consumer clock - first record's µs timestamp, one sample per batch.
+    pub e2e_latency: Option<Latency>,
+    pub crc_failures: u64,
+}
+
+/// End offsets per partition, set once (at the start for a catch-up read,
+/// after the producers finish for a tail read).
+pub type EndOffsets = OnceLock<HashMap<i32, i64>>;
+
+struct Tally {
+    records: u64,
+    batch_bytes: u64,
+    batches: u64,
+    fetches: u64,
+    crc_failures: u64,
+    e2e: Histogram<u64>,
+    last_record: Instant,
+}
+
+/// Runs the consumers from `start_offsets` (aligned with
+/// `params.partitions`) until every partition reaches `end`'s offset, or
+/// `stop`, or the duration runs out.
+pub fn run(
+    params: &ConsumeParams,
+    start_offsets: &[i64],
+    end: &EndOffsets,
+    progress: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<ConsumeReport> {
+    assert_eq!(start_offsets.len(), params.partitions.len());
+    assert!(params.consumers >= 1);
+    let mut conns = Vec::with_capacity(params.consumers);
+    for _ in 0..params.consumers.min(params.partitions.len()) {
+        conns.push(Conn::open(&params.leader)?);
+    }
+    let version = conns[0].versions.pick(ApiKey::Fetch, FETCH_VERSION_PREFERRED)?;
+    let consumers = conns.len();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(params.duration_s);
+    let results: Vec<Result<Tally>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(index, conn)| {
+                let mine: Vec<(i32, i64)> = params
+                    .partitions
+                    .iter()
+                    .zip(start_offsets)
+                    .enumerate()
+                    .filter(|(k, _)| k % consumers == index)
+                    .map(|(_, (&p, &o))| (p, o))
+                    .collect();
+                scope.spawn(move || {
+                    run_consumer(params, version, conn, mine, end, start, deadline, progress, stop)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Protocol("consumer thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut records = 0;
+    let mut batch_bytes = 0;
+    let mut batches = 0;
+    let mut fetches = 0;
+    let mut crc_failures = 0;
+    let mut e2e = stats::new_histogram();
+    let mut last = start;
+    for r in results {
+        let t = r?;
+        records += t.records;
+        batch_bytes += t.batch_bytes;
+        batches += t.batches;
+        fetches += t.fetches;
+        crc_failures += t.crc_failures;
+        stats::merge(&mut e2e, &t.e2e);
+        last = last.max(t.last_record);
+    }
+    let records_expected = end.get().map(|end| {
+        params
+            .partitions
+            .iter()
+            .zip(start_offsets)
+            .map(|(p, &s)| (end.get(p).copied().unwrap_or(s) - s).max(0) as u64)
+            .sum()
+    });
+    Ok(ConsumeReport {
+        fetch_version: version,
+        throughput: Throughput::new(
+            records,
+            records * params.record_bytes as u64,
+            batch_bytes,
+            batches,
+            crc_failures,
+            last.duration_since(start).as_secs_f64(),
+        ),
+        fetches,
+        records_expected,
+        e2e_latency: Latency::of(&e2e),
+        crc_failures,
+    })
+}
+
+fn fetch_request(params: &ConsumeParams, offsets: &[(i32, i64)], done: &[bool]) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(params.max_wait_ms)
+        .with_min_bytes(params.min_bytes)
+        .with_max_bytes(params.max_bytes)
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(wire::topic_name(&params.topic))
+            .with_partitions(
+                offsets
+                    .iter()
+                    .zip(done)
+                    .filter(|(_, &d)| !d)
+                    .map(|(&(p, o), _)| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_fetch_offset(o)
+                            .with_current_leader_epoch(-1)
+                            .with_last_fetched_epoch(-1)
+                            .with_log_start_offset(-1)
+                            .with_partition_max_bytes(params.partition_max_bytes)
+                    })
+                    .collect(),
+            )])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_consumer(
+    params: &ConsumeParams,
+    version: i16,
+    mut conn: Conn,
+    mut offsets: Vec<(i32, i64)>,
+    end: &EndOffsets,
+    start: Instant,
+    deadline: Instant,
+    progress: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<Tally> {
+    let mut tally = Tally {
+        records: 0,
+        batch_bytes: 0,
+        batches: 0,
+        fetches: 0,
+        crc_failures: 0,
+        e2e: stats::new_histogram(),
+        last_record: start,
+    };
+    let mut done = vec![false; offsets.len()];
+    let mut frames = wire::FrameReader::default();
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, conn.stream.try_clone()?);
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        if let Some(end) = end.get() {
+            for (k, &(p, o)) in offsets.iter().enumerate() {
+                done[k] = o >= end.get(&p).copied().unwrap_or(i64::MAX);
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        let correlation_id = conn.next_correlation_id();
+        let frame = wire::encode_frame(&fetch_request(params, &offsets, &done), version, correlation_id)?;
+        conn.stream.write_all(&frame)?;
+        tally.fetches += 1;
+        let offsets = &mut offsets;
+        let tally = &mut tally;
+        frames.read(&mut reader, |f| {
+            let response = wire::decode_response::<FetchRequest>(f, version, correlation_id)?;
+            if response.error_code != 0 {
+                return Err(Error::Broker(format!("Fetch error {}", response.error_code)));
+            }
+            for t in &response.responses {
+                for p in &t.partitions {
+                    if p.error_code != 0 {
+                        return Err(Error::Broker(format!(
+                            "Fetch {}/{}: error {}",
+                            params.topic, p.partition_index, p.error_code
+                        )));
+                    }
+                    let Some(slot) = offsets.iter_mut().find(|(id, _)| *id == p.partition_index) else {
+                        continue;
+                    };
+                    if let Some(records) = &p.records {
+                        count_batches(params, records, &mut slot.1, tally, progress);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(tally)
+}
+
+/// Walks the batches of one partition's record set, advancing `next_offset`.
+fn count_batches(
+    params: &ConsumeParams,
+    mut records: &[u8],
+    next_offset: &mut i64,
+    tally: &mut Tally,
+    progress: &AtomicU64,
+) {
+    let now_us = params.measure_e2e.then(stats::now_wall_us);
+    let mut received = 0u64;
+    // Bounded by the record set's length: each step consumes a whole batch.
+    while let Some(header) = BatchHeader::parse(records) {
+        let batch = &records[..header.total_bytes];
+        records = &records[header.total_bytes..];
+        let last = header.last_offset();
+        if last < *next_offset {
+            continue; // already counted (a fetch may start mid-batch)
+        }
+        let count = if header.base_offset >= *next_offset {
+            header.records_count.max(0) as u64
+        } else {
+            (last - *next_offset + 1) as u64
+        };
+        if params.verify_crc && !header.crc_matches(batch) {
+            tally.crc_failures += 1;
+        }
+        if let Some(now_us) = now_us {
+            if let Some(ts_us) = header.first_value_timestamp_us(batch) {
+                stats::record(&mut tally.e2e, now_us.saturating_sub(ts_us));
+            }
+        }
+        *next_offset = last + 1;
+        received += count;
+        tally.batch_bytes += header.total_bytes as u64;
+        tally.batches += 1;
+    }
+    if received > 0 {
+        tally.records += received;
+        tally.last_record = Instant::now();
+        progress.fetch_add(received, Ordering::Relaxed);
+    }
+}
+
+/// Offsets to start from: `timestamp` -1 = latest (tail), -2 = earliest.
+pub fn offsets_at(conn: &mut Conn, topic: &str, partitions: &[i32], timestamp: i64) -> Result<Vec<i64>> {
+    conn.list_offsets(topic, partitions, timestamp)
+}
+
+/// Latest offsets as a map, for `EndOffsets`.
+pub fn end_offsets(conn: &mut Conn, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, i64>> {
+    let latest = conn.list_offsets(topic, partitions, -1)?;
+    Ok(partitions.iter().copied().zip(latest).collect())
+}
