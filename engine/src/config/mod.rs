@@ -61,6 +61,17 @@ pub struct BrokerConfig {
     /// `log.cache.bytes`: per shard, recently appended batches kept in memory
     /// for consumers at the tail (0 disables the cache).
     pub log_cache_bytes: usize,
+    /// `fetch.zero.copy.enable`: serve fetches that miss the tail cache with
+    /// sendfile(2) from the page cache (true) or with copying O_DIRECT reads.
+    pub fetch_zero_copy_enable: bool,
+    /// `num.io.threads`: per shard, zero-copy sends that may run at once on
+    /// the shard's blocking-thread pool (which has one more thread, kept for
+    /// glommio's own blocking file operations).
+    pub num_io_threads: usize,
+    /// `socket.send.timeout.ms`: a zero-copy send to a client that reads
+    /// nothing for this long fails and the connection is closed, so a stuck
+    /// consumer cannot hold an I/O thread.
+    pub socket_send_timeout_ms: u64,
     /// `log.fd.cache.size`: segment files a shard keeps open at most (an LRU);
     /// idle partitions hold none.
     pub log_fd_cache_size: usize,
@@ -109,6 +120,9 @@ impl Default for BrokerConfig {
             log_flush_offset_checkpoint_interval_ms: 60_000,
             log_fd_cache_size: 256,
             log_cache_bytes: 64 << 20,
+            fetch_zero_copy_enable: true,
+            num_io_threads: 8,
+            socket_send_timeout_ms: 30_000,
             shard_partitions_max: 20_000,
             producer_id_expiration_ms: 86_400_000,
             min_insync_replicas: 1,
@@ -190,6 +204,9 @@ impl BrokerConfig {
             "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse_positive(key, v)?,
             "log.fd.cache.size" => self.log_fd_cache_size = parse_positive(key, v)?,
             "log.cache.bytes" => self.log_cache_bytes = parse(key, v)?,
+            "fetch.zero.copy.enable" => self.fetch_zero_copy_enable = parse(key, v)?,
+            "num.io.threads" => self.num_io_threads = parse_positive(key, v)?,
+            "socket.send.timeout.ms" => self.socket_send_timeout_ms = parse_positive(key, v)?,
             "shard.partitions.max" => self.shard_partitions_max = parse_positive(key, v)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, v)?,
             "log.index.size.max.bytes" => {
@@ -328,6 +345,21 @@ impl BrokerConfig {
                 "log.cache.bytes",
                 self.log_cache_bytes.to_string(),
                 d.log_cache_bytes.to_string(),
+            ),
+            (
+                "fetch.zero.copy.enable",
+                self.fetch_zero_copy_enable.to_string(),
+                d.fetch_zero_copy_enable.to_string(),
+            ),
+            (
+                "num.io.threads",
+                self.num_io_threads.to_string(),
+                d.num_io_threads.to_string(),
+            ),
+            (
+                "socket.send.timeout.ms",
+                self.socket_send_timeout_ms.to_string(),
+                d.socket_send_timeout_ms.to_string(),
             ),
             (
                 "shard.partitions.max",

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
-use crate::storage::{batch, AppendResult, Log, StorageError};
+use crate::storage::{batch, AppendResult, Log, Records, StorageError};
 use leader_epoch::LeaderEpochCache;
 use producer_state::{ProducerStates, SequenceCheck};
 use tail_cache::{CacheBudget, PartitionCache};
@@ -63,7 +63,7 @@ impl From<StorageError> for PartitionError {
 
 /// What a fetch of one partition found.
 pub struct ReadOutcome {
-    pub records: Bytes,
+    pub records: Records,
     pub high_watermark: i64,
     pub log_start_offset: i64,
 }
@@ -299,16 +299,22 @@ impl Partition {
     }
 
     /// Whole batches from the one containing `offset`: from the tail cache
-    /// when it holds that offset, else from the segment files.
-    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, PartitionError> {
+    /// when it holds that offset, else from the segment files (a zero-copy
+    /// file slice when `zero_copy`, see `Log::read_records`).
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        zero_copy: bool,
+    ) -> Result<ReadOutcome, PartitionError> {
         let log_start_offset = self.log_start_offset();
         self.cache.trim_below(log_start_offset);
         let cached = (offset >= log_start_offset)
             .then(|| self.cache.read(offset, max_bytes))
             .flatten();
         let records = match cached {
-            Some(records) => records,
-            None => self.log.read(offset, max_bytes).await?,
+            Some(records) => Records::Memory(records),
+            None => self.log.read_records(offset, max_bytes, zero_copy).await?,
         };
         Ok(ReadOutcome {
             records,
@@ -532,7 +538,13 @@ mod tests {
             let end = p.high_watermark();
             assert!(budget.bytes_used() > 0, "appends are cached");
             for offset in 0..end {
-                let tail = p.read(offset, 1 << 20).await.unwrap().records;
+                let tail = p
+                    .read(offset, 1 << 20, false)
+                    .await
+                    .unwrap()
+                    .records
+                    .to_bytes()
+                    .unwrap();
                 let disk = log.read(offset, 1 << 20).await.unwrap();
                 assert_eq!(tail, disk, "offset {offset}");
             }
@@ -561,13 +573,13 @@ mod tests {
                 p.append(&batch).await.unwrap();
             }
             for offset in 0..10 {
-                let read = p.read(offset, 1).await.unwrap().records;
+                let read = p.read(offset, 1, true).await.unwrap().records.to_bytes().unwrap();
                 let header = batch::validate(&read).unwrap();
                 assert_eq!(header.base_offset.get(), offset);
             }
             p.delete_records(5).await.unwrap();
-            assert!(p.read(4, 1).await.is_err());
-            assert_eq!(p.read(9, 1).await.unwrap().records.len(), batch.len());
+            assert!(p.read(4, 1, true).await.is_err());
+            assert_eq!(p.read(9, 1, true).await.unwrap().records.len(), batch.len());
         });
     }
 }

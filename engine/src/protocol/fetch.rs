@@ -14,7 +14,9 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 
+use super::zero_copy::FileParts;
 use crate::shard::{FetchOutcome, FetchPart, Shard, ShardOp, ShardReply, WaitPart};
+use crate::storage::Records;
 
 const FETCH_TOPIC_IDS_VERSION: i16 = 13;
 const READ_COMMITTED: i8 = 1;
@@ -27,10 +29,12 @@ struct Slot {
     max_bytes: usize,
     owner: Option<usize>,
     response: PartitionData,
-    records: Bytes,
+    records: Records,
 }
 
-pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchResponse {
+/// The answer, and the partitions whose records are file slices to send
+/// with sendfile (see `zero_copy`); those have empty `records` in it.
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> (FetchResponse, FileParts) {
     let started = Instant::now();
     let image = shard.image();
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
@@ -79,7 +83,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
                 max_bytes: p.partition_max_bytes.max(0) as usize,
                 owner: if response.error_code == 0 { owner } else { None },
                 response,
-                records: Bytes::new(),
+                records: Records::default(),
             });
         }
     }
@@ -105,20 +109,29 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
             continue;
         }
         if used_bytes > 0 && used_bytes + len > max_bytes {
-            slot.records = Bytes::new();
+            slot.records = Records::default();
             continue;
         }
         used_bytes += len;
     }
+    let mut files = FileParts::new();
     for slot in slots {
         let mut r = slot.response;
-        r.records = Some(slot.records);
-        topics[slot.topic_index].partitions.push(r);
+        let partitions = &mut topics[slot.topic_index].partitions;
+        r.records = Some(match slot.records {
+            Records::Memory(bytes) => bytes,
+            Records::File(slice) => {
+                files.insert((slot.topic_index, partitions.len()), slice);
+                Bytes::new()
+            }
+        });
+        partitions.push(r);
     }
-    FetchResponse::default()
+    let response = FetchResponse::default()
         .with_responses(topics)
         .with_session_id(0)
-        .with_error_code(0)
+        .with_error_code(0);
+    (response, files)
 }
 
 /// One read of every readable slot, one op per owning shard, all shards at once.

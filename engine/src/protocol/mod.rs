@@ -18,7 +18,9 @@ mod offsets;
 mod produce;
 mod producer_id;
 pub mod versions;
+mod zero_copy;
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::shard::Shard;
+use crate::storage::Records;
 
 /// Smallest valid request: api key, api version, correlation id.
 const REQUEST_HEADER_MIN_BYTES: usize = 8;
@@ -71,6 +74,8 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
 /// What to do after one request.
 enum Outcome {
     Respond(Bytes),
+    /// A frame with file-backed records, sent off the shard (`zero_copy`).
+    RespondZeroCopy(Vec<Records>),
     /// Produce with acks=0.
     Silent,
     /// Kafka closes the connection on malformed or unsupported requests.
@@ -80,6 +85,7 @@ enum Outcome {
 async fn connection(shard: &Rc<Shard>, mut stream: TcpStream, peer: &str) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_millis(shard.config.connections_max_idle_ms)))?;
+    set_send_timeout(&stream, shard.config.socket_send_timeout_ms)?;
     let max_bytes = shard.config.socket_request_max_bytes;
     loop {
         let mut size_buf = [0u8; 4];
@@ -103,6 +109,22 @@ async fn connection(shard: &Rc<Shard>, mut stream: TcpStream, peer: &str) -> std
         }
         match handle_request(shard, body.freeze()).await {
             Outcome::Respond(bytes) => stream.write_all(&bytes).await?,
+            Outcome::RespondZeroCopy(chunks) => {
+                let Ok(_permit) = shard.io_sends.acquire_permit(1).await else {
+                    return Ok(());
+                };
+                // The stream outlives the job: this task awaits it before
+                // touching the stream again, and requests on a connection
+                // are served one at a time, so nothing else writes to it.
+                let socket = stream.as_raw_fd();
+                let sent = glommio::executor()
+                    .spawn_blocking(move || zero_copy::send_chunks(socket, &chunks))
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(%peer, "zero-copy fetch answer failed: {e}; closing connection");
+                    return Ok(());
+                }
+            }
             Outcome::Silent => {}
             Outcome::Close(reason) => {
                 tracing::warn!(%peer, "{reason}; closing connection");
@@ -112,6 +134,30 @@ async fn connection(shard: &Rc<Shard>, mut stream: TcpStream, peer: &str) -> std
         if shard.is_stopping() {
             return Ok(());
         }
+    }
+}
+
+/// SO_SNDTIMEO bounds the blocking zero-copy sends only: glommio's own
+/// writes never block in the kernel (MSG_DONTWAIT, then io_uring polling).
+fn set_send_timeout(stream: &TcpStream, timeout_ms: u64) -> std::io::Result<()> {
+    let timeout = libc::timeval {
+        tv_sec: (timeout_ms / 1000) as libc::time_t,
+        tv_usec: ((timeout_ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket fd and a timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -190,7 +236,14 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes) -> Outcome {
         }
         ApiKey::Fetch => {
             let req = decode!(FetchRequest);
-            encode_response(correlation_id, version, &fetch::handle(shard, req, version).await)
+            let (response, files) = fetch::handle(shard, req, version).await;
+            if files.is_empty() {
+                return encode_response(correlation_id, version, &response);
+            }
+            match zero_copy::encode_fetch(correlation_id, version, &response, &files) {
+                Ok(chunks) => Outcome::RespondZeroCopy(chunks),
+                Err(e) => Outcome::Close(format!("cannot encode Fetch v{version} answer: {e}")),
+            }
         }
         ApiKey::ListOffsets => {
             let req = decode!(ListOffsetsRequest);

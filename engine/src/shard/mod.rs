@@ -124,6 +124,8 @@ pub struct Shard {
     tail_cache: Rc<crate::partition::tail_cache::CacheBudget>,
     /// Fired after every append on this shard; long-polling fetches wait on it.
     appended: Event,
+    /// Zero-copy sends running on the blocking-thread pool (`num.io.threads`).
+    pub io_sends: Semaphore,
     connections: Cell<usize>,
     connections_max: usize,
     stopping: Cell<bool>,
@@ -383,6 +385,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let channel_capacity = config.shard_channel_capacity;
+    let io_threads = config.num_io_threads + 1;
     let startup = Startup {
         config: Arc::new(config),
         image: Arc::new(image),
@@ -400,8 +403,14 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
             _ => glommio::Placement::Unbound,
         };
         let startup = startup.clone();
+        // Zero-copy fetch sends block in sendfile(2) (page-cache misses,
+        // full socket buffers), so they run on this pool, never on the
+        // executor; unbound so the kernel can run them on an idle core. One
+        // thread more than `num.io.threads` stays free for glommio's own
+        // blocking file operations (opens, renames, removes).
         let handle = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(io_threads))
             .spawn(move || async move { shard_main(id, nr_shards, startup).await })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id}: {e}"))?;
         handles.push(handle);
@@ -500,6 +509,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         file_cache: crate::storage::FileCache::new(config.log_fd_cache_size),
         tail_cache: crate::partition::tail_cache::CacheBudget::new(config.log_cache_bytes),
         appended: Event::new(),
+        io_sends: Semaphore::new(config.num_io_threads as u64),
         connections: Cell::new(0),
         connections_max: config.max_connections.div_ceil(nr_shards),
         stopping: Cell::new(false),

@@ -12,7 +12,7 @@ use kafka_protocol::ResponseError;
 use super::{Shard, ShardOp, ShardReply};
 use crate::controller::{self, ConfigAlteration, MetadataImage, NewTopic, Refusal, TopicOutcome};
 use crate::partition::PartitionError;
-use crate::storage::RecoveryMode;
+use crate::storage::{Records, RecoveryMode};
 
 pub struct ProducePart {
     pub slot: usize,
@@ -42,7 +42,7 @@ pub struct FetchOutcome {
     pub error: Option<PartitionError>,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    pub records: Records,
 }
 
 pub struct WaitPart {
@@ -216,7 +216,7 @@ impl Shard {
             error: None,
             high_watermark: -1,
             log_start_offset: -1,
-            records: Bytes::new(),
+            records: Records::default(),
         };
         let Some(partition) = self.partition(&part.topic, part.partition) else {
             outcome.error = Some(not_here(&part.topic, part.partition));
@@ -224,7 +224,10 @@ impl Shard {
         };
         outcome.high_watermark = partition.high_watermark();
         outcome.log_start_offset = partition.log_start_offset();
-        match partition.read(part.offset, part.max_bytes).await {
+        match partition
+            .read(part.offset, part.max_bytes, self.config.fetch_zero_copy_enable)
+            .await
+        {
             Ok(read) => {
                 outcome.high_watermark = read.high_watermark;
                 outcome.log_start_offset = read.log_start_offset;

@@ -129,6 +129,14 @@ impl OffsetIndex {
         }
     }
 
+    /// The largest indexed position in `(after, at_most]`: a batch start, so
+    /// `[x, it)` is whole batches for any batch start `x <= after`.
+    pub fn batch_start_within(&self, after: u32, at_most: u32) -> Option<u32> {
+        let end = self.entries.partition_point(|&(_, p)| p <= at_most);
+        let position = self.entries[..end].last()?.1;
+        (position > after).then_some(position)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.entries.len() * OFFSET_INDEX_ENTRY_BYTES);
         for &(relative_offset, position) in &self.entries {

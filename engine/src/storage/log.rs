@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ use glommio::io::DmaFile;
 use super::batch::{self, BatchError};
 use super::file_cache::{FileCache, FileMode};
 use super::index::{IndexBounds, SegmentIndex};
+use super::records::{FileSlice, Records};
 use super::segment::{
     self, file_name, file_path, is_not_found, open_existing, open_for_read, read_batches, LOG_SUFFIX,
 };
@@ -854,15 +856,29 @@ impl Log {
     /// `max_bytes` in total but always at least that first batch. Stops at the
     /// end of the segment holding `offset` (like Kafka): a consumer's next
     /// fetch continues in the next segment. `offset == LEO` gives empty bytes.
-    ///
-    /// Reads go through the segment's DmaFile `read_at` (O_DIRECT, glommio
-    /// aligns) on the segment's file from the shard's `FileCache`,
-    /// copied once into `Bytes`; a later issue adds a tail cache and sendfile.
+    /// Always a copying O_DIRECT read; fetches use `read_records`.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
+        match self.read_records(offset, max_bytes, false).await? {
+            Records::Memory(bytes) => Ok(bytes),
+            Records::File(_) => unreachable!("a copying read returns memory"),
+        }
+    }
+
+    /// As `read`, but with `zero_copy` the answer is a `FileSlice` that the
+    /// connection sends with sendfile(2) (see `records.rs`), whenever the
+    /// range lies in blocks the writer never rewrites. Only batch headers are
+    /// read here (async O_DIRECT, a few KiB), so the shard never waits on the
+    /// page cache: the send runs off the shard.
+    pub async fn read_records(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        zero_copy: bool,
+    ) -> Result<Records, StorageError> {
         let mut base = {
             let state = self.state.borrow();
             if offset == state.log_end_offset && offset >= state.log_start_offset {
-                return Ok(Bytes::new());
+                return Ok(Records::default());
             }
             if offset < state.log_start_offset || offset > state.log_end_offset {
                 return Err(state.out_of_range(offset));
@@ -873,17 +889,17 @@ impl Log {
             }
         };
         loop {
-            let found = self.read_segment(base, offset, max_bytes).await;
+            let found = self.read_segment(base, offset, max_bytes, zero_copy).await;
             let found = match found {
                 Err(e) if e.is_not_found() => return Err(self.state.borrow().out_of_range(offset)),
                 other => other?,
             };
-            if let Some(bytes) = found {
-                return Ok(bytes);
+            if let Some(records) = found {
+                return Ok(records);
             }
             match self.state.borrow().next_base_after(base) {
                 Some(next) => base = next,
-                None => return Ok(Bytes::new()),
+                None => return Ok(Records::default()),
             }
         }
     }
@@ -893,9 +909,10 @@ impl Log {
         base: i64,
         offset: i64,
         max_bytes: usize,
-    ) -> Result<Option<Bytes>, StorageError> {
+        zero_copy: bool,
+    ) -> Result<Option<Records>, StorageError> {
         self.ensure_index(base).await?;
-        let (size, position) = {
+        let (size, position, stable_end) = {
             let state = self.state.borrow();
             let Some(segment) = state.segments.get(&base) else {
                 return Err(state.out_of_range(offset));
@@ -904,10 +921,79 @@ impl Log {
                 .index
                 .as_ref()
                 .map_or(0, |i| i.position_for_offset(offset));
-            (segment.size_bytes, position)
+            // The active segment's last, partial block is rewritten by every
+            // group commit; a page-cache copy of it could go stale, so only
+            // whole blocks below it are ever read through the page cache.
+            let stable_end = if base == state.active_base() && state.writer.is_some() {
+                align_down(segment.size_bytes)
+            } else {
+                segment.size_bytes
+            };
+            (segment.size_bytes, position, stable_end)
         };
         let file = self.segment_file(base).await?;
-        read_batches(&file, size, position, offset, max_bytes).await
+        if zero_copy {
+            if let Some(found) = self
+                .locate_slice(base, &file, size, stable_end, position, offset, max_bytes)
+                .await?
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(read_batches(&file, size, position, offset, max_bytes)
+            .await?
+            .map(Records::Memory))
+    }
+
+    /// The zero-copy range for a read, or None when it must be copied instead
+    /// (no batch at `offset` in this segment, or the range reaches the active
+    /// segment's partial block). Walks batch headers only to find the start;
+    /// the end is cut at an indexed batch start, so the range is whole
+    /// batches, within ~index.interval.bytes plus one batch of `max_bytes`.
+    #[allow(clippy::too_many_arguments)]
+    async fn locate_slice(
+        &self,
+        base: i64,
+        file: &DmaFile,
+        size: u64,
+        stable_end: u64,
+        floor: u64,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Option<Records>, StorageError> {
+        let mut window = segment::Window::new(file, size);
+        let Some((start, first_bytes)) =
+            segment::locate_batch(&mut window, floor, offset, BLOCK_BYTES as usize).await?
+        else {
+            return Ok(None);
+        };
+        let want_end = start + first_bytes.max(max_bytes) as u64;
+        let end = if want_end >= size {
+            size
+        } else {
+            let state = self.state.borrow();
+            let indexed = state
+                .segments
+                .get(&base)
+                .and_then(|s| s.index.as_ref())
+                .and_then(|i| {
+                    let at_most = u32::try_from(want_end).unwrap_or(u32::MAX);
+                    i.offsets.batch_start_within(start as u32, at_most)
+                })
+                .map(u64::from);
+            indexed
+                .unwrap_or(start + first_bytes as u64)
+                .max(start + first_bytes as u64)
+        };
+        if end > stable_end {
+            return Ok(None);
+        }
+        assert!(
+            start < end && end <= size,
+            "zero-copy range {start}..{end} outside 0..{size}"
+        );
+        let slice = FileSlice::reopen(file.as_raw_fd(), start, (end - start) as usize)?;
+        Ok(Some(Records::File(slice)))
     }
 
     /// The first batch (in offset order, at or after the log start offset)
@@ -972,7 +1058,13 @@ impl Log {
         let Some((_, offset, base)) = best else {
             return Ok(None);
         };
-        self.read_segment(base, offset, 0).await
+        Ok(self
+            .read_segment(base, offset, 0, false)
+            .await?
+            .map(|records| match records {
+                Records::Memory(bytes) => bytes,
+                Records::File(_) => unreachable!("a copying read returns memory"),
+            }))
     }
 
     /// Loads (validating, or rebuilding and warning) a sealed segment's

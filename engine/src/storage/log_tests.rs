@@ -132,6 +132,48 @@ fn append_and_read_across_segment_rolls() {
 }
 
 #[test]
+fn zero_copy_reads_return_the_same_whole_batches_as_copying_reads() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), small_segments(16 * 1024), RecoveryMode::Clean).await;
+        append_batches(&log, 120, 3, 250).await;
+        assert!(log.segment_count() > 3);
+        let mut slices = 0;
+        for max_bytes in [1, 1000, 4096, 1 << 20] {
+            for offset in 0..log.log_end_offset() {
+                let copied = log.read(offset, max_bytes).await.expect("read");
+                let records = log.read_records(offset, max_bytes, true).await.expect("read");
+                slices += usize::from(records.is_file());
+                let sent = records.to_bytes().expect("slice bytes");
+                // Same first batch; both whole, contiguous batches; a slice may
+                // stop earlier (cut at an indexed batch start), never later.
+                let (copied_batches, sent_batches) = (batch_offsets(&copied), batch_offsets(&sent));
+                assert_eq!(sent_batches[0], copied_batches[0], "offset {offset}");
+                assert!(sent.len() <= copied.len(), "offset {offset} max {max_bytes}");
+                assert_eq!(
+                    &copied[..sent.len()],
+                    &sent[..],
+                    "offset {offset} max {max_bytes}"
+                );
+                for pair in sent_batches.windows(2) {
+                    assert_eq!(pair[0].1 + 1, pair[1].0, "contiguous");
+                }
+            }
+        }
+        assert!(slices > 0, "sealed segments are served as file slices");
+        // The active segment's partial block is never a slice: the tail read
+        // is copied.
+        let last = log.log_end_offset() - 1;
+        assert!(!log
+            .read_records(last, 1 << 20, true)
+            .await
+            .expect("read")
+            .is_file());
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
 fn read_returns_whole_batch_containing_offset() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -5,6 +5,7 @@ pub mod batch;
 mod file_cache;
 pub mod index;
 pub mod log;
+mod records;
 mod segment;
 #[cfg(test)]
 pub mod testutil;
@@ -14,3 +15,4 @@ pub use file_cache::{FileCache, FileCacheStats, FileMode};
 pub use log::{
     detect_recovery_mode, AppendResult, Log, LogConfig, RecoveryMode, RecoveryReport, StorageError,
 };
+pub use records::{FileSlice, Records};

@@ -406,23 +406,13 @@ pub async fn load_indexes(
 pub async fn read_batches(
     file: &DmaFile,
     segment_bytes: u64,
-    mut position: u64,
+    position: u64,
     offset: i64,
     max_bytes: usize,
 ) -> Result<Option<Bytes>, StorageError> {
     let mut window = Window::new(file, segment_bytes);
-    // Find the batch holding `offset`: index floors are at most
-    // ~index_interval_bytes + one batch before it.
-    let (start, first_total) = loop {
-        if position >= segment_bytes {
-            return Ok(None);
-        }
-        let head = window.get(position, BATCH_HEADER_BYTES, 64 << 10).await?;
-        let (total, last_offset) = committed_header(head, position)?;
-        if last_offset >= offset {
-            break (position, total);
-        }
-        position += total as u64;
+    let Some((start, first_total)) = locate_batch(&mut window, position, offset, 64 << 10).await? else {
+        return Ok(None);
     };
     // One read covers the answer; then cut it at the last whole batch.
     let want = first_total.max(max_bytes);
@@ -445,6 +435,29 @@ pub async fn read_batches(
         )));
     }
     Ok(Some(window.slice(start, end)))
+}
+
+/// `(position, total bytes)` of the batch holding `offset`, scanning headers
+/// from `position` (an index floor: at most ~index.interval.bytes plus one
+/// batch before it), refilling the window `read_ahead` bytes at a time.
+/// None when the segment has no batch at or after `offset`.
+pub async fn locate_batch(
+    window: &mut Window<'_>,
+    mut position: u64,
+    offset: i64,
+    read_ahead: usize,
+) -> Result<Option<(u64, usize)>, StorageError> {
+    loop {
+        if position >= window.end {
+            return Ok(None);
+        }
+        let head = window.get(position, BATCH_HEADER_BYTES, read_ahead).await?;
+        let (total, last_offset) = committed_header(head, position)?;
+        if last_offset >= offset {
+            return Ok(Some((position, total)));
+        }
+        position += total as u64;
+    }
 }
 
 /// Header of a batch below the logical end, which an append or recovery has
