@@ -61,6 +61,10 @@ pub struct BrokerConfig {
     /// `log.cache.bytes`: per shard, recently appended batches kept in memory
     /// for consumers at the tail (0 disables the cache).
     pub log_cache_bytes: usize,
+    /// `connection.max.inflight.requests`: Produce requests one connection
+    /// may have running at once (pipelined, answered in order). Bounds a
+    /// connection's memory at this many `socket.request.max.bytes` frames.
+    pub connection_max_inflight_requests: usize,
     /// `fetch.zero.copy.enable`: serve fetches that miss the tail cache with
     /// sendfile(2) from the page cache (true) or with copying O_DIRECT reads.
     pub fetch_zero_copy_enable: bool,
@@ -120,6 +124,7 @@ impl Default for BrokerConfig {
             log_flush_offset_checkpoint_interval_ms: 60_000,
             log_fd_cache_size: 256,
             log_cache_bytes: 64 << 20,
+            connection_max_inflight_requests: 5,
             fetch_zero_copy_enable: true,
             num_io_threads: 8,
             socket_send_timeout_ms: 30_000,
@@ -204,6 +209,9 @@ impl BrokerConfig {
             "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse_positive(key, v)?,
             "log.fd.cache.size" => self.log_fd_cache_size = parse_positive(key, v)?,
             "log.cache.bytes" => self.log_cache_bytes = parse(key, v)?,
+            "connection.max.inflight.requests" => {
+                self.connection_max_inflight_requests = parse_positive(key, v)?
+            }
             "fetch.zero.copy.enable" => self.fetch_zero_copy_enable = parse(key, v)?,
             "num.io.threads" => self.num_io_threads = parse_positive(key, v)?,
             "socket.send.timeout.ms" => self.socket_send_timeout_ms = parse_positive(key, v)?,
@@ -345,6 +353,11 @@ impl BrokerConfig {
                 "log.cache.bytes",
                 self.log_cache_bytes.to_string(),
                 d.log_cache_bytes.to_string(),
+            ),
+            (
+                "connection.max.inflight.requests",
+                self.connection_max_inflight_requests.to_string(),
+                d.connection_max_inflight_requests.to_string(),
             ),
             (
                 "fetch.zero.copy.enable",

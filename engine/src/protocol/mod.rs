@@ -6,9 +6,10 @@
 //! `kafka-protocol` crate; this module only frames, dispatches and maps
 //! errors to Kafka's codes.
 //!
-//! Requests on one connection are served one at a time, in order, as Kafka
-//! does (it mutes a connection until its response is sent): that keeps
-//! per-partition order for pipelining producers without any bookkeeping.
+//! Answers on a connection go out in request order. Consecutive Produce
+//! requests run pipelined (see `connection`); every other request is served
+//! one at a time, as Kafka does (it mutes a connection until its response
+//! is sent).
 
 mod admin;
 mod fetch;
@@ -82,14 +83,75 @@ enum Outcome {
     Close(String),
 }
 
-async fn connection(shard: &Rc<Shard>, mut stream: TcpStream, peer: &str) -> std::io::Result<()> {
+/// One connection: a reader that decodes requests and starts their handlers,
+/// and a writer that sends the answers in request order.
+///
+/// Produce requests are pipelined: up to `connection.max.inflight.requests`
+/// run at once. Their handlers start in arrival order and each enqueues its
+/// appends before its first real wait, so per-partition order is the
+/// request order, and consecutive requests to one partition share one
+/// group-commit write instead of waiting for each other's O_DIRECT write.
+/// Every other request waits until everything before it is answered, and
+/// nothing after it starts until it is answered: Kafka's one-at-a-time
+/// semantics, which long-polls (Fetch, JoinGroup) and admin requests keep.
+async fn connection(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_millis(shard.config.connections_max_idle_ms)))?;
     set_send_timeout(&stream, shard.config.socket_send_timeout_ms)?;
+    let socket = stream.as_raw_fd();
+    let (reader, writer) = futures_lite::io::split(stream);
+    let (answers, queued_answers) =
+        glommio::channels::local_channel::new_bounded(shard.config.connection_max_inflight_requests);
+    let in_flight = Rc::new(InFlight::default());
+    let writing = glommio::spawn_local(write_answers(
+        shard.clone(),
+        writer,
+        socket,
+        queued_answers,
+        in_flight.clone(),
+        peer.to_string(),
+    ));
+    let read = read_requests(shard, reader, answers, &in_flight, peer).await;
+    // The reader dropped its sender: the writer drains what is queued, then ends.
+    writing.await;
+    read
+}
+
+/// Requests started but not yet answered on one connection.
+#[derive(Default)]
+struct InFlight {
+    count: std::cell::Cell<usize>,
+    answered: event_listener::Event,
+}
+
+impl InFlight {
+    async fn drained(&self) {
+        loop {
+            let listener = self.answered.listen();
+            if self.count.get() == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn finish(&self) {
+        self.count.set(self.count.get() - 1);
+        self.answered.notify(usize::MAX);
+    }
+}
+
+async fn read_requests(
+    shard: &Rc<Shard>,
+    mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    answers: glommio::channels::local_channel::LocalSender<glommio::Task<Outcome>>,
+    in_flight: &InFlight,
+    peer: &str,
+) -> std::io::Result<()> {
     let max_bytes = shard.config.socket_request_max_bytes;
     loop {
         let mut size_buf = [0u8; 4];
-        match stream.read_exact(&mut size_buf).await {
+        match reader.read_exact(&mut size_buf).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
@@ -103,36 +165,93 @@ async fn connection(shard: &Rc<Shard>, mut stream: TcpStream, peer: &str) -> std
             return Ok(());
         }
         let mut body = BytesMut::zeroed(size as usize);
-        if let Err(e) = stream.read_exact(&mut body).await {
+        if let Err(e) = reader.read_exact(&mut body).await {
             tracing::warn!(%peer, "truncated request of {size} bytes ({e}); closing connection");
             return Ok(());
         }
-        match handle_request(shard, body.freeze()).await {
-            Outcome::Respond(bytes) => stream.write_all(&bytes).await?,
-            Outcome::RespondZeroCopy(chunks) => {
-                let Ok(_permit) = shard.io_sends.acquire_permit(1).await else {
-                    return Ok(());
-                };
-                // The stream outlives the job: this task awaits it before
-                // touching the stream again, and requests on a connection
-                // are served one at a time, so nothing else writes to it.
-                let socket = stream.as_raw_fd();
-                let sent = glommio::executor()
-                    .spawn_blocking(move || zero_copy::send_chunks(socket, &chunks))
-                    .await;
-                if let Err(e) = sent {
-                    tracing::warn!(%peer, "zero-copy fetch answer failed: {e}; closing connection");
-                    return Ok(());
-                }
-            }
-            Outcome::Silent => {}
-            Outcome::Close(reason) => {
-                tracing::warn!(%peer, "{reason}; closing connection");
-                return Ok(());
-            }
+        let frame = body.freeze();
+        let pipelined = i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Produce as i16;
+        if !pipelined {
+            in_flight.drained().await;
+        }
+        in_flight.count.set(in_flight.count.get() + 1);
+        let handler_shard = shard.clone();
+        // Spawned tasks first run in spawn order: this handler reaches its
+        // appends before any later request's handler does.
+        let handler = glommio::spawn_local(async move { handle_request(&handler_shard, frame).await });
+        if answers.send(handler).await.is_err() {
+            return Ok(()); // the writer stopped: the connection is closing
+        }
+        if !pipelined {
+            in_flight.drained().await;
         }
         if shard.is_stopping() {
             return Ok(());
+        }
+    }
+}
+
+/// Sends each answer once its handler is done, in request order. Stops at
+/// the first failure or `Outcome::Close`, shutting the socket down so the
+/// reader stops too.
+async fn write_answers(
+    shard: Rc<Shard>,
+    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    socket: std::os::fd::RawFd,
+    queued: glommio::channels::local_channel::LocalReceiver<glommio::Task<Outcome>>,
+    in_flight: Rc<InFlight>,
+    peer: String,
+) {
+    while let Some(handler) = queued.recv().await {
+        let outcome = handler.await;
+        let sent = send_outcome(&shard, &mut writer, socket, outcome, &peer).await;
+        in_flight.finish();
+        if !sent {
+            // SAFETY: shutting down a socket this connection owns; the fd
+            // stays open until both halves drop.
+            unsafe { libc::shutdown(socket, libc::SHUT_RDWR) };
+            return;
+        }
+    }
+}
+
+/// Writes one answer; false when the connection must close.
+async fn send_outcome(
+    shard: &Shard,
+    writer: &mut futures_lite::io::WriteHalf<TcpStream>,
+    socket: std::os::fd::RawFd,
+    outcome: Outcome,
+    peer: &str,
+) -> bool {
+    match outcome {
+        Outcome::Respond(bytes) => match writer.write_all(&bytes).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(%peer, "connection ended: {e}");
+                false
+            }
+        },
+        Outcome::RespondZeroCopy(chunks) => {
+            let Ok(_permit) = shard.io_sends.acquire_permit(1).await else {
+                return false;
+            };
+            // The socket outlives the job: the connection awaits it before
+            // writing anything else (answers go out one at a time, here).
+            let sent = glommio::executor()
+                .spawn_blocking(move || zero_copy::send_chunks(socket, &chunks))
+                .await;
+            match sent {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(%peer, "zero-copy fetch answer failed: {e}; closing connection");
+                    false
+                }
+            }
+        }
+        Outcome::Silent => true,
+        Outcome::Close(reason) => {
+            tracing::warn!(%peer, "{reason}; closing connection");
+            false
         }
     }
 }
