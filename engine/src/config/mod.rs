@@ -61,6 +61,11 @@ pub struct BrokerConfig {
     /// `log.cache.bytes`: per shard, recently appended batches kept in memory
     /// for consumers at the tail (0 disables the cache).
     pub log_cache_bytes: usize,
+    /// `log.flush.scheduler.interval.ms`: how often each shard checks for logs
+    /// whose `flush.ms` has passed (sooner when a topic's flush.ms is shorter).
+    /// Kafka's default (Long.MAX) never checks, so a topic's flush.ms only
+    /// acts on append there; here it holds on idle partitions too.
+    pub log_flush_scheduler_interval_ms: u64,
     /// `connection.max.inflight.requests`: Produce requests one connection
     /// may have running at once (pipelined, answered in order). Bounds a
     /// connection's memory at this many `socket.request.max.bytes` frames.
@@ -124,6 +129,7 @@ impl Default for BrokerConfig {
             log_flush_offset_checkpoint_interval_ms: 60_000,
             log_fd_cache_size: 256,
             log_cache_bytes: 64 << 20,
+            log_flush_scheduler_interval_ms: 1000,
             connection_max_inflight_requests: 5,
             fetch_zero_copy_enable: true,
             num_io_threads: 8,
@@ -209,6 +215,9 @@ impl BrokerConfig {
             "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse_positive(key, v)?,
             "log.fd.cache.size" => self.log_fd_cache_size = parse_positive(key, v)?,
             "log.cache.bytes" => self.log_cache_bytes = parse(key, v)?,
+            "log.flush.scheduler.interval.ms" => {
+                self.log_flush_scheduler_interval_ms = parse_positive(key, v)?
+            }
             "connection.max.inflight.requests" => {
                 self.connection_max_inflight_requests = parse_positive(key, v)?
             }
@@ -353,6 +362,11 @@ impl BrokerConfig {
                 "log.cache.bytes",
                 self.log_cache_bytes.to_string(),
                 d.log_cache_bytes.to_string(),
+            ),
+            (
+                "log.flush.scheduler.interval.ms",
+                self.log_flush_scheduler_interval_ms.to_string(),
+                d.log_flush_scheduler_interval_ms.to_string(),
             ),
             (
                 "connection.max.inflight.requests",

@@ -89,6 +89,8 @@ pub struct Partition {
     idempotent_lock: glommio::sync::Semaphore,
     /// Log end offset covered by the last producer-state snapshot.
     snapshot_offset: Cell<i64>,
+    /// A snapshot task started by `snapshot_after_roll` has not finished.
+    snapshot_running: Cell<bool>,
     /// Recently appended batches, served to tail consumers from memory.
     cache: Rc<PartitionCache>,
 }
@@ -119,6 +121,7 @@ impl Partition {
             producers: RefCell::new(producers),
             idempotent_lock: glommio::sync::Semaphore::new(1),
             snapshot_offset: Cell::new(snapshot_offset),
+            snapshot_running: Cell::new(false),
             cache: PartitionCache::new(cache_budget),
         })
     }
@@ -265,6 +268,26 @@ impl Partition {
     /// Forgets idempotent producers idle for `expiration_ms`.
     pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) {
         self.producers.borrow_mut().expire(now_ms, expiration_ms);
+    }
+
+    /// Kafka snapshots producer state at every segment roll, so the replay
+    /// after a crash never reads further back than the active segment. The
+    /// snapshot needs the idempotent lock, which the append that rolled may
+    /// still hold, so it runs as its own task. No-op without producers.
+    pub fn snapshot_after_roll(self: &Rc<Self>) {
+        let rolled = self.log.active_base_offset() > self.snapshot_offset.get();
+        if !rolled || self.snapshot_running.get() || self.producers.borrow().is_empty() {
+            return;
+        }
+        self.snapshot_running.set(true);
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = this.snapshot_producers().await {
+                tracing::error!("producer snapshot of {}-{} failed: {e}", this.topic, this.index);
+            }
+            this.snapshot_running.set(false);
+        })
+        .detach();
     }
 
     /// Writes the producer-state snapshot `<log end offset>.snapshot` if
@@ -548,6 +571,74 @@ mod tests {
                 let disk = log.read(offset, 1 << 20).await.unwrap();
                 assert_eq!(tail, disk, "offset {offset}");
             }
+        });
+    }
+
+    /// `batch` stamped as producer `producer_id` (epoch 0) from `sequence`.
+    fn idempotent(batch: Bytes, producer_id: i64, sequence: i32) -> Bytes {
+        let mut b = batch.to_vec();
+        b[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".snapshot"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_segment_roll_snapshots_producer_state_only_when_there_are_producers() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = LogConfig {
+                segment_bytes: 4096,
+                ..LogConfig::default()
+            };
+            let log = Log::open(dir.path(), config, RecoveryMode::Clean, FileCache::new(16))
+                .await
+                .unwrap();
+            let p = Partition::open(
+                "t".into(),
+                uuid::Uuid::nil(),
+                0,
+                log.clone(),
+                0,
+                policy(),
+                CacheBudget::new(1 << 20),
+            )
+            .await
+            .unwrap();
+            let p = Rc::new(p);
+            for _ in 0..8 {
+                p.append(&make_batch(0, 1, 1000, 1_000)).await.unwrap();
+                p.snapshot_after_roll();
+            }
+            assert!(log.segment_count() > 1);
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            assert!(snapshot_files(dir.path()).is_empty(), "no producers, no snapshot");
+            for sequence in 0..8 {
+                p.append(&idempotent(make_batch(0, 1, 1000, 1_000), 7, sequence))
+                    .await
+                    .unwrap();
+                p.snapshot_after_roll();
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            let files = snapshot_files(dir.path());
+            assert_eq!(files.len(), 1, "{files:?}");
+            let offset: i64 = files[0].trim_end_matches(".snapshot").parse().unwrap();
+            assert!(
+                offset > 8,
+                "taken after a roll among the idempotent appends: {offset}"
+            );
         });
     }
 

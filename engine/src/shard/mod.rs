@@ -104,6 +104,9 @@ pub struct Startup {
     pub shutdown: Arc<AtomicBool>,
 }
 
+/// Shortest pause between two flush checks, whatever a topic's `flush.ms`.
+const FLUSH_CHECK_MIN_MS: u64 = 10;
+
 /// One core's share of the broker. Exists once per executor thread and is
 /// touched only by that thread (`Rc`, `RefCell`, no locks).
 pub struct Shard {
@@ -324,13 +327,25 @@ impl Shard {
         }
     }
 
-    async fn flush_all(&self) {
+    /// Flushes every log whose unsynced data is older than its `flush.ms`
+    /// (the topic's, or `log.flush.interval.ms`); returns how long to sleep
+    /// before the next check: `log.flush.scheduler.interval.ms`, or less when
+    /// a log's `flush.ms` is shorter.
+    async fn flush_overdue(&self) -> u64 {
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let mut next_check_ms = self.config.log_flush_scheduler_interval_ms;
+        let now = now_ms();
         for p in parts {
-            if let Err(e) = p.log().flush().await {
-                tracing::error!("flush of {}-{} failed: {e}", p.topic(), p.index());
+            let log = p.log();
+            next_check_ms = next_check_ms.min(log.flush_interval_ms());
+            if log.flush_overdue(now) {
+                if let Err(e) = log.flush().await {
+                    tracing::error!("flush of {}-{} failed: {e}", p.topic(), p.index());
+                }
             }
+            glommio::yield_if_needed().await;
         }
+        next_check_ms.max(FLUSH_CHECK_MIN_MS)
     }
 
     async fn close_all(&self) -> bool {
@@ -589,17 +604,17 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
             }
         })
     };
-    // `log.flush.interval.ms`: Kafka's default never flushes on a timer.
-    let flusher = (config.log.flush_interval_ms < i64::MAX as u64).then(|| {
+    // `flush.ms` / `log.flush.interval.ms` on a timer (default: never due).
+    let flusher = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            let every = Duration::from_millis(shard.config.log.flush_interval_ms);
+            let mut next_check_ms = shard.config.log_flush_scheduler_interval_ms;
             loop {
-                glommio::timer::sleep(every).await;
-                shard.flush_all().await;
+                glommio::timer::sleep(Duration::from_millis(next_check_ms)).await;
+                next_check_ms = shard.flush_overdue().await;
             }
         })
-    });
+    };
     while !startup.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
     }

@@ -193,6 +193,7 @@ impl Shard {
         match partition.append(&part.records).await {
             Ok(result) => {
                 self.notify_appended();
+                partition.snapshot_after_roll();
                 outcome.base_offset = result.base_offset;
                 outcome.log_start_offset = result.log_start_offset;
                 outcome.log_append_time_ms = result.log_append_time_ms;

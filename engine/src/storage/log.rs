@@ -526,6 +526,11 @@ impl Log {
         self.state.borrow().segments.values().map(|s| s.size_bytes).sum()
     }
 
+    /// Base offset of the active segment (moves at every roll).
+    pub fn active_base_offset(&self) -> i64 {
+        self.state.borrow().active_base()
+    }
+
     pub fn segment_count(&self) -> usize {
         self.state.borrow().segments.len()
     }
@@ -639,6 +644,21 @@ impl Log {
             };
             let _ = reply.send(answer);
         }
+    }
+
+    /// `flush.ms` of this log (u64::MAX: never on time).
+    pub fn flush_interval_ms(&self) -> u64 {
+        self.state.borrow().config.flush_interval_ms
+    }
+
+    /// Unsynced data older than `flush.ms`: the flush scheduler's check, so a
+    /// topic's `flush.ms` holds even when no append comes to trigger it.
+    pub fn flush_overdue(&self, now: i64) -> bool {
+        let state = self.state.borrow();
+        let since_flush_ms = u64::try_from(now.saturating_sub(state.last_flush_ms)).unwrap_or(0);
+        state.writer.is_some()
+            && state.recovery_point < state.log_end_offset
+            && since_flush_ms >= state.config.flush_interval_ms
     }
 
     fn flush_due(&self, now: i64) -> bool {

@@ -174,6 +174,28 @@ fn zero_copy_reads_return_the_same_whole_batches_as_copying_reads() {
 }
 
 #[test]
+fn flush_is_overdue_only_for_unsynced_data_older_than_flush_ms() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig {
+            flush_interval_ms: 50,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), config, RecoveryMode::Clean).await;
+        let now = now_ms();
+        assert!(!log.flush_overdue(now + 1_000), "nothing unsynced");
+        append_batches(&log, 1, 2, 100).await;
+        // flush.ms counts from the last flush (here: the open), as Kafka's.
+        assert!(!log.flush_overdue(now), "not yet flush.ms since the open");
+        assert!(log.flush_overdue(now_ms() + 1_000));
+        log.flush().await.expect("flush");
+        assert!(!log.flush_overdue(now_ms() + 1_000), "synced");
+        assert_eq!(log.flush_interval_ms(), 50);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
 fn read_returns_whole_batch_containing_offset() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""The data-path benchmark set (issue 3), written to results/data-path.md.
+
+Every figure is the median of --runs runs, each on a fresh release broker
+(temp data dir, free loopback port), driven by shardlog-bench:
+
+  A. produce at max rate, 1 KiB records, acks=1, 64 KiB batches, one shard
+     (--shards 1): 1 and 6 partitions per request;
+  B. tail consume while producing at max rate (e2e), one shard;
+  C. catch-up consume of a cold backlog (the broker restarted, so the tail
+     cache is empty, and O_DIRECT writes never filled the page cache): zero
+     copy (sendfile) cold, zero copy warm (a second read), and the copying
+     O_DIRECT path (fetch.zero.copy.enable=false);
+  D. produce latency at 50% of A's median rate, acks=1 and acks=-1;
+  E. shard stall: produce latency of partition F at a fixed rate, alone and
+     while a consumer drains a cold backlog of another partition on the same
+     shard, with zero copy on and off.
+
+  scripts/bench-data-path.py [--runs 3] [--duration-s 10] [--backlog-mb 2000]
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BROKER_BIN = Path(os.environ.get("SHARDLOG_BIN", REPO / "target/release/shardlog"))
+BENCH_BIN = REPO / "target/release/shardlog-bench"
+LOOPBACK_MB_S = 3270.0
+ODIRECT_WRITE_MB_S = 2600.0
+SENDFILE_MB_S = 2000.0
+COPY_READ_MB_S = 2900.0
+COMMON = ["--record-bytes", "1024", "--batch-bytes", "65536", "--producers", "1", "--inflight", "4"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, work, shards=None, sets=None):
+        self.work = Path(work)
+        self.data = self.work / "data"
+        self.port = free_port()
+        self.shards = shards
+        self.sets = dict(sets or {})
+        self.proc = None
+
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        args = [str(BROKER_BIN), "--listen", self.bootstrap, "--data-dir", str(self.data)]
+        if self.shards:
+            args += ["--shards", str(self.shards)]
+        for k, v in self.sets.items():
+            args += ["--set", f"{k}={v}"]
+        log = open(self.work / "broker.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "broker exited at start"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("broker did not listen within 60 s")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cpu_s(self):
+        fields = (Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1]).split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def destroy(self):
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def bench(broker, *args, background=False):
+    out = Path(tempfile.mktemp(suffix=".json", dir=broker.work))
+    cmd = [str(BENCH_BIN), *args, "--bootstrap", broker.bootstrap, "--quiet", "--json", str(out)]
+    print("+", " ".join(cmd[:1] + [a for a in cmd[1:]]), file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if background:
+        return proc, out
+
+    stdout, _ = proc.communicate()
+    sys.stderr.write(stdout.decode(errors="replace"))
+    assert proc.returncode == 0, f"shardlog-bench failed: {args}"
+    return json.loads(out.read_text())["results"]
+
+
+def finish(bg):
+    proc, out = bg
+    stdout, _ = proc.communicate()
+    sys.stderr.write(stdout.decode(errors="replace"))
+    assert proc.returncode == 0, "background shardlog-bench failed"
+    return json.loads(out.read_text())["results"]
+
+
+def command_line(args):
+    return "shardlog-bench " + " ".join(args)
+
+
+def mb_s(report):
+    return report["mb_per_s"]
+
+
+def drop_page_cache():
+    """Drops clean page-cache pages (root only); False when not allowed."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration-s", type=int, default=10)
+    ap.add_argument("--backlog-mb", type=int, default=2000)
+    ap.add_argument("--out", default=str(REPO / "results/data-path.md"))
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="shardlog-data-path."))
+    d = str(a.duration_s)
+    results = {}
+    cmds = {}
+
+    def broker(**kw):
+        b = Broker(work, **kw)
+        return b.start()
+
+    # A. produce per shard.
+    for ppr in (1, 6):
+        key = f"A-ppr{ppr}"
+        args = ["produce", "--topic", "a", "--partitions", "6", *COMMON, "--acks", "1", "--duration-s", d,
+                "--partitions-per-request", str(ppr)]
+        cmds[key] = command_line(args) + "  (broker --shards 1)"
+        for _ in range(a.runs):
+            b = broker(shards=1)
+            cpu0 = b.cpu_s()
+            r = bench(b, *args)["produce"]
+            r["broker_cores"] = (b.cpu_s() - cpu0) / r["elapsed_s"]
+            results.setdefault(key, []).append(r)
+            b.destroy()
+
+    # B. tail consume at max produce rate.
+    args = ["e2e", "--topic", "b", "--partitions", "6", *COMMON, "--acks", "1", "--duration-s", d,
+            "--partitions-per-request", "6"]
+    cmds["B"] = command_line(args) + "  (broker --shards 1)"
+    for _ in range(a.runs):
+        b = broker(shards=1)
+        results.setdefault("B", []).append(bench(b, *args))
+        b.destroy()
+
+    # C. catch-up consume of a cold backlog.
+    backlog_s = max(2, a.backlog_mb // 300)
+    fill = ["produce", "--topic", "c", "--partitions", "6", *COMMON, "--acks", "1",
+            "--partitions-per-request", "6", "--duration-s", str(backlog_s)]
+    consume = ["consume", "--topic", "c", "--record-bytes", "1024", "--from", "earliest", "--duration-s", "300"]
+    cmds["C-fill"] = command_line(fill)
+    cmds["C"] = command_line(consume)
+    dropped = True
+    for _ in range(a.runs):
+        b = broker()
+        bench(b, *fill)
+        b.stop()
+        dropped &= drop_page_cache()
+        b.start()
+        results.setdefault("C-cold", []).append(bench(b, *consume)["consume"])
+        results.setdefault("C-warm", []).append(bench(b, *consume)["consume"])
+        b.stop()
+        b.sets["fetch.zero.copy.enable"] = "false"
+        b.start()
+        results.setdefault("C-copy", []).append(bench(b, *consume)["consume"])
+        b.destroy()
+
+    # D. latency at half of A's median rate (same one-shard broker shape).
+    rate = int(median([r["msgs_per_s"] for r in results["A-ppr1"]]) * 0.5)
+    for acks in ("1", "-1"):
+        args = ["e2e", "--topic", "d", "--partitions", "6", *COMMON, "--acks", acks, "--rate", str(rate),
+                "--duration-s", d]
+        cmds[f"D{acks}"] = command_line(args) + "  (broker --shards 1)"
+        for _ in range(a.runs):
+            b = broker(shards=1)
+            results.setdefault(f"D{acks}", []).append(bench(b, *args))
+            b.destroy()
+
+    # E. shard stall: a fixed-rate producer on one partition while a cold
+    # backlog of another partition on the same (only) shard is drained.
+    stall_rate = 20_000
+    fg = ["produce", "--topic", "fg", "--partitions", "1", *COMMON, "--acks", "1", "--rate", str(stall_rate),
+          "--duration-s", d]
+    bg_fill = ["produce", "--topic", "bg", "--partitions", "1", *COMMON, "--acks", "1",
+               "--duration-s", str(backlog_s)]
+    bg_drain = ["consume", "--topic", "bg", "--record-bytes", "1024", "--from", "earliest", "--duration-s", d]
+    cmds["E-fg"] = command_line(fg) + "  (broker --shards 1)"
+    cmds["E-bg"] = command_line(bg_drain)
+    for zero_copy in ("true", "false"):
+        for _ in range(a.runs):
+            b = broker(shards=1, sets={"fetch.zero.copy.enable": zero_copy})
+            bench(b, *bg_fill)
+            b.stop()
+            drop_page_cache()
+            b.start()
+            results.setdefault(f"E-alone-{zero_copy}", []).append(bench(b, *fg)["produce"])
+            fg_run = bench(b, *fg, background=True)
+            time.sleep(1)
+            drain = bench(b, *bg_drain)["consume"]
+            results.setdefault(f"E-drain-{zero_copy}", []).append(finish(fg_run)["produce"])
+            results.setdefault(f"E-drain-mb-{zero_copy}", []).append(drain)
+            b.destroy()
+
+    (work / "raw.json").write_text(json.dumps({"results": results, "commands": cmds}, indent=1))
+    write_report(a, results, cmds, rate, stall_rate, dropped)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def write_report(a, results, cmds, rate, stall_rate, dropped):
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    lines = []
+    w = lines.append
+
+    def runs(key, f):
+        vals = [f(r) for r in results[key]]
+        return median(vals), vals
+
+    def fmt_runs(vals, digits=1):
+        return ", ".join(f"{v:.{digits}f}" for v in vals)
+
+    w("# Data path: produce, tail and catch-up reads, latency, shard stall")
+    w("")
+    w(f"- when: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; commit {commit}")
+    w(f"- machine: nproc {os.cpu_count()}, kernel {platform.release()}; client and broker share it")
+    w(f"- command: `scripts/bench-data-path.py --runs {a.runs} --duration-s {a.duration_s} "
+      f"--backlog-mb {a.backlog_mb}`; medians of {a.runs} runs, each on a fresh broker")
+    w("- limits (`../shared/PERFORMANCE.md`): loopback 3,270 MB/s, O_DIRECT write 2,600 MB/s, "
+      "sendfile to loopback 2,000 MB/s, copying read+write 2,900 MB/s")
+    w("")
+    w("MB = 10^6 bytes of record values (1 KiB records). Latencies in µs.")
+    w("")
+    w("## Throughput")
+    w("")
+    w("| figure | median MB/s (runs) | / lower limit | broker cores | command |")
+    w("| --- | ---: | ---: | ---: | --- |")
+    for key, label in (("A-ppr1", "A. produce, 1 shard, 1 partition per request"),
+                       ("A-ppr6", "A. produce, 1 shard, 6 partitions per request")):
+        m, vals = runs(key, mb_s)
+        cores = median([r["broker_cores"] for r in results[key]])
+        w(f"| {label} | {m:.1f} ({fmt_runs(vals)}) | {m / ODIRECT_WRITE_MB_S:.1%} of O_DIRECT write | "
+          f"{cores:.2f} | `{cmds[key]}` |")
+    m, vals = runs("B", lambda r: mb_s(r["consume"]))
+    w(f"| B. tail consume while producing at max rate, 1 shard | {m:.1f} ({fmt_runs(vals)}) | "
+      f"{m / ODIRECT_WRITE_MB_S:.1%} of O_DIRECT write | | `{cmds['B']}` |")
+    m, vals = runs("B", lambda r: mb_s(r["produce"]))
+    w(f"| B. (its produce side) | {m:.1f} ({fmt_runs(vals)}) | | | |")
+    for key, label in (("C-cold", "C. catch-up, zero copy, cold page cache"),
+                       ("C-warm", "C. catch-up, zero copy, warm page cache"),
+                       ("C-copy", "C. catch-up, copying O_DIRECT reads")):
+        m, vals = runs(key, mb_s)
+        w(f"| {label} | {m:.1f} ({fmt_runs(vals)}) | {m / SENDFILE_MB_S:.1%} of sendfile | | `{cmds['C']}` |")
+    w("")
+    if not dropped:
+        w("The page cache could not be dropped (not root): \"cold\" means only that O_DIRECT writes "
+          "never filled it.")
+        w("")
+    w(f"## Latency at half load (A's median rate x 0.5 = {rate:,} msgs/s), 1 shard")
+    w("")
+    w("| figure | p50 | p99 | p99.9 | max | command |")
+    w("| --- | ---: | ---: | ---: | ---: | --- |")
+    for acks in ("1", "-1"):
+        for side, field, label in (("produce", "ack_latency", "produce ack"),
+                                   ("consume", "e2e_latency", "end to end")):
+            lat = [r[side][field] for r in results[f"D{acks}"]]
+            w(f"| {label}, acks={acks} | {median([x['p50_us'] for x in lat]):,.0f} | "
+              f"{median([x['p99_us'] for x in lat]):,.0f} | {median([x['p999_us'] for x in lat]):,.0f} | "
+              f"{median([x['max_us'] for x in lat]):,.0f} | `{cmds[f'D{acks}']}` |")
+    w("")
+    w(f"## Shard stall: produce at {stall_rate:,} msgs/s to one partition, alone and while a cold backlog "
+      "of another partition on the same shard is drained")
+    w("")
+    w("| reads | produce alone p50 / p99 / p99.9 | during the drain p50 / p99 / p99.9 | drain MB/s |")
+    w("| --- | ---: | ---: | ---: |")
+    for zc, label in (("true", "zero copy (sendfile on the blocking pool)"), ("false", "copying O_DIRECT reads")):
+        alone = [r["ack_latency"] for r in results[f"E-alone-{zc}"]]
+        drain = [r["ack_latency"] for r in results[f"E-drain-{zc}"]]
+
+        def trio(lat):
+            return " / ".join(f"{median([x[k] for x in lat]):,.0f}" for k in ("p50_us", "p99_us", "p999_us"))
+
+        w(f"| {label} | {trio(alone)} | {trio(drain)} | {median([mb_s(r) for r in results[f'E-drain-mb-{zc}']]):.1f} |")
+    w("")
+    w(f"Producer: `{cmds['E-fg']}`; drain: `{cmds['E-bg']}` (started 1 s into the producer's run).")
+    w("")
+    Path(a.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
