@@ -86,7 +86,9 @@ pub struct Partition {
     /// first write is in flight) is seen as a duplicate; also held while a
     /// snapshot is taken, so the snapshot's offset matches its state.
     /// Non-idempotent appends never take it.
-    idempotent_lock: glommio::sync::Semaphore,
+    /// Serialises idempotent appends (check, write, record) and snapshots,
+    /// strictly in arrival order (see `fifo`).
+    idempotent_lock: crate::fifo::FifoLock,
     /// Log end offset covered by the last producer-state snapshot.
     snapshot_offset: Cell<i64>,
     /// A snapshot task started by `snapshot_after_roll` has not finished.
@@ -119,7 +121,7 @@ impl Partition {
             epochs,
             policy: RefCell::new(policy),
             producers: RefCell::new(producers),
-            idempotent_lock: glommio::sync::Semaphore::new(1),
+            idempotent_lock: crate::fifo::FifoLock::new(),
             snapshot_offset: Cell::new(snapshot_offset),
             snapshot_running: Cell::new(false),
             cache: PartitionCache::new(cache_budget),
@@ -202,11 +204,7 @@ impl Partition {
                 "transactions are not supported by this broker",
             ));
         }
-        let _permit = self
-            .idempotent_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|e| PartitionError::new(ResponseError::NotLeaderOrFollower, e.to_string()))?;
+        let _turn = self.idempotent_lock.ticket().acquire().await;
         let check = self.producers.borrow().check(header);
         match check {
             SequenceCheck::NotIdempotent | SequenceCheck::Append => {}
@@ -294,11 +292,7 @@ impl Partition {
     /// anything was appended since the last one, and removes older ones.
     /// Small (about 200 bytes a producer) and rare: plain file I/O.
     pub async fn snapshot_producers(&self) -> std::io::Result<()> {
-        let _permit = self
-            .idempotent_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let _turn = self.idempotent_lock.ticket().acquire().await;
         let log_end_offset = self.log.log_end_offset();
         if log_end_offset == self.snapshot_offset.get() {
             return Ok(());

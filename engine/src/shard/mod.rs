@@ -127,6 +127,8 @@ pub struct Shard {
     tail_cache: Rc<crate::partition::tail_cache::CacheBudget>,
     /// Fired after every append on this shard; long-polling fetches wait on it.
     appended: Event,
+    /// Per destination shard: sends leave in call order.
+    send_turns: Vec<crate::fifo::FifoLock>,
     /// Zero-copy sends running on the blocking-thread pool (`num.io.threads`).
     pub io_sends: Semaphore,
     connections: Cell<usize>,
@@ -172,7 +174,12 @@ impl Shard {
         let (tx, rx) = oneshot::channel();
         let msg = ShardMsg { op, reply: tx };
         let peer = self.peer_of_shard[target];
-        if self.senders.send_to(peer, msg).await.is_err() {
+        // Sends to one shard leave in call order even when its channel is
+        // full (pipelined Produce requests rely on it; see `fifo`).
+        let turn = self.send_turns[target].ticket().acquire().await;
+        let sent = self.senders.send_to(peer, msg).await;
+        drop(turn);
+        if sent.is_err() {
             // The peer's executor is gone: only during shutdown.
             return ShardReply::Control(ControlReply::Unavailable);
         }
@@ -525,6 +532,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         tail_cache: crate::partition::tail_cache::CacheBudget::new(config.log_cache_bytes),
         appended: Event::new(),
         io_sends: Semaphore::new(config.num_io_threads as u64),
+        send_turns: (0..nr_shards).map(|_| crate::fifo::FifoLock::new()).collect(),
         connections: Cell::new(0),
         connections_max: config.max_connections.div_ceil(nr_shards),
         stopping: Cell::new(false),
