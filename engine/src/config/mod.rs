@@ -61,6 +61,13 @@ pub struct BrokerConfig {
     /// `log.cache.bytes`: per shard, recently appended batches kept in memory
     /// for consumers at the tail (0 disables the cache).
     pub log_cache_bytes: usize,
+    /// `log.cleaner.enable`: compact `cleanup.policy=compact` topics.
+    pub log_cleaner_enable: bool,
+    /// `log.cleaner.backoff.ms`: pause between a shard's compaction checks.
+    pub log_cleaner_backoff_ms: u64,
+    /// `log.cleaner.dedupe.buffer.size`: key-map memory for compaction, split
+    /// evenly between shards (each compacts one log at a time).
+    pub log_cleaner_dedupe_buffer_size: usize,
     /// `log.flush.scheduler.interval.ms`: how often each shard checks for logs
     /// whose `flush.ms` has passed (sooner when a topic's flush.ms is shorter).
     /// Kafka's default (Long.MAX) never checks, so a topic's flush.ms only
@@ -129,6 +136,9 @@ impl Default for BrokerConfig {
             log_flush_offset_checkpoint_interval_ms: 60_000,
             log_fd_cache_size: 256,
             log_cache_bytes: 64 << 20,
+            log_cleaner_enable: true,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 128 << 20,
             log_flush_scheduler_interval_ms: 1000,
             connection_max_inflight_requests: 5,
             fetch_zero_copy_enable: true,
@@ -243,11 +253,23 @@ impl BrokerConfig {
                 self.log_message_timestamp_type = v.to_string();
             }
             "log.cleanup.policy" => {
-                if v != "delete" {
-                    return Err(invalid(key, v, "only delete is supported so far"));
-                }
+                let Some((delete, compact)) = crate::controller::topic_config::parse_cleanup_policy(v) else {
+                    return Err(invalid(key, v, "must be delete, compact or compact,delete"));
+                };
+                (self.log.cleanup_delete, self.log.cleanup_compact) = (delete, compact);
                 self.log_cleanup_policy = v.to_string();
             }
+            "log.cleaner.delete.retention.ms" => self.log.delete_retention_ms = parse(key, v)?,
+            "log.cleaner.min.cleanable.ratio" => {
+                let ratio: f64 = parse(key, v)?;
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(invalid(key, v, "must be between 0 and 1"));
+                }
+                self.log.min_cleanable_dirty_ratio = ratio;
+            }
+            "log.cleaner.enable" => self.log_cleaner_enable = parse(key, v)?,
+            "log.cleaner.backoff.ms" => self.log_cleaner_backoff_ms = parse_positive(key, v)?,
+            "log.cleaner.dedupe.buffer.size" => self.log_cleaner_dedupe_buffer_size = parse_positive(key, v)?,
             "shutdown.timeout.ms" => self.shutdown_timeout_ms = parse_positive(key, v)?,
             "shard.channel.capacity" => self.shard_channel_capacity = parse_positive(key, v)?,
             _ => tracing::warn!(
@@ -362,6 +384,31 @@ impl BrokerConfig {
                 "log.cache.bytes",
                 self.log_cache_bytes.to_string(),
                 d.log_cache_bytes.to_string(),
+            ),
+            (
+                "log.cleaner.enable",
+                self.log_cleaner_enable.to_string(),
+                d.log_cleaner_enable.to_string(),
+            ),
+            (
+                "log.cleaner.backoff.ms",
+                self.log_cleaner_backoff_ms.to_string(),
+                d.log_cleaner_backoff_ms.to_string(),
+            ),
+            (
+                "log.cleaner.dedupe.buffer.size",
+                self.log_cleaner_dedupe_buffer_size.to_string(),
+                d.log_cleaner_dedupe_buffer_size.to_string(),
+            ),
+            (
+                "log.cleaner.delete.retention.ms",
+                self.log.delete_retention_ms.to_string(),
+                d.log.delete_retention_ms.to_string(),
+            ),
+            (
+                "log.cleaner.min.cleanable.ratio",
+                self.log.min_cleanable_dirty_ratio.to_string(),
+                d.log.min_cleanable_dirty_ratio.to_string(),
             ),
             (
                 "log.flush.scheduler.interval.ms",

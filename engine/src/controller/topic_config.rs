@@ -22,6 +22,8 @@ pub const TOPIC_KEYS: &[&str] = &[
     "min.insync.replicas",
     "flush.messages",
     "flush.ms",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
 ];
 
 /// Kafka's DescribeConfigs config type of a list value (`cleanup.policy`).
@@ -32,9 +34,11 @@ pub fn config_type(key: &str) -> i8 {
     const STRING: i8 = 2;
     const INT: i8 = 3;
     const LONG: i8 = 5;
+    const DOUBLE: i8 = 6;
     match key {
         "cleanup.policy" => CONFIG_TYPE_LIST,
         "message.timestamp.type" => STRING,
+        "min.cleanable.dirty.ratio" => DOUBLE,
         "segment.index.bytes"
         | "index.interval.bytes"
         | "max.message.bytes"
@@ -59,15 +63,16 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
         Ok(())
     };
     match key {
-        "cleanup.policy" => {
-            if value.trim() == "delete" {
-                Ok(())
-            } else {
-                Err(format!(
-                    "Invalid value {value} for configuration {key}: only 'delete' is supported"
-                ))
-            }
-        }
+        "cleanup.policy" => parse_cleanup_policy(value).map(|_| ()).ok_or_else(|| {
+            format!("Invalid value {value} for configuration {key}: String must be one of: compact, delete")
+        }),
+        "delete.retention.ms" => int(0),
+        "min.cleanable.dirty.ratio" => match value.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(()),
+            _ => Err(format!(
+                "Invalid value {value} for configuration {key}: Value must be between 0 and 1"
+            )),
+        },
         "retention.ms" | "retention.bytes" => int(-1),
         "segment.bytes" => int(14),
         "segment.ms" | "flush.messages" | "flush.ms" => int(1),
@@ -82,6 +87,20 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
         },
         _ => Err(format!("Unknown topic config name: {key}")),
     }
+}
+
+/// `(delete, compact)` from a cleanup.policy list ("delete", "compact",
+/// "compact,delete"), None if it names anything else or nothing.
+pub fn parse_cleanup_policy(value: &str) -> Option<(bool, bool)> {
+    let (mut delete, mut compact) = (false, false);
+    for item in value.split(',').map(str::trim) {
+        match item {
+            "delete" => delete = true,
+            "compact" => compact = true,
+            _ => return None,
+        }
+    }
+    (delete || compact).then_some((delete, compact))
 }
 
 /// The value a topic runs with for `key`, and whether it is the broker default.
@@ -110,6 +129,8 @@ pub fn effective(key: &str, overrides: &BTreeMap<String, String>, broker: &Broke
         "min.insync.replicas" => broker.min_insync_replicas.to_string(),
         "flush.messages" => capped(broker.log.flush_interval_messages),
         "flush.ms" => capped(broker.log.flush_interval_ms),
+        "delete.retention.ms" => broker.log.delete_retention_ms.to_string(),
+        "min.cleanable.dirty.ratio" => broker.log.min_cleanable_dirty_ratio.to_string(),
         _ => String::new(),
     };
     (value, true)
@@ -148,6 +169,14 @@ pub fn log_config(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -
     }
     let (timestamp_type, _) = effective("message.timestamp.type", overrides, broker);
     c.log_append_time = timestamp_type == "LogAppendTime";
+    let (policy, _) = effective("cleanup.policy", overrides, broker);
+    (c.cleanup_delete, c.cleanup_compact) = parse_cleanup_policy(&policy).unwrap_or((true, false));
+    if let Some(v) = num(overrides, "delete.retention.ms") {
+        c.delete_retention_ms = v;
+    }
+    if let Some(v) = num(overrides, "min.cleanable.dirty.ratio") {
+        c.min_cleanable_dirty_ratio = v;
+    }
     c
 }
 

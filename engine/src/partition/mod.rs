@@ -268,6 +268,12 @@ impl Partition {
         self.producers.borrow_mut().expire(now_ms, expiration_ms);
     }
 
+    /// Compaction replaced the records below `offset`: the tail cache must
+    /// not keep serving the batches it removed.
+    pub fn forget_cached_below(&self, offset: i64) {
+        self.cache.trim_below(offset);
+    }
+
     /// Kafka snapshots producer state at every segment roll, so the replay
     /// after a crash never reads further back than the active segment. The
     /// snapshot needs the idempotent lock, which the append that rolled may

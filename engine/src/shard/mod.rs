@@ -334,6 +334,31 @@ impl Shard {
         }
     }
 
+    /// One compaction pass over each compacted log that is due (see
+    /// `storage::cleaner`).
+    async fn compact_logs(&self) {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let dedupe_buffer_bytes = self.config.log_cleaner_dedupe_buffer_size / self.nr_shards.max(1);
+        for p in parts {
+            match p.log().compact(now_ms(), dedupe_buffer_bytes).await {
+                Ok(Some(pass)) => {
+                    p.forget_cached_below(pass.clean_up_to_offset);
+                    tracing::info!(
+                    partition = %format!("{}-{}", p.topic(), p.index()),
+                    segments = pass.cleaned.len(),
+                    records_removed = pass.records_removed,
+                    bytes_before = pass.bytes_before,
+                    bytes_after = pass.bytes_after,
+                    "compacted"
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!("compaction of {}-{} failed: {e}", p.topic(), p.index()),
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
     /// Flushes every log whose unsynced data is older than its `flush.ms`
     /// (the topic's, or `log.flush.interval.ms`); returns how long to sleep
     /// before the next check: `log.flush.scheduler.interval.ms`, or less when
@@ -612,6 +637,17 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
             }
         })
     };
+    // Compaction of `cleanup.policy=compact` logs, one at a time.
+    let cleaner = config.log_cleaner_enable.then(|| {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let every = Duration::from_millis(shard.config.log_cleaner_backoff_ms);
+            loop {
+                glommio::timer::sleep(every).await;
+                shard.compact_logs().await;
+            }
+        })
+    });
     // `flush.ms` / `log.flush.interval.ms` on a timer (default: never due).
     let flusher = {
         let shard = shard.clone();
@@ -631,6 +667,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     drop(retention);
     drop(checkpoint);
     drop(flusher);
+    drop(cleaner);
     let budget = Duration::from_millis(config.shutdown_timeout_ms);
     let clean = futures_lite::future::or(shard.close_all(), async {
         glommio::timer::sleep(budget).await;

@@ -23,6 +23,7 @@ use futures::channel::oneshot;
 use glommio::io::DmaFile;
 
 use super::batch::{self, BatchError};
+use super::cleaner;
 use super::file_cache::{FileCache, FileMode};
 use super::index::{IndexBounds, SegmentIndex};
 use super::records::{FileSlice, Records};
@@ -66,6 +67,15 @@ pub struct LogConfig {
     /// message.timestamp.type=LogAppendTime: the writer stamps each batch
     /// with the append time (and recomputes its CRC).
     pub log_append_time: bool,
+    /// cleanup.policy contains `delete`: retention by time and size applies.
+    pub cleanup_delete: bool,
+    /// cleanup.policy contains `compact`: the cleaner compacts sealed segments.
+    pub cleanup_compact: bool,
+    /// delete.retention.ms: how long compaction keeps tombstones.
+    pub delete_retention_ms: i64,
+    /// min.cleanable.dirty.ratio: compact once this share of the sealed
+    /// bytes has not been compacted yet.
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -80,6 +90,10 @@ impl Default for LogConfig {
             flush_interval_messages: u64::MAX,
             flush_interval_ms: u64::MAX,
             log_append_time: false,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention_ms: 86_400_000,
+            min_cleanable_dirty_ratio: 0.5,
         }
     }
 }
@@ -177,6 +191,9 @@ struct Segment {
     first_append_ms: Option<i64>,
     /// Always loaded for the active segment; loaded lazily for sealed ones.
     index: Option<SegmentIndex>,
+    /// Bumped when compaction replaces the files: positions taken from an
+    /// older generation's index are not valid in the new file.
+    generation: u64,
 }
 
 /// The active segment's write side. Its file comes from the shard's
@@ -212,6 +229,9 @@ struct State {
     last_flush_ms: i64,
     /// Group-commit writes completed (each may carry many appends).
     writes_completed: u64,
+    /// Offsets below this were compacted by an earlier pass (in memory: the
+    /// first pass after a restart compacts everything once more).
+    cleaned_up_to_offset: i64,
 }
 
 impl State {
@@ -364,6 +384,9 @@ impl Log {
         // partition's segment count.
         std::fs::create_dir_all(dir)?;
         segment::prime_iopoll_probe(dir).await?;
+        // A compaction pass cut short leaves `.cleaned` files: the originals
+        // are still whole, so the leftovers go.
+        cleaner::remove_cleaned_files(dir)?;
         let mut files_changed = false;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -398,6 +421,7 @@ impl Log {
                     last_modified_ms: mtime_ms(&metadata),
                     first_append_ms: None,
                     index: None,
+                    generation: 0,
                 }),
             );
         }
@@ -410,6 +434,7 @@ impl Log {
                     last_modified_ms: now_ms(),
                     first_append_ms: None,
                     index: Some(SegmentIndex::new(0)),
+                    generation: 0,
                 }),
             );
             files_changed = true;
@@ -496,6 +521,7 @@ impl Log {
             messages_since_flush: 0,
             last_flush_ms: now_ms(),
             writes_completed: 0,
+            cleaned_up_to_offset: log_start_offset,
         };
         drop(file);
         Ok(Rc::new_cyclic(|this| Log {
@@ -859,6 +885,7 @@ impl Log {
                     last_modified_ms: now,
                     first_append_ms: None,
                     index: Some(SegmentIndex::new(new_base)),
+                    generation: 0,
                 }),
             );
             state.recovery_point = new_base;
@@ -931,38 +958,52 @@ impl Log {
         max_bytes: usize,
         zero_copy: bool,
     ) -> Result<Option<Records>, StorageError> {
-        self.ensure_index(base).await?;
-        let (size, position, stable_end) = {
-            let state = self.state.borrow();
-            let Some(segment) = state.segments.get(&base) else {
-                return Err(state.out_of_range(offset));
+        loop {
+            self.ensure_index(base).await?;
+            let (size, position, stable_end, generation) = {
+                let state = self.state.borrow();
+                let Some(segment) = state.segments.get(&base) else {
+                    return Err(state.out_of_range(offset));
+                };
+                let position = segment
+                    .index
+                    .as_ref()
+                    .map_or(0, |i| i.position_for_offset(offset));
+                // The active segment's last, partial block is rewritten by every
+                // group commit; a page-cache copy of it could go stale, so only
+                // whole blocks below it are ever read through the page cache.
+                let stable_end = if base == state.active_base() && state.writer.is_some() {
+                    align_down(segment.size_bytes)
+                } else {
+                    segment.size_bytes
+                };
+                (segment.size_bytes, position, stable_end, segment.generation)
             };
-            let position = segment
-                .index
-                .as_ref()
-                .map_or(0, |i| i.position_for_offset(offset));
-            // The active segment's last, partial block is rewritten by every
-            // group commit; a page-cache copy of it could go stale, so only
-            // whole blocks below it are ever read through the page cache.
-            let stable_end = if base == state.active_base() && state.writer.is_some() {
-                align_down(segment.size_bytes)
-            } else {
-                segment.size_bytes
-            };
-            (segment.size_bytes, position, stable_end)
-        };
-        let file = self.segment_file(base).await?;
-        if zero_copy {
-            if let Some(found) = self
-                .locate_slice(base, &file, size, stable_end, position, offset, max_bytes)
-                .await?
-            {
-                return Ok(Some(found));
+            let file = self.segment_file(base).await?;
+            if self.segment_generation(base) != Some(generation) {
+                // Compaction replaced the segment while its file was opened:
+                // the position belongs to the old file. Bounded: a pass
+                // replaces a segment once.
+                continue;
             }
+            if zero_copy {
+                if let Some(found) = self
+                    .locate_slice(
+                        base, generation, &file, size, stable_end, position, offset, max_bytes,
+                    )
+                    .await?
+                {
+                    return Ok(Some(found));
+                }
+            }
+            return Ok(read_batches(&file, size, position, offset, max_bytes)
+                .await?
+                .map(Records::Memory));
         }
-        Ok(read_batches(&file, size, position, offset, max_bytes)
-            .await?
-            .map(Records::Memory))
+    }
+
+    fn segment_generation(&self, base: i64) -> Option<u64> {
+        self.state.borrow().segments.get(&base).map(|s| s.generation)
     }
 
     /// The zero-copy range for a read, or None when it must be copied instead
@@ -974,6 +1015,7 @@ impl Log {
     async fn locate_slice(
         &self,
         base: i64,
+        generation: u64,
         file: &DmaFile,
         size: u64,
         stable_end: u64,
@@ -995,6 +1037,7 @@ impl Log {
             let indexed = state
                 .segments
                 .get(&base)
+                .filter(|s| s.generation == generation)
                 .and_then(|s| s.index.as_ref())
                 .and_then(|i| {
                     let at_most = u32::try_from(want_end).unwrap_or(u32::MAX);
@@ -1090,7 +1133,7 @@ impl Log {
     /// Loads (validating, or rebuilding and warning) a sealed segment's
     /// indexes on first use. A segment deleted meanwhile is left alone.
     async fn ensure_index(&self, base: i64) -> Result<(), StorageError> {
-        let (size, next_offset, interval) = {
+        let (size, next_offset, interval, generation) = {
             let state = self.state.borrow();
             let Some(segment) = state.segments.get(&base) else {
                 return Ok(());
@@ -1102,6 +1145,7 @@ impl Log {
                 segment.size_bytes,
                 state.next_base_after(base).unwrap_or(i64::MAX),
                 state.config.index_interval_bytes,
+                segment.generation,
             )
         };
         let file = self.segment_file(base).await?;
@@ -1139,7 +1183,9 @@ impl Log {
         };
         let mut state = self.state.borrow_mut();
         if let Some(segment) = state.segments.get_mut(&base) {
-            if segment.index.is_none() {
+            // Loaded from an older generation's files: drop it, the next
+            // read loads the new ones.
+            if segment.index.is_none() && segment.generation == generation {
                 segment.index = Some(index);
             }
         }
@@ -1191,9 +1237,110 @@ impl Log {
     /// more than `retention_ms` before `now_ms`, and by size while the log
     /// exceeds `retention_bytes` by at least the oldest segment's size.
     /// Advances the log start offset. Returns how many segments were deleted.
+    /// One compaction pass if the topic is compacted and enough of its
+    /// sealed bytes are dirty (`min.cleanable.dirty.ratio`); None if no pass
+    /// was due. The pass itself runs on the blocking-thread pool (see
+    /// `cleaner.rs`); installing its files is a few renames on the shard.
+    pub async fn compact(
+        &self,
+        now_ms: i64,
+        dedupe_buffer_bytes: usize,
+    ) -> Result<Option<cleaner::CompactionOutput>, StorageError> {
+        let Some(input) = self.compaction_input(now_ms, dedupe_buffer_bytes) else {
+            return Ok(None);
+        };
+        let dir = self.dir.clone();
+        let pass_input = input.clone();
+        let output = glommio::executor()
+            .spawn_blocking(move || cleaner::compact(&pass_input))
+            .await;
+        let output = match output {
+            Ok(output) => output,
+            Err(e) => {
+                let _ = cleaner::remove_cleaned_files(&dir);
+                return Err(e);
+            }
+        };
+        for cleaned in &output.cleaned {
+            let current = {
+                let state = self.state.borrow();
+                let base = cleaned.base_offset;
+                base != state.active_base()
+                    && state
+                        .segments
+                        .get(&base)
+                        .is_some_and(|s| s.size_bytes == cleaned.original_bytes)
+            };
+            if !current {
+                // Deleted (retention, DeleteRecords) while the pass ran.
+                continue;
+            }
+            cleaner::install_files(&self.dir, cleaned.base_offset)?;
+            let mut state = self.state.borrow_mut();
+            if let Some(segment) = state.segments.get_mut(&cleaned.base_offset) {
+                segment.size_bytes = cleaned.size_bytes;
+                segment.index = None;
+                segment.generation += 1;
+            }
+            drop(state);
+            self.cache
+                .remove(&file_path(&self.dir, cleaned.base_offset, LOG_SUFFIX));
+        }
+        cleaner::remove_cleaned_files(&self.dir)?;
+        segment::sync_dir(&self.dir).await?;
+        let mut state = self.state.borrow_mut();
+        state.cleaned_up_to_offset = state.cleaned_up_to_offset.max(output.clean_up_to_offset);
+        Ok(Some(output))
+    }
+
+    fn compaction_input(&self, now_ms: i64, dedupe_buffer_bytes: usize) -> Option<cleaner::CompactionInput> {
+        let state = self.state.borrow();
+        if !state.config.cleanup_compact || state.writer.is_none() {
+            return None;
+        }
+        let active_base = state.active_base();
+        let sealed: Vec<cleaner::SealedSegment> = state
+            .segments
+            .values()
+            .filter(|s| s.base_offset != active_base)
+            .map(|s| cleaner::SealedSegment {
+                base_offset: s.base_offset,
+                size_bytes: s.size_bytes,
+                last_modified_ms: s.last_modified_ms,
+            })
+            .collect();
+        let total_bytes: u64 = sealed.iter().map(|s| s.size_bytes).sum();
+        let dirty_bytes: u64 = sealed
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let next_base = sealed.get(i + 1).map_or(active_base, |n| n.base_offset);
+                next_base > state.cleaned_up_to_offset
+            })
+            .map(|(_, s)| s.size_bytes)
+            .sum();
+        if total_bytes == 0
+            || (dirty_bytes as f64) < state.config.min_cleanable_dirty_ratio * total_bytes as f64
+        {
+            return None;
+        }
+        Some(cleaner::CompactionInput {
+            dir: self.dir.clone(),
+            segments: sealed,
+            dirty_from_offset: state.cleaned_up_to_offset,
+            now_ms,
+            delete_retention_ms: state.config.delete_retention_ms,
+            dedupe_buffer_bytes,
+            index_interval_bytes: state.config.index_interval_bytes,
+        })
+    }
+
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<u32, StorageError> {
         let removed = {
             let mut state = self.state.borrow_mut();
+            if !state.config.cleanup_delete {
+                return Ok(0);
+            }
             let retention_ms = state.config.retention_ms;
             let retention_bytes = state.config.retention_bytes;
             let active_base = state.active_base();

@@ -195,6 +195,155 @@ fn flush_is_overdue_only_for_unsynced_data_older_than_flush_ms() {
     });
 }
 
+/// One record with `key` and `value` (None: a tombstone), as a v2 batch.
+fn keyed_batch(key: &str, value: Option<&str>, compression: kafka_protocol::records::Compression) -> Bytes {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_000,
+        key: Some(Bytes::copy_from_slice(key.as_bytes())),
+        value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        headers: Default::default(),
+    };
+    let mut out = bytes::BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression,
+    };
+    RecordBatchEncoder::encode(&mut out, [&record], &options).expect("encode");
+    out.freeze()
+}
+
+/// Every record readable from the log: (offset, key, value).
+async fn all_records(log: &Log) -> Vec<(i64, String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut next = log.log_start_offset();
+    while next < log.log_end_offset() {
+        let mut bytes = log.read(next, 1 << 20).await.expect("read");
+        assert!(!bytes.is_empty(), "no batch at {next}");
+        while !bytes.is_empty() {
+            let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).expect("decode");
+            for r in set.records {
+                assert!(r.offset >= next, "offsets only increase");
+                let text = |b: Option<Bytes>| b.map(|b| String::from_utf8(b.to_vec()).unwrap());
+                out.push((r.offset, text(r.key).unwrap(), text(r.value)));
+                next = r.offset + 1;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn compaction_keeps_the_last_record_per_key_with_its_offset_and_drops_old_tombstones() {
+    run(|| async {
+        use kafka_protocol::records::Compression;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig {
+            segment_bytes: 2048,
+            cleanup_compact: true,
+            cleanup_delete: false,
+            delete_retention_ms: 0,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        // 300 updates of 11 keys; key k0 ends with a tombstone. Half the
+        // batches are lz4-compressed.
+        for i in 0..300 {
+            // k0's last record is the tombstone at 250.
+            let key = if i % 10 == 0 && i > 250 {
+                "k10".to_string()
+            } else {
+                format!("k{}", i % 10)
+            };
+            let value = format!("v{i}");
+            let value = (i != 250).then_some(value.as_str());
+            let codec = if i % 2 == 0 {
+                Compression::None
+            } else {
+                Compression::Lz4
+            };
+            log.append(vec![keyed_batch(&key, value, codec)])
+                .await
+                .expect("append");
+        }
+        let before = all_records(&log).await;
+        assert_eq!(before.len(), 300);
+        assert!(log.segment_count() > 5);
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        let output = log
+            .compact(now_ms(), 1 << 20)
+            .await
+            .expect("compact")
+            .expect("a pass was due");
+        assert!(output.records_removed > 200, "removed {}", output.records_removed);
+        assert!(output.bytes_after < output.bytes_before);
+        let check = |after: &[(i64, String, Option<String>)]| {
+            // Offsets keep their values; every key's last record survives.
+            for (offset, key, value) in after {
+                let (o, k, v) = &before[*offset as usize];
+                assert_eq!(
+                    (o, k, v),
+                    (offset, key, value),
+                    "offset {offset} moved or changed"
+                );
+            }
+            for (i, (offset, key, _)) in before.iter().enumerate() {
+                // The map covers the sealed segments only: a key's last
+                // record there stays even when the active segment has a newer one.
+                let last_of_key = before
+                    .iter()
+                    .rposition(|(o, k, _)| k == key && *o < output.clean_up_to_offset)
+                    .unwrap_or(usize::MAX);
+                let in_sealed = *offset < output.clean_up_to_offset;
+                let kept = after.iter().any(|(o, _, _)| o == offset);
+                if i == 250 {
+                    assert!(
+                        *offset < output.clean_up_to_offset,
+                        "the tombstone is in a sealed segment"
+                    );
+                    assert!(!kept, "the expired tombstone is dropped");
+                } else if !in_sealed || i == last_of_key {
+                    assert!(kept, "offset {offset} ({key}) must stay");
+                } else {
+                    assert!(!kept, "offset {offset} ({key}) is superseded");
+                }
+            }
+        };
+        let after = all_records(&log).await;
+        check(&after);
+        // Appends continue, and the compacted files survive a reopen.
+        log.append(vec![keyed_batch("k1", Some("late"), Compression::None)])
+            .await
+            .expect("append after compaction");
+        log.close().await.expect("close");
+        let log = open(dir.path(), config, RecoveryMode::Clean).await;
+        let reopened = all_records(&log).await;
+        assert_eq!(&reopened[..after.len()], &after[..]);
+        assert_eq!(reopened.last().unwrap().2.as_deref(), Some("late"));
+        let leftovers = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".cleaned")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+        log.close().await.expect("close");
+    });
+}
+
 #[test]
 fn read_returns_whole_batch_containing_offset() {
     run(|| async {

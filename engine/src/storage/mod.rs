@@ -2,6 +2,7 @@
 //! See README.md in this directory.
 
 pub mod batch;
+pub mod cleaner;
 mod file_cache;
 pub mod index;
 pub mod log;
