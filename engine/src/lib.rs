@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod controller;
+pub mod group;
 pub mod partition;
 pub mod protocol;
 pub mod shard;

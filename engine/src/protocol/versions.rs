@@ -29,6 +29,18 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DeleteRecords => (0, 2),
         ApiKey::InitProducerId => (0, 5),
         ApiKey::OffsetForLeaderEpoch => (2, 4),
+        ApiKey::FindCoordinator => (0, 5),
+        ApiKey::JoinGroup => (0, 9),
+        ApiKey::SyncGroup => (0, 5),
+        ApiKey::Heartbeat => (0, 4),
+        ApiKey::LeaveGroup => (0, 5),
+        // v10 names topics by id (KIP-848 era); not handled yet.
+        ApiKey::OffsetCommit => (2, 9),
+        ApiKey::OffsetFetch => (1, 9),
+        ApiKey::ListGroups => (0, 5),
+        ApiKey::DescribeGroups => (0, 6),
+        ApiKey::DeleteGroups => (0, 2),
+        ApiKey::OffsetDelete => (0, 0),
         _ => return None,
     };
     let crate_range = key.valid_versions();

@@ -175,6 +175,7 @@ impl Shard {
                 ShardReply::Applied
             }
             ShardOp::Control(op) => ShardReply::Control(self.control(op).await),
+            ShardOp::Group(op) => ShardReply::Group(self.execute_group(*op).await),
         }
     }
 

@@ -1,0 +1,333 @@
+"""Consumer groups end to end: the real broker, real clients (confluent-kafka,
+kafka-python, aiokafka, AdminClient), members in their own processes so one
+can be SIGKILLed, and committed offsets across broker restarts.
+
+Timeouts are small on purpose (session 6 s, initial rebalance delay 300 ms)
+so the module stays within a couple of minutes; every wait is bounded.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from clients import confluent_produce, keyed_records
+from conftest import create_topic, unique_topic, wait_until
+
+HERE = Path(__file__).resolve().parent
+SESSION_TIMEOUT_MS = 6000
+GROUP_SETS = {
+    "group.initial.rebalance.delay.ms": 300,
+    "group.min.session.timeout.ms": 1000,
+}
+
+
+@pytest.fixture(scope="module")
+def gb(module_broker_factory):
+    return module_broker_factory(sets=GROUP_SETS)
+
+
+class Member:
+    """A group_member.py subprocess and what it reported."""
+
+    def __init__(self, client, bootstrap, group, topic, out_dir, name):
+        self.out = Path(out_dir) / f"{name}.jsonl"
+        self.log = open(Path(out_dir) / f"{name}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "group_member.py"), client, bootstrap, group, topic, str(self.out),
+             str(SESSION_TIMEOUT_MS)],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def lines(self):
+        try:
+            text = self.out.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut by SIGKILL
+        return out
+
+    def assignment(self):
+        a = [l["assignment"] for l in self.lines() if "assignment" in l]
+        return a[-1] if a else None
+
+    def records(self):
+        return [tuple(r) for l in self.lines() if "records" in l for r in l["records"]]
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+    def log_text(self):
+        try:
+            return (self.out.parent / (self.out.stem + ".log")).read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python", "aiokafka"])
+def test_group_of_three_survives_a_sigkilled_member(gb, client, tmp_path):
+    topic = unique_topic(f"grp-{client}")
+    group = f"g-{topic}"
+    create_topic(gb.bootstrap, topic, 6)
+    first = keyed_records(3000, seed=1)
+    delivered = confluent_produce(gb.bootstrap, topic, first)
+    members = [Member(client, gb.bootstrap, group, topic, tmp_path, f"m{i}") for i in range(3)]
+    try:
+        def balanced():
+            a = [m.assignment() for m in members]
+            return all(x is not None and len(x) == 2 for x in a) and sorted(sum(a, [])) == list(range(6))
+
+        wait_until(balanced, 60, interval=0.2, what="3 members owning 2 partitions each")
+        victim, survivors = members[0], members[1:]
+        lost = victim.assignment()
+        victim.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        second = keyed_records(3000, seed=2)
+        delivered.update(confluent_produce(gb.bootstrap, topic, second))
+
+        def taken_over():
+            a = [m.assignment() for m in survivors]
+            return all(x for x in a) and sorted(sum(a, [])) == list(range(6))
+
+        limit_s = SESSION_TIMEOUT_MS / 1000 + 10
+        wait_until(taken_over, limit_s, interval=0.1, what=f"survivors owning all 6 partitions (had {lost} lost)")
+        takeover_s = time.monotonic() - killed_at
+        print(f"\n{client}: survivors own all partitions {takeover_s:.1f}s after SIGKILL "
+              f"(session.timeout.ms={SESSION_TIMEOUT_MS})")
+
+        wanted = set(delivered.values())
+
+        def all_consumed():
+            seen = set()
+            for m in members:
+                seen.update(m.records())
+            return wanted <= seen
+
+        wait_until(all_consumed, 60, interval=0.2, what="every produced record consumed")
+        counts = Counter(r for m in members for r in m.records())
+        duplicates = sum(c - 1 for c in counts.values() if c > 1)
+        print(f"{client}: {len(wanted)} records, {duplicates} consumed more than once")
+        assert set(counts) >= wanted
+    except AssertionError:
+        for i, m in enumerate(members):
+            sys.stderr.write(f"\n--- member {i}: {m.lines()[-5:]}\n{m.log_text()}\n")
+        raise
+    finally:
+        for m in members:
+            m.stop()
+
+
+def _consumer(bootstrap, group, **conf):
+    c = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": 500,
+    }
+    c.update(conf)
+    return Consumer(c)
+
+
+def _first_offset(bootstrap, group, topic, timeout=30):
+    """The offset of the first record a fresh member of `group` gets."""
+    c = _consumer(bootstrap, group)
+    c.subscribe([topic])
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                return m.offset()
+        raise AssertionError(f"no record for group {group} within {timeout}s")
+    finally:
+        c.close()
+
+
+def _consume_and_commit(bootstrap, group, topic, n, timeout=30):
+    """Consumes n records and commits the offset after the last one."""
+    c = _consumer(bootstrap, group)
+    c.subscribe([topic])
+    try:
+        got = []
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                got.append(m)
+        assert len(got) == n
+        last = got[-1]
+        c.commit(offsets=[TopicPartition(topic, 0, last.offset() + 1)], asynchronous=False)
+        return last.offset() + 1
+    finally:
+        c.close()
+
+
+def test_committed_offset_survives_close_and_broker_restarts(broker_factory):
+    b = broker_factory(sets=GROUP_SETS)
+    topic = unique_topic("resume")
+    group = f"g-{topic}"
+    create_topic(b.bootstrap, topic, 1)
+    confluent_produce(b.bootstrap, topic, keyed_records(100))
+    committed = _consume_and_commit(b.bootstrap, group, topic, 40)
+    assert committed == 40
+    assert _first_offset(b.bootstrap, group, topic) == 40
+
+    b.stop(signal.SIGTERM)
+    b.start()
+    assert _first_offset(b.bootstrap, group, topic) == 40
+
+    # One more commit, then a crash: the acknowledged commit must survive it.
+    c = _consumer(b.bootstrap, group)
+    c.commit(offsets=[TopicPartition(topic, 0, 60)], asynchronous=False)
+    c.close()
+    b.kill9()
+    b.start()
+    assert _first_offset(b.bootstrap, group, topic) == 60
+    c = _consumer(b.bootstrap, group)
+    got = c.committed([TopicPartition(topic, 0)], timeout=10)
+    c.close()
+    assert got[0].offset == 60
+
+
+def _poll_all(consumers, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for c in consumers:
+            c.poll(0.05)
+
+
+def test_cooperative_sticky_revokes_only_what_moves(gb):
+    topic = unique_topic("coop")
+    group = f"g-{topic}"
+    create_topic(gb.bootstrap, topic, 6)
+    events = {"a": [], "b": []}
+
+    def callbacks(name):
+        return {
+            "on_assign": lambda c, parts: events[name].append(("assign", sorted(p.partition for p in parts))),
+            "on_revoke": lambda c, parts: events[name].append(("revoke", sorted(p.partition for p in parts))),
+        }
+
+    a = _consumer(gb.bootstrap, group, **{"partition.assignment.strategy": "cooperative-sticky"})
+    b = _consumer(gb.bootstrap, group, **{"partition.assignment.strategy": "cooperative-sticky"})
+    try:
+        a.subscribe([topic], **callbacks("a"))
+        wait_until(lambda: (a.poll(0.1), len(a.assignment()) == 6)[1], 30, interval=0, what="a owns all 6")
+        b.subscribe([topic], **callbacks("b"))
+
+        def split():
+            for c in (a, b):
+                c.poll(0.05)
+            return len(a.assignment()) == 3 and len(b.assignment()) == 3
+
+        wait_until(split, 30, interval=0, what="a and b own 3 partitions each")
+        revoked = [p for kind, p in events["a"] if kind == "revoke"]
+        # Eager protocols revoke everything (6); cooperative revokes only the 3 that move.
+        assert revoked and all(len(r) <= 3 for r in revoked), events["a"]
+        assert sorted(p.partition for p in a.assignment() + b.assignment()) == list(range(6))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_static_member_restart_within_session_timeout_causes_no_rebalance(gb):
+    topic = unique_topic("static")
+    group = f"g-{topic}"
+    create_topic(gb.bootstrap, topic, 4)
+    events = []
+    conf = {"session.timeout.ms": 10000}
+    a = _consumer(gb.bootstrap, group, **{"group.instance.id": "static-a"}, **conf)
+    b = _consumer(gb.bootstrap, group, **{"group.instance.id": "static-b"}, **conf)
+    b.subscribe([topic], on_assign=lambda c, p: events.append("assign"), on_revoke=lambda c, p: events.append("revoke"))
+    a.subscribe([topic])
+
+    def split():
+        for c in (a, b):
+            c.poll(0.05)
+        return len(a.assignment()) == 2 and len(b.assignment()) == 2
+
+    wait_until(split, 30, interval=0, what="a and b own 2 partitions each")
+    a_parts = sorted(p.partition for p in a.assignment())
+    _poll_all([a, b], 2.0)  # let any trailing rebalance settle
+    before = list(events)
+    # A static member's close does not leave the group (KIP-345): restart it.
+    a.close()
+    a = _consumer(gb.bootstrap, group, **{"group.instance.id": "static-a"}, **conf)
+    a.subscribe([topic])
+    try:
+        wait_until(lambda: (a.poll(0.1), b.poll(0.05), len(a.assignment()) == 2)[2], 30, interval=0,
+                   what="restarted static member gets its partitions back")
+        assert sorted(p.partition for p in a.assignment()) == a_parts
+        _poll_all([a, b], 3.0)
+        assert events == before, f"b saw a rebalance: {events[len(before):]}"
+        admin = AdminClient({"bootstrap.servers": gb.bootstrap})
+        desc = admin.describe_consumer_groups([group])[group].result(10)
+        assert desc.state.name == "STABLE"
+        assert sorted(m.group_instance_id for m in desc.members) == ["static-a", "static-b"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_admin_client_sees_the_committed_state(gb):
+    topic = unique_topic("admin")
+    group = f"g-{topic}"
+    create_topic(gb.bootstrap, topic, 3)
+    confluent_produce(gb.bootstrap, topic, keyed_records(30))
+    admin = AdminClient({"bootstrap.servers": gb.bootstrap})
+    c = _consumer(gb.bootstrap, group)
+    c.subscribe([topic])
+    try:
+        wait_until(lambda: (c.poll(0.1), len(c.assignment()) == 3)[1], 30, interval=0, what="assignment")
+        offsets = [TopicPartition(topic, p, 5 + p) for p in range(3)]
+        c.commit(offsets=offsets, asynchronous=False)
+
+        listed = admin.list_consumer_groups().result(10)
+        mine = [g for g in listed.valid if g.group_id == group]
+        assert len(mine) == 1 and mine[0].state.name == "STABLE"
+
+        desc = admin.describe_consumer_groups([group])[group].result(10)
+        assert desc.state.name == "STABLE" and len(desc.members) == 1
+        assert desc.partition_assignor == "range"
+        assigned = sorted(tp.partition for tp in desc.members[0].assignment.topic_partitions)
+        assert assigned == [0, 1, 2]
+
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        got = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)
+        assert sorted((tp.partition, tp.offset) for tp in got.topic_partitions) == [(0, 5), (1, 6), (2, 7)]
+
+        # An active group cannot be deleted.
+        with pytest.raises(KafkaException) as err:
+            admin.delete_consumer_groups([group])[group].result(10)
+        assert "NON_EMPTY_GROUP" in str(err.value)
+    finally:
+        c.close()
+    wait_until(lambda: admin.describe_consumer_groups([group])[group].result(10).state.name == "EMPTY", 10,
+               what="group empty after close")
+    admin.delete_consumer_groups([group])[group].result(10)
+    listed = admin.list_consumer_groups().result(10)
+    assert group not in [g.group_id for g in listed.valid]
+    with pytest.raises(KafkaException) as err:
+        admin.delete_consumer_groups([group])[group].result(10)
+    assert "GROUP_ID_NOT_FOUND" in str(err.value)
