@@ -88,8 +88,11 @@ def test_group_of_three_survives_a_sigkilled_member(gb, client, tmp_path):
     topic = unique_topic(f"grp-{client}")
     group = f"g-{topic}"
     create_topic(gb.bootstrap, topic, 6)
-    first = keyed_records(3000, seed=1)
+    # Values are unique within one keyed_records() call; the prefix keeps
+    # them unique across the two batches (delivered is keyed by value).
+    first = [(k, b"before|" + v) for k, v in keyed_records(3000, seed=1)]
     delivered = confluent_produce(gb.bootstrap, topic, first)
+    assert len(delivered) == len(first)
     members = [Member(client, gb.bootstrap, group, topic, tmp_path, f"m{i}") for i in range(3)]
     try:
         def balanced():
@@ -101,8 +104,9 @@ def test_group_of_three_survives_a_sigkilled_member(gb, client, tmp_path):
         lost = victim.assignment()
         victim.stop(signal.SIGKILL)
         killed_at = time.monotonic()
-        second = keyed_records(3000, seed=2)
+        second = [(k, b"after|" + v) for k, v in keyed_records(3000, seed=2)]
         delivered.update(confluent_produce(gb.bootstrap, topic, second))
+        assert len(delivered) == len(first) + len(second)
 
         def taken_over():
             a = [m.assignment() for m in survivors]
@@ -331,3 +335,119 @@ def test_admin_client_sees_the_committed_state(gb):
     with pytest.raises(KafkaException) as err:
         admin.delete_consumer_groups([group])[group].result(10)
     assert "GROUP_ID_NOT_FOUND" in str(err.value)
+
+
+# --- Burrow --------------------------------------------------------------------------
+
+
+def _http_json(url, timeout=2.0):
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _commit_simple(bootstrap, group, topic, offsets):
+    """Commits as a client outside group management (generation -1)."""
+    c = _consumer(bootstrap, group)
+    c.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
+    c.close()
+
+
+BURROW_TOML = """
+[general]
+pidfile="{dir}/burrow.pid"
+[logging]
+level="info"
+[zookeeper]
+servers=["{zk}"]
+timeout=6
+root-path="/burrow"
+[client-profile.shardlog]
+client-id="burrow-test"
+kafka-version="2.0.0"
+[cluster.shardlog]
+class-name="kafka"
+servers=["{bootstrap}"]
+client-profile="shardlog"
+topic-refresh=1
+offset-refresh=1
+[consumer.shardlog]
+class-name="kafka"
+cluster="shardlog"
+servers=["{bootstrap}"]
+client-profile="shardlog"
+start-latest=false
+[httpserver.default]
+address="127.0.0.1:{http_port}"
+[storage.default]
+class-name="inmemory"
+workers=2
+intervals=10
+min-distance=1
+"""
+
+
+def test_burrow_reports_lag_from_consumer_offsets(gb, tmp_path):
+    """Burrow (Debian's 1.2) reads __consumer_offsets with its own Kafka
+    client and decodes our records; its lag must be produced - committed."""
+    import shutil
+    from conftest import free_port
+    from fake_zookeeper import FakeZooKeeper
+
+    burrow = shutil.which("Burrow") or shutil.which("burrow")
+    assert burrow, "Burrow is not installed (scripts/test.sh installs the Debian package burrow)"
+    topic = unique_topic("burrow")
+    group = f"g-{topic}"
+    create_topic(gb.bootstrap, topic, 2)
+    delivered = confluent_produce(gb.bootstrap, topic, keyed_records(200))
+    end = Counter(p for p, _ in delivered.values())
+    assert min(end[0], end[1]) > 30, end
+    _commit_simple(gb.bootstrap, group, topic, {0: 10, 1: 3})
+
+    zk = FakeZooKeeper()
+    http_port = free_port()
+    (tmp_path / "burrow.toml").write_text(BURROW_TOML.format(
+        dir=tmp_path, zk=zk.address, bootstrap=gb.bootstrap, http_port=http_port))
+    log = open(tmp_path / "burrow.log", "wb")
+    proc = subprocess.Popen([burrow, "--config-dir", str(tmp_path)], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=str(tmp_path))
+    base = f"http://127.0.0.1:{http_port}/v3/kafka/shardlog"
+    try:
+        def broker_offsets_seen():
+            t = _http_json(f"{base}/topic/{topic}")
+            return t is not None and t.get("offsets") == [end[0], end[1]]
+
+        wait_until(broker_offsets_seen, 30, interval=0.3, what="Burrow sees the topic's log end offsets")
+        # Committed after Burrow knows the topic, so its storage keeps it.
+        committed = {0: 20, 1: 5}
+        _commit_simple(gb.bootstrap, group, topic, committed)
+        expected = {p: end[p] - committed[p] for p in (0, 1)}
+
+        def lag():
+            r = _http_json(f"{base}/consumer/{group}/lag")
+            if not r or r.get("error"):
+                return None
+            parts = {p["partition"]: p["current_lag"] for p in r["status"].get("partitions") or []}
+            return (r["status"]["totallag"], parts) if parts == expected else None
+
+        total, parts = wait_until(lag, 30, interval=0.3, what=f"Burrow lag {expected}")
+        assert total == sum(expected.values())
+        print(f"\nBurrow: lag {parts}, total {total} (produced {dict(end)}, committed {committed})")
+        decode_failures = [l for l in (tmp_path / "burrow.log").read_text(errors="replace").splitlines()
+                           if "failed to decode" in l and group in l]
+        assert not decode_failures, decode_failures[:3]
+    except AssertionError:
+        sys.stderr.write((tmp_path / "burrow.log").read_text(errors="replace")[-6000:])
+        raise
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+        zk.stop()

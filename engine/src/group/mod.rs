@@ -53,6 +53,9 @@ pub use crate::controller::OFFSETS_TOPIC;
 /// sweep skips groups without members, so its cost is the live members.
 pub const GROUP_TICK_MS: u64 = 100;
 
+/// JoinGroup v9 (KIP-814) tells a rejoining static leader not to reassign.
+const SKIP_ASSIGNMENT_VERSION: i16 = 9;
+
 /// Bytes read per step when replaying a `__consumer_offsets` partition.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
@@ -345,11 +348,34 @@ impl Shard {
             let group = groups.get_mut(&group_id).expect("inserted above");
             group.join(params, new_member_id, &limits, now_ms())
         };
-        match outcome {
+        let mut resp = match outcome {
+            JoinOutcome::Now(resp) if resp.error_code == 0 => {
+                // Answered at once in Stable: a static member replaced its old
+                // id (KIP-345). Kafka stores the group before answering, so a
+                // restart knows the new member id.
+                let value = self
+                    .groups
+                    .groups
+                    .borrow()
+                    .get(&group_id)
+                    .map(|g| g.to_value(None, now_ms()));
+                if let Some(value) = value {
+                    if let Err(code) = self.persist_group(&group_id, &value).await {
+                        return err(code);
+                    }
+                }
+                resp
+            }
             JoinOutcome::Now(resp) => resp,
             // Cancelled: the member was removed or sent a newer join.
             JoinOutcome::Wait(rx) => rx.await.unwrap_or_else(|_| err(ResponseError::UnknownMemberId)),
+        };
+        // KIP-814's skip_assignment exists from v9; an older static leader
+        // reassigns, and SyncGroup in Stable hands back the current assignment.
+        if version < SKIP_ASSIGNMENT_VERSION {
+            resp.skip_assignment = false;
         }
+        resp
     }
 
     async fn sync_group(self: &Rc<Self>, req: SyncGroupRequest) -> SyncGroupResponse {

@@ -1,8 +1,8 @@
 //! `__consumer_offsets` records in Kafka's own key/value schemas, so tools
 //! that read the topic (Burrow, kafka-consumer-groups' dump formatter) decode
 //! them: group-coordinator `OffsetCommitKey` (v1), `OffsetCommitValue` (v3
-//! written, v0-v3 read), `GroupMetadataKey` (v2), `GroupMetadataValue` (v3
-//! written, v0-v3 read). Every key and value starts with its int16 schema
+//! written, v0-v3 read), `GroupMetadataKey` (v2), `GroupMetadataValue` (v2,
+//! or v3 when a member is static; v0-v3 read). Every key and value starts with its int16 schema
 //! version; strings are int16-length, bytes int32-length, big-endian
 //! (none of these versions is "flexible"). Plus the RecordBatch v2 framing
 //! the coordinator appends through the normal partition path, and the
@@ -22,7 +22,19 @@ pub const GROUP_METADATA_KEY_VERSION: i16 = 2;
 /// Value versions written: what Kafka writes when no expire timestamp is
 /// given (OffsetCommit v2+ without retention), and for groups with static members.
 pub const OFFSET_COMMIT_VALUE_VERSION: i16 = 3;
-pub const GROUP_METADATA_VALUE_VERSION: i16 = 3;
+/// Group metadata: v3 (what Kafka 2.3+ writes) only when a member is static,
+/// since only v3 carries `groupInstanceId`; otherwise the equivalent v2,
+/// which readers built before KIP-345 (Burrow 1.2) still decode.
+pub const GROUP_METADATA_VALUE_VERSION_STATIC: i16 = 3;
+pub const GROUP_METADATA_VALUE_VERSION: i16 = 2;
+
+fn group_value_version(v: &GroupValue) -> i16 {
+    if v.members.iter().any(|m| m.group_instance_id.is_some()) {
+        GROUP_METADATA_VALUE_VERSION_STATIC
+    } else {
+        GROUP_METADATA_VALUE_VERSION
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RecordError {
@@ -133,7 +145,8 @@ pub fn encode_offset_value(v: &OffsetValue) -> Bytes {
 
 pub fn encode_group_value(v: &GroupValue) -> Bytes {
     let mut buf = BytesMut::new();
-    buf.put_i16(GROUP_METADATA_VALUE_VERSION);
+    let version = group_value_version(v);
+    buf.put_i16(version);
     put_string(&mut buf, &v.protocol_type);
     buf.put_i32(v.generation);
     put_nullable_string(&mut buf, v.protocol.as_deref());
@@ -142,7 +155,9 @@ pub fn encode_group_value(v: &GroupValue) -> Bytes {
     buf.put_i32(v.members.len() as i32);
     for m in &v.members {
         put_string(&mut buf, &m.member_id);
-        put_nullable_string(&mut buf, m.group_instance_id.as_deref());
+        if version >= 3 {
+            put_nullable_string(&mut buf, m.group_instance_id.as_deref());
+        }
         put_string(&mut buf, &m.client_id);
         put_string(&mut buf, &m.client_host);
         buf.put_i32(m.rebalance_timeout_ms);
@@ -522,6 +537,15 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_group_value(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+        let mut dynamic = v.clone();
+        dynamic.members[0].group_instance_id = None;
+        let bytes = encode_group_value(&dynamic);
+        assert_eq!(
+            &bytes[..2],
+            &[0, 2],
+            "no static member: v2, which Burrow 1.2 reads"
+        );
+        assert_eq!(decode_group_value(&bytes).unwrap(), dynamic);
         let empty = GroupValue {
             protocol_type: "consumer".into(),
             generation: 6,
@@ -531,6 +555,29 @@ mod tests {
             members: vec![],
         };
         assert_eq!(decode_group_value(&encode_group_value(&empty)).unwrap(), empty);
+    }
+
+    #[test]
+    fn empty_group_metadata_value_matches_kafkas_bytes() {
+        let v = GroupValue {
+            protocol_type: "consumer".into(),
+            generation: 2,
+            protocol: None,
+            leader: None,
+            current_state_timestamp_ms: 5,
+            members: vec![],
+        };
+        let expected: &[u8] = &[
+            0, 2, // version
+            0, 8, b'c', b'o', b'n', b's', b'u', b'm', b'e', b'r', // protocolType
+            0, 0, 0, 2, // generation
+            0xff, 0xff, // protocol: null
+            0xff, 0xff, // leader: null
+            0, 0, 0, 0, 0, 0, 0, 5, // currentStateTimestamp
+            0, 0, 0, 0, // members: empty
+        ];
+        assert_eq!(&encode_group_value(&v)[..], expected);
+        assert_eq!(decode_group_value(expected).unwrap(), v);
     }
 
     #[test]

@@ -146,6 +146,9 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
     let Ok(key) = ApiKey::try_from(api_key) else {
         return Outcome::Close(format!("unknown API key {api_key}"));
     };
+    if key == ApiKey::ListOffsets && version == 0 {
+        return list_offsets_v0(shard, frame, correlation_id).await;
+    }
     let Some(range) = versions::supported(key) else {
         return Outcome::Close(format!("unsupported API {key:?}"));
     };
@@ -338,6 +341,24 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
             encode_response(correlation_id, version, &groups::offset_delete(shard, req).await)
         }
         other => Outcome::Close(format!("unsupported API {other:?}")),
+    }
+}
+
+/// ListOffsets v0 (see `list_offsets::handle_v0`): header v1 in, v0 out.
+async fn list_offsets_v0(shard: &Rc<Shard>, frame: Bytes, correlation_id: i32) -> Outcome {
+    let mut buf = frame.clone();
+    if let Err(e) = RequestHeader::decode(&mut buf, 1) {
+        return Outcome::Close(format!("malformed ListOffsets v0 request header: {e}"));
+    }
+    match list_offsets::handle_v0(shard, &buf).await {
+        Ok(body) => {
+            let mut out = BytesMut::with_capacity(8 + body.len());
+            out.put_i32(4 + body.len() as i32);
+            out.put_i32(correlation_id);
+            out.put_slice(&body);
+            Outcome::Respond(out.freeze())
+        }
+        Err(reason) => Outcome::Close(reason),
     }
 }
 
