@@ -451,3 +451,42 @@ def test_burrow_reports_lag_from_consumer_offsets(gb, tmp_path):
             proc.wait(timeout=10)
         log.close()
         zk.stop()
+
+
+def test_offsets_of_empty_groups_expire_and_stay_expired_after_restart(broker_factory):
+    """offsets.retention.minutes (Kafka's minimum unit: one minute): an empty
+    group's offsets expire, tombstones are written, and a restart does not
+    bring them back."""
+    b = broker_factory(sets={**GROUP_SETS, "offsets.retention.minutes": 1,
+                             "offsets.retention.check.interval.ms": 1000})
+    topic = unique_topic("expire")
+    create_topic(b.bootstrap, topic, 1)
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    simple, managed = f"simple-{topic}", f"managed-{topic}"
+    _commit_simple(b.bootstrap, simple, topic, {0: 5})
+    c = _consumer(b.bootstrap, managed)
+    c.subscribe([topic])
+    wait_until(lambda: (c.poll(0.1), len(c.assignment()) == 1)[1], 30, interval=0, what="assignment")
+    c.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
+    c.close()  # leaves: the group is Empty from now on
+
+    def offsets(group):
+        got = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)
+        return sorted((tp.partition, tp.offset) for tp in got.topic_partitions or [])
+
+    assert offsets(simple) == [(0, 5)] and offsets(managed) == [(0, 7)]
+    started = time.monotonic()
+
+    def expired():
+        listed = [g.group_id for g in admin.list_consumer_groups().result(10).valid]
+        return simple not in listed and managed not in listed and not offsets(simple) and not offsets(managed)
+
+    wait_until(expired, 60 + 20, interval=1.0, what="offsets expired and groups removed")
+    assert time.monotonic() - started >= 50, "expired before offsets.retention.minutes passed"
+    b.stop(signal.SIGTERM)
+    b.start()
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    assert not offsets(simple) and not offsets(managed)
+    assert managed not in [g.group_id for g in admin.list_consumer_groups().result(10).valid]

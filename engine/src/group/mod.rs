@@ -548,12 +548,22 @@ impl Shard {
             return answer(&|_, _| group_error);
         }
         let now = now_ms();
+        let image = self.image();
         let mut values: BTreeMap<(String, i32), OffsetValue> = BTreeMap::new();
+        let mut refused: HashMap<(String, i32), ResponseError> = HashMap::new();
         let mut records = Vec::new();
         for t in &req.topics {
             for p in &t.partitions {
+                let key = (t.name.to_string(), p.partition_index);
+                // As Kafka: only existing partitions, which also bounds a
+                // group's offsets by the partitions of the cluster.
+                if image.owner(&key.0, key.1).is_none() {
+                    refused.insert(key, ResponseError::UnknownTopicOrPartition);
+                    continue;
+                }
                 let metadata = p.committed_metadata.as_deref().unwrap_or("").to_string();
                 if metadata.len() > cfg.offset_metadata_max_bytes {
+                    refused.insert(key, ResponseError::OffsetMetadataTooLarge);
                     continue;
                 }
                 let value = OffsetValue {
@@ -583,12 +593,12 @@ impl Shard {
                 }
             }
         }
-        answer(&|topic, partition| {
-            if !values.contains_key(&(topic.to_string(), partition)) {
-                return Some(ResponseError::OffsetMetadataTooLarge);
-            }
-            written.err()
-        })
+        answer(
+            &|topic, partition| match refused.get(&(topic.to_string(), partition)) {
+                Some(code) => Some(*code),
+                None => written.err(),
+            },
+        )
     }
 
     fn fetch_offsets(

@@ -126,6 +126,11 @@ pub fn code_of(error: Option<ResponseError>) -> i16 {
     error.map_or(0, |e| e.code())
 }
 
+/// A parked request whose client is still waiting for the answer.
+fn waiting<T>(waiter: &Option<oneshot::Sender<T>>) -> bool {
+    waiter.as_ref().is_some_and(|w| !w.is_canceled())
+}
+
 pub fn join_error(code: ResponseError, member_id: &str) -> JoinGroupResponse {
     JoinGroupResponse::default()
         .with_error_code(code.code())
@@ -522,8 +527,10 @@ impl Group {
         }
     }
 
+    /// Every member has a live JoinGroup parked. A request its connection
+    /// dropped does not count: that member is gone unless it joins again.
     fn all_joined(&self) -> bool {
-        self.pending.is_empty() && self.members.values().all(|m| m.join_waiter.is_some())
+        self.pending.is_empty() && self.members.values().all(|m| waiting(&m.join_waiter))
     }
 
     /// Completes the rebalance early once every member rejoined (not during
@@ -544,7 +551,7 @@ impl Group {
         let gone: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.join_waiter.is_none())
+            .filter(|m| !waiting(&m.join_waiter))
             .map(|m| m.member_id.clone())
             .collect();
         for id in gone {
@@ -621,8 +628,9 @@ impl Group {
             .members
             .values()
             .filter(|m| {
-                // A member parked in JoinGroup/SyncGroup is alive (Kafka's shouldKeepAlive).
-                let parked = m.join_waiter.is_some() || m.sync_waiter.is_some();
+                // A member parked in JoinGroup/SyncGroup is alive (Kafka's
+                // shouldKeepAlive), unless its connection dropped the request.
+                let parked = waiting(&m.join_waiter) || waiting(&m.sync_waiter);
                 !parked && m.heartbeat_deadline_ms <= now_ms
             })
             .map(|m| m.member_id.clone())
@@ -656,7 +664,7 @@ impl Group {
         let stale: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.is_new && m.join_waiter.is_none() && m.heartbeat_deadline_ms <= now_ms)
+            .filter(|m| m.is_new && !waiting(&m.join_waiter) && m.heartbeat_deadline_ms <= now_ms)
             .map(|m| m.member_id.clone())
             .collect();
         for id in stale {
@@ -1063,6 +1071,29 @@ mod tests {
         let resp = rx.try_recv().unwrap().expect("completes once everyone rejoined");
         assert_eq!(resp.generation_id, 2);
         assert_eq!(g.state, GroupState::CompletingRebalance);
+    }
+
+    #[test]
+    fn a_member_whose_parked_join_was_dropped_still_expires() {
+        let mut g = stable_group_of_two();
+        // b rejoins with new protocols (a rebalance), then its connection drops the request.
+        drop(wait(g.join(
+            params("b", None, &["range", "roundrobin"]),
+            "x".into(),
+            &LIMITS,
+            900,
+        )));
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+        assert_eq!(
+            g.heartbeat("a", None, 1, 1_000),
+            Some(ResponseError::RebalanceInProgress)
+        );
+        let mut a = wait(g.join(params("a", None, &["range"]), "x".into(), &LIMITS, 1_000));
+        // b's session (from the join response at 200) ended at 1200.
+        g.tick(&LIMITS, 1_300);
+        assert!(!g.members.contains_key("b"));
+        let resp = a.try_recv().unwrap().expect("a alone completes the rebalance");
+        assert_eq!((resp.generation_id, resp.members.len()), (2, 1));
     }
 
     #[test]
