@@ -168,3 +168,30 @@ def test_static_member_rejoin_keeps_generation_and_fences_the_old_id(b):
         assert heartbeat(conn, group, j["generation"], again["member_id"], instance="static-1") == NONE
         assert sync(conn, group, j["generation"], again["member_id"], instance="static-1") == {
             "error": NONE, "assignment": b"A"}
+
+
+def test_clients_cannot_append_to_consumer_offsets(b, stable_group):
+    with kr.Conn(b.bootstrap) as c:
+        res = c.produce("__consumer_offsets", 0, kr.record_batch([(b"forged-key", b"forged-value")]))
+    assert res["partitions"][("__consumer_offsets", 0)]["error_code"] == kr.INVALID_TOPIC_EXCEPTION
+    assert_healthy(b, stable_group)
+
+
+def test_list_offsets_v0_answers_the_log_end_offset(b):
+    """Kafka 4.0 dropped ListOffsets v0; it is served for Burrow 1.2."""
+    topic = unique_topic("lov0")
+    create_topic(b.bootstrap, topic, 1)
+    with kr.Conn(b.bootstrap) as c:
+        res = c.produce(topic, 0, kr.record_batch([(b"k", b"v%d" % i) for i in range(3)]))
+        assert res["partitions"][(topic, 0)]["error_code"] == NONE
+
+        def list_v0(ts):
+            part = int32(0) + int64(ts) + int32(1)
+            body = int32(-1) + array([topic], lambda t: string(t) + array([part], lambda p: p))
+            r = c.request(kr.LIST_OFFSETS, 0, body)
+            topics = r.array(lambda r: (r.string(), r.array(lambda r: (r.int32(), r.int16(), r.array(
+                lambda r: r.int64())))))
+            return topics[0][1][0]
+
+        assert list_v0(-1) == (0, NONE, [3])
+        assert list_v0(-2) == (0, NONE, [0])
