@@ -625,6 +625,32 @@ mod tests {
     }
 
     #[test]
+    fn group_settings_use_kafkas_names_and_defaults() {
+        let d = BrokerConfig::default().group;
+        assert_eq!(d.offsets_topic_num_partitions, 50);
+        assert_eq!(d.initial_rebalance_delay_ms, 3_000);
+        assert_eq!(
+            (d.min_session_timeout_ms, d.max_session_timeout_ms),
+            (6_000, 1_800_000)
+        );
+        assert_eq!(d.offsets_retention_ms, 10_080 * 60_000);
+        assert_eq!(d.offset_metadata_max_bytes, 4_096);
+        let sets = [
+            ("offsets.retention.minutes", "2"),
+            ("group.initial.rebalance.delay.ms", "0"),
+            ("group.max.size", "7"),
+        ];
+        let overrides: Vec<(String, String)> =
+            sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let c = BrokerConfig::load(None, &overrides).unwrap().group;
+        assert_eq!(
+            (c.offsets_retention_ms, c.initial_rebalance_delay_ms, c.max_size),
+            (120_000, 0, 7)
+        );
+        assert!(BrokerConfig::load(None, &[("group.max.size".into(), "0".into())]).is_err());
+    }
+
+    #[test]
     fn overrides_win_over_file_and_bad_values_are_refused() {
         let c = BrokerConfig::load(None, &[("num.partitions".into(), "3".into())]).unwrap();
         assert_eq!(c.num_partitions, 3);
