@@ -490,3 +490,22 @@ def test_offsets_of_empty_groups_expire_and_stay_expired_after_restart(broker_fa
     admin = AdminClient({"bootstrap.servers": b.bootstrap})
     assert not offsets(simple) and not offsets(managed)
     assert managed not in [g.group_id for g in admin.list_consumer_groups().result(10).valid]
+
+
+def test_deleting_a_topic_deletes_its_committed_offsets(gb):
+    """As Kafka (KAFKA-2000): a re-created topic does not inherit old positions."""
+    topic = unique_topic("deltopic")
+    group = f"g-{topic}"
+    admin = create_topic(gb.bootstrap, topic, 2)
+    _commit_simple(gb.bootstrap, group, topic, {0: 4, 1: 9})
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    def offsets():
+        got = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)
+        return sorted((tp.partition, tp.offset) for tp in got.topic_partitions or [])
+
+    assert offsets() == [(0, 4), (1, 9)]
+    admin.delete_topics([topic], operation_timeout=30)[topic].result(30)
+    wait_until(lambda: offsets() == [], 10, interval=0.2, what="offsets of the deleted topic gone")
+    create_topic(gb.bootstrap, topic, 2)
+    assert offsets() == []

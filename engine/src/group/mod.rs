@@ -904,6 +904,59 @@ impl Shard {
         }
     }
 
+    /// KAFKA-2000: committed offsets of a deleted topic are deleted too
+    /// (tombstones), so a topic re-created under the same name starts
+    /// without the old topic's positions. Runs on every shard after it
+    /// applied an image that removed or re-created topics.
+    pub(crate) async fn forget_deleted_topics(self: &Rc<Self>, old: &MetadataImage, new: &MetadataImage) {
+        let deleted: Vec<&str> = old
+            .topics
+            .values()
+            .filter(|t| new.topic(&t.name).map(|n| n.id) != Some(t.id))
+            .map(|t| t.name.as_str())
+            .collect();
+        if deleted.is_empty() {
+            return;
+        }
+        let work: Vec<(String, Vec<(String, i32)>)> = {
+            let groups = self.groups.groups.borrow();
+            groups
+                .values()
+                .filter_map(|g| {
+                    let gone: Vec<(String, i32)> = g
+                        .offsets
+                        .keys()
+                        .filter(|(t, _)| deleted.contains(&t.as_str()))
+                        .cloned()
+                        .collect();
+                    (!gone.is_empty()).then(|| (g.id.clone(), gone))
+                })
+                .collect()
+        };
+        for (group_id, gone) in work {
+            let tombstones = gone
+                .iter()
+                .map(|(t, p)| {
+                    let key = RecordKey::Offset {
+                        group: group_id.clone(),
+                        topic: t.clone(),
+                        partition: *p,
+                    };
+                    (records::encode_key(&key), None)
+                })
+                .collect();
+            if let Err(e) = self.append_group_records(&group_id, tombstones, false).await {
+                tracing::warn!(group = %group_id, "cannot delete offsets of deleted topics: {e:?}");
+                continue;
+            }
+            if let Some(g) = self.groups.groups.borrow_mut().get_mut(&group_id) {
+                for key in &gone {
+                    g.offsets.remove(key);
+                }
+            }
+        }
+    }
+
     /// Rebuilds this shard's groups and offsets from its `__consumer_offsets`
     /// partitions: last record per key wins, tombstones delete.
     pub(crate) async fn load_groups(self: &Rc<Self>) {
@@ -978,6 +1031,8 @@ impl Shard {
                     topic,
                     partition,
                 } => match records::decode_offset_value(&value) {
+                    // A topic deleted before its offsets' tombstones were written.
+                    Ok(_) if image.topic(&topic).is_none() => {}
                     Ok(v) => {
                         groups
                             .entry(group.clone())
