@@ -863,7 +863,7 @@ impl Shard {
                         .collect();
                     let delete_group = expired.len() == g.offsets.len();
                     (!expired.is_empty()
-                        || (g.offsets.is_empty() && g.state_timestamp_ms + retention_ms <= now))
+                        || (g.offsets.is_empty() && g.state_timestamp_ms.saturating_add(retention_ms) <= now))
                         .then(|| (g.id.clone(), expired, delete_group))
                 })
                 .collect()

@@ -705,10 +705,10 @@ impl Group {
             GroupState::PreparingRebalance => {
                 SyncOutcome::Now(sync_error(ResponseError::RebalanceInProgress))
             }
-            GroupState::Stable => {
-                let m = &self.members[member_id];
-                SyncOutcome::Now(self.sync_response(m.assignment.clone()))
-            }
+            GroupState::Stable => match self.members.get(member_id) {
+                Some(m) => SyncOutcome::Now(self.sync_response(m.assignment.clone())),
+                None => SyncOutcome::Now(sync_error(ResponseError::UnknownMemberId)),
+            },
             GroupState::CompletingRebalance => {
                 let (tx, rx) = oneshot::channel();
                 let is_leader = self.leader.as_deref() == Some(member_id);
@@ -765,7 +765,10 @@ impl Group {
         self.set_state(GroupState::Stable, now_ms);
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
-            let resp = self.sync_response(self.members[&id].assignment.clone());
+            let Some(assignment) = self.members.get(&id).map(|m| m.assignment.clone()) else {
+                continue;
+            };
+            let resp = self.sync_response(assignment);
             if let Some(w) = self.members.get_mut(&id).and_then(|m| m.sync_waiter.take()) {
                 let _ = w.send(resp);
             }
