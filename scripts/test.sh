@@ -9,13 +9,15 @@ cd "$REPO"
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# --- system packages (kcat) ---------------------------------------------------
+# --- system packages (kcat; burrow for the consumer-group lag test) -----------
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
 fi
 need_pkgs=()
 command -v kcat >/dev/null 2>&1 || need_pkgs+=(kcat)
+# Debian's burrow package installs the binary as /usr/bin/Burrow.
+command -v Burrow >/dev/null 2>&1 || need_pkgs+=(burrow)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing Debian packages: ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

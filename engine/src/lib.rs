@@ -7,6 +7,7 @@
 pub mod config;
 pub mod controller;
 pub mod fifo;
+pub mod group;
 pub mod partition;
 pub mod protocol;
 pub mod shard;

@@ -113,6 +113,57 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     /// Cross-shard channel depth (messages per shard pair).
     pub shard_channel_capacity: usize,
+    /// Consumer-group coordinator settings (`offsets.*`, `group.*`).
+    pub group: GroupConfig,
+}
+
+/// Consumer-group coordinator settings, Kafka's names and defaults where
+/// Kafka has them; the shardlog-only bounds say so.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`;
+    /// group `g` lives on partition `abs(hash(g)) % this`.
+    pub offsets_topic_num_partitions: i32,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an
+    /// empty group waits for more members before completing.
+    pub initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms`.
+    pub min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`.
+    pub max_session_timeout_ms: i32,
+    /// `group.max.size`: members (and pending members) of one group. Kafka's
+    /// default is Int.MaxValue; shardlog bounds it so a group's memory is bounded.
+    pub max_size: usize,
+    /// `offsets.retention.minutes`, in ms: offsets of an empty group expire after this.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval_ms: u64,
+    /// `offset.metadata.max.bytes`: longer commit metadata is refused
+    /// (OFFSET_METADATA_TOO_LARGE).
+    pub offset_metadata_max_bytes: usize,
+    /// `group.member.metadata.max.bytes` (shardlog): protocol metadata a member
+    /// may send in JoinGroup, summed over its protocols.
+    pub member_metadata_max_bytes: usize,
+    /// `shard.groups.max` (shardlog): groups one shard coordinates; a join
+    /// for a new group beyond it gets COORDINATOR_NOT_AVAILABLE (retriable).
+    pub shard_groups_max: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            offsets_topic_num_partitions: 50,
+            initial_rebalance_delay_ms: 3_000,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            max_size: 1_000,
+            offsets_retention_ms: 10_080 * 60_000,
+            offsets_retention_check_interval_ms: 600_000,
+            offset_metadata_max_bytes: 4_096,
+            member_metadata_max_bytes: 65_536,
+            shard_groups_max: 100_000,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -152,6 +203,7 @@ impl Default for BrokerConfig {
             shutdown_timeout_ms: 30_000,
             log: LogConfig::default(),
             shard_channel_capacity: 1024,
+            group: GroupConfig::default(),
         }
     }
 }
@@ -272,6 +324,26 @@ impl BrokerConfig {
             "log.cleaner.dedupe.buffer.size" => self.log_cleaner_dedupe_buffer_size = parse_positive(key, v)?,
             "shutdown.timeout.ms" => self.shutdown_timeout_ms = parse_positive(key, v)?,
             "shard.channel.capacity" => self.shard_channel_capacity = parse_positive(key, v)?,
+            "offsets.topic.num.partitions" => {
+                self.group.offsets_topic_num_partitions = parse_positive(key, v)?
+            }
+            "group.initial.rebalance.delay.ms" => self.group.initial_rebalance_delay_ms = parse(key, v)?,
+            "group.min.session.timeout.ms" => self.group.min_session_timeout_ms = parse_positive(key, v)?,
+            "group.max.session.timeout.ms" => self.group.max_session_timeout_ms = parse_positive(key, v)?,
+            "group.max.size" => self.group.max_size = parse_positive(key, v)?,
+            "offsets.retention.minutes" => {
+                self.group.offsets_retention_ms = parse_positive::<i64>(key, v)?
+                    .checked_mul(60_000)
+                    .ok_or_else(|| invalid(key, v, "too large"))?
+            }
+            "offsets.retention.check.interval.ms" => {
+                self.group.offsets_retention_check_interval_ms = parse_positive(key, v)?
+            }
+            "offset.metadata.max.bytes" => self.group.offset_metadata_max_bytes = parse(key, v)?,
+            "group.member.metadata.max.bytes" => {
+                self.group.member_metadata_max_bytes = parse_positive(key, v)?
+            }
+            "shard.groups.max" => self.group.shard_groups_max = parse_positive(key, v)?,
             _ => tracing::warn!(
                 key,
                 "the configuration {key:?} was supplied but isn't a known config"
@@ -475,6 +547,46 @@ impl BrokerConfig {
                 self.log_cleanup_policy.clone(),
                 d.log_cleanup_policy.clone(),
             ),
+            (
+                "offsets.topic.num.partitions",
+                self.group.offsets_topic_num_partitions.to_string(),
+                d.group.offsets_topic_num_partitions.to_string(),
+            ),
+            (
+                "group.initial.rebalance.delay.ms",
+                self.group.initial_rebalance_delay_ms.to_string(),
+                d.group.initial_rebalance_delay_ms.to_string(),
+            ),
+            (
+                "group.min.session.timeout.ms",
+                self.group.min_session_timeout_ms.to_string(),
+                d.group.min_session_timeout_ms.to_string(),
+            ),
+            (
+                "group.max.session.timeout.ms",
+                self.group.max_session_timeout_ms.to_string(),
+                d.group.max_session_timeout_ms.to_string(),
+            ),
+            (
+                "group.max.size",
+                self.group.max_size.to_string(),
+                d.group.max_size.to_string(),
+            ),
+            (
+                "offsets.retention.minutes",
+                (self.group.offsets_retention_ms / 60_000).to_string(),
+                (d.group.offsets_retention_ms / 60_000).to_string(),
+            ),
+            (
+                "offsets.retention.check.interval.ms",
+                self.group.offsets_retention_check_interval_ms.to_string(),
+                d.group.offsets_retention_check_interval_ms.to_string(),
+            ),
+            (
+                "offset.metadata.max.bytes",
+                self.group.offset_metadata_max_bytes.to_string(),
+                d.group.offset_metadata_max_bytes.to_string(),
+            ),
         ];
         entries
             .into_iter()
@@ -616,6 +728,32 @@ mod tests {
         assert_eq!(c.num_partitions, 6);
         assert_eq!(c.log.segment_bytes, 1_048_576);
         assert_eq!(c.listen_addr.port(), 19092);
+    }
+
+    #[test]
+    fn group_settings_use_kafkas_names_and_defaults() {
+        let d = BrokerConfig::default().group;
+        assert_eq!(d.offsets_topic_num_partitions, 50);
+        assert_eq!(d.initial_rebalance_delay_ms, 3_000);
+        assert_eq!(
+            (d.min_session_timeout_ms, d.max_session_timeout_ms),
+            (6_000, 1_800_000)
+        );
+        assert_eq!(d.offsets_retention_ms, 10_080 * 60_000);
+        assert_eq!(d.offset_metadata_max_bytes, 4_096);
+        let sets = [
+            ("offsets.retention.minutes", "2"),
+            ("group.initial.rebalance.delay.ms", "0"),
+            ("group.max.size", "7"),
+        ];
+        let overrides: Vec<(String, String)> =
+            sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let c = BrokerConfig::load(None, &overrides).unwrap().group;
+        assert_eq!(
+            (c.offsets_retention_ms, c.initial_rebalance_delay_ms, c.max_size),
+            (120_000, 0, 7)
+        );
+        assert!(BrokerConfig::load(None, &[("group.max.size".into(), "0".into())]).is_err());
     }
 
     #[test]

@@ -24,6 +24,10 @@ use uuid::Uuid;
 pub type Refusal = (ResponseError, String);
 
 pub const METADATA_FILE: &str = "shardlog-metadata.json";
+/// The internal topic holding consumer-group metadata and committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Kafka's `offsets.topic.segment.bytes` default.
+pub const OFFSETS_TOPIC_SEGMENT_BYTES: u64 = 104_857_600;
 pub const TOPIC_NAME_MAX_CHARS: usize = 249;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -103,7 +107,14 @@ impl MetadataImage {
         nr_shards: usize,
         per_shard_max: usize,
     ) -> Result<(), Refusal> {
-        let load = self.load_per_shard(nr_shards);
+        // Internal topics are the broker's own and sized by its config, so
+        // they do not count against the budget clients' topics share.
+        let mut load = vec![0usize; nr_shards];
+        for t in self.topics.values().filter(|t| !is_internal(&t.name)) {
+            for p in &t.partitions {
+                load[p.shard as usize % nr_shards] += 1;
+            }
+        }
         let room: usize = load.iter().map(|l| per_shard_max.saturating_sub(*l)).sum();
         if count > room {
             return Err((
@@ -134,6 +145,31 @@ impl MetadataImage {
                 }
             })
             .collect()
+    }
+
+    /// The image with `__consumer_offsets` added (`partitions` partitions,
+    /// compacted, never deleted by time or size), or None when it exists.
+    pub fn with_offsets_topic(&self, partitions: i32, nr_shards: usize) -> Option<MetadataImage> {
+        if self.topics.contains_key(OFFSETS_TOPIC) {
+            return None;
+        }
+        let mut configs = BTreeMap::new();
+        // Kafka's internal topic is compacted, never deleted by time or size,
+        // and rolls at `offsets.topic.segment.bytes` (100 MiB), so the
+        // cleaner gets sealed segments to compact long before 1 GiB.
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("retention.ms".to_string(), "-1".to_string());
+        configs.insert("retention.bytes".to_string(), "-1".to_string());
+        configs.insert(
+            "segment.bytes".to_string(),
+            OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
+        );
+        Some(self.with_topic(TopicMeta {
+            name: OFFSETS_TOPIC.to_string(),
+            id: Uuid::new_v4(),
+            partitions: self.place(partitions.max(1) as usize, nr_shards),
+            configs,
+        }))
     }
 
     pub fn with_topic(&self, topic: TopicMeta) -> MetadataImage {
@@ -552,6 +588,11 @@ fn random_cluster_id() -> String {
 }
 
 /// Kafka's topic name rule: 1–249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
+/// Topics the broker creates and owns (`__consumer_offsets`).
+pub fn is_internal(name: &str) -> bool {
+    name == OFFSETS_TOPIC
+}
+
 pub fn validate_topic_name(name: &str) -> Result<(), Refusal> {
     let invalid = |why: String| Err((ResponseError::InvalidTopicException, why));
     if name.is_empty() {

@@ -116,7 +116,7 @@ fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&t.name))))
         .with_topic_id(t.id)
-        .with_is_internal(false)
+        .with_is_internal(crate::controller::is_internal(&t.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }

@@ -13,6 +13,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod offsets;
@@ -30,9 +31,12 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -176,9 +180,11 @@ async fn read_requests(
         }
         in_flight.count.set(in_flight.count.get() + 1);
         let handler_shard = shard.clone();
+        let handler_peer = peer.to_string();
         // Spawned tasks first run in spawn order: this handler reaches its
         // appends before any later request's handler does.
-        let handler = glommio::spawn_local(async move { handle_request(&handler_shard, frame).await });
+        let handler =
+            glommio::spawn_local(async move { handle_request(&handler_shard, frame, &handler_peer).await });
         if answers.send(handler).await.is_err() {
             return Ok(()); // the writer stopped: the connection is closing
         }
@@ -300,13 +306,16 @@ fn encode_response<R: Encodable + HeaderVersion>(correlation_id: i32, version: i
 }
 
 /// Decodes one request, runs its handler, encodes the answer.
-async fn handle_request(shard: &Rc<Shard>, frame: Bytes) -> Outcome {
+async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome {
     let api_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let Ok(key) = ApiKey::try_from(api_key) else {
         return Outcome::Close(format!("unknown API key {api_key}"));
     };
+    if key == ApiKey::ListOffsets && version == 0 {
+        return list_offsets_v0(shard, frame, correlation_id).await;
+    }
     let Some(range) = versions::supported(key) else {
         return Outcome::Close(format!("unsupported API {key:?}"));
     };
@@ -332,7 +341,6 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes) -> Outcome {
         };
     }
     let client_id = header.client_id.unwrap_or_else(|| StrBytes::from_static_str(""));
-    let _ = &client_id;
     match key {
         ApiKey::ApiVersions => {
             let _req = decode!(ApiVersionsRequest);
@@ -444,8 +452,94 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes) -> Outcome {
                 &offsets::offset_for_leader_epoch(shard, req).await,
             )
         }
+        ApiKey::FindCoordinator => {
+            let req = decode!(FindCoordinatorRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &groups::find_coordinator(shard, req, version),
+            )
+        }
+        ApiKey::JoinGroup => {
+            let req = decode!(JoinGroupRequest);
+            let resp =
+                groups::join_group(shard, req, version, client_id.to_string(), client_host(peer)).await;
+            encode_response(correlation_id, version, &resp)
+        }
+        ApiKey::SyncGroup => {
+            let req = decode!(SyncGroupRequest);
+            encode_response(correlation_id, version, &groups::sync_group(shard, req).await)
+        }
+        ApiKey::Heartbeat => {
+            let req = decode!(HeartbeatRequest);
+            encode_response(correlation_id, version, &groups::heartbeat(shard, req).await)
+        }
+        ApiKey::LeaveGroup => {
+            let req = decode!(LeaveGroupRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &groups::leave_group(shard, req, version).await,
+            )
+        }
+        ApiKey::OffsetCommit => {
+            let req = decode!(OffsetCommitRequest);
+            encode_response(correlation_id, version, &groups::offset_commit(shard, req).await)
+        }
+        ApiKey::OffsetFetch => {
+            let req = decode!(OffsetFetchRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &groups::offset_fetch(shard, req, version).await,
+            )
+        }
+        ApiKey::ListGroups => {
+            let req = decode!(ListGroupsRequest);
+            encode_response(correlation_id, version, &groups::list_groups(shard, req).await)
+        }
+        ApiKey::DescribeGroups => {
+            let req = decode!(DescribeGroupsRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &groups::describe_groups(shard, req, version).await,
+            )
+        }
+        ApiKey::DeleteGroups => {
+            let req = decode!(DeleteGroupsRequest);
+            encode_response(correlation_id, version, &groups::delete_groups(shard, req).await)
+        }
+        ApiKey::OffsetDelete => {
+            let req = decode!(OffsetDeleteRequest);
+            encode_response(correlation_id, version, &groups::offset_delete(shard, req).await)
+        }
         other => Outcome::Close(format!("unsupported API {other:?}")),
     }
+}
+
+/// ListOffsets v0 (see `list_offsets::handle_v0`): header v1 in, v0 out.
+async fn list_offsets_v0(shard: &Rc<Shard>, frame: Bytes, correlation_id: i32) -> Outcome {
+    let mut buf = frame.clone();
+    if let Err(e) = RequestHeader::decode(&mut buf, 1) {
+        return Outcome::Close(format!("malformed ListOffsets v0 request header: {e}"));
+    }
+    match list_offsets::handle_v0(shard, &buf).await {
+        Ok(body) => {
+            let mut out = BytesMut::with_capacity(8 + body.len());
+            out.put_i32(4 + body.len() as i32);
+            out.put_i32(correlation_id);
+            out.put_slice(&body);
+            Outcome::Respond(out.freeze())
+        }
+        Err(reason) => Outcome::Close(reason),
+    }
+}
+
+/// Kafka reports a member's host as Java's `InetAddress.toString`: "/1.2.3.4".
+fn client_host(peer: &str) -> String {
+    let ip = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
+    format!("/{}", ip.trim_start_matches('[').trim_end_matches(']'))
 }
 
 /// Kafka's "no authorized operations requested" sentinel.

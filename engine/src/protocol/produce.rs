@@ -63,6 +63,13 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                 ))
             } else if let Err((code, message)) = validate_topic_name(&name) {
                 Some((code, message))
+            } else if crate::controller::is_internal(&name) {
+                // Only the group coordinator writes `__consumer_offsets`, as in
+                // Kafka (ReplicaManager refuses client appends to internal topics).
+                Some((
+                    ResponseError::InvalidTopicException,
+                    format!("Cannot append to internal topic {name}"),
+                ))
             } else if meta.is_none() && version >= PRODUCE_TOPIC_IDS_VERSION {
                 Some((
                     ResponseError::UnknownTopicId,

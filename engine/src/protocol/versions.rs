@@ -5,7 +5,8 @@
 //! newest version the handlers fill in completely. One exception, as in
 //! Kafka 4.0 (KAFKA-18659): Produce is advertised from v0 because
 //! librdkafka disables compression when it does not see v0; a Produce
-//! below v3 is still refused (connection closed).
+//! below v3 is still refused (connection closed). And ListOffsets v0,
+//! dropped by Kafka 4.0, is served (by hand) because Burrow 1.2 uses it.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -29,6 +30,18 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DeleteRecords => (0, 2),
         ApiKey::InitProducerId => (0, 5),
         ApiKey::OffsetForLeaderEpoch => (2, 4),
+        ApiKey::FindCoordinator => (0, 5),
+        ApiKey::JoinGroup => (0, 9),
+        ApiKey::SyncGroup => (0, 5),
+        ApiKey::Heartbeat => (0, 4),
+        ApiKey::LeaveGroup => (0, 5),
+        // v10 names topics by id (KIP-848 era); not handled yet.
+        ApiKey::OffsetCommit => (2, 9),
+        ApiKey::OffsetFetch => (1, 9),
+        ApiKey::ListGroups => (0, 5),
+        ApiKey::DescribeGroups => (0, 6),
+        ApiKey::DeleteGroups => (0, 2),
+        ApiKey::OffsetDelete => (0, 0),
         _ => return None,
     };
     let crate_range = key.valid_versions();
@@ -41,7 +54,12 @@ fn advertised() -> Vec<ApiVersion> {
     ApiKey::iter()
         .filter_map(|key| {
             let (min, max) = supported(key)?;
-            let min = if key == ApiKey::Produce { 0 } else { min };
+            // ListOffsets v0 is served by hand for Burrow 1.2 (list_offsets::handle_v0).
+            let min = if key == ApiKey::Produce || key == ApiKey::ListOffsets {
+                0
+            } else {
+                min
+            };
             Some(
                 ApiVersion::default()
                     .with_api_key(key as i16)

@@ -71,6 +71,8 @@ pub enum ShardOp {
     },
     /// Metadata changes, executed on shard 0 only.
     Control(ControlOp),
+    /// A consumer-group request, executed on the group's coordinator shard.
+    Group(Box<crate::group::GroupOp>),
 }
 
 pub enum ShardReply {
@@ -82,6 +84,7 @@ pub enum ShardReply {
     LeaderEpochs(Vec<EpochOutcome>),
     Applied,
     Control(ControlReply),
+    Group(crate::group::GroupReply),
 }
 
 pub struct ShardMsg {
@@ -133,6 +136,9 @@ pub struct Shard {
     pub io_sends: Semaphore,
     connections: Cell<usize>,
     connections_max: usize,
+    /// The consumer groups this shard coordinates (those of its
+    /// `__consumer_offsets` partitions).
+    pub(crate) groups: crate::group::Coordinator,
     stopping: Cell<bool>,
 }
 
@@ -188,6 +194,11 @@ impl Shard {
 
     fn notify_appended(&self) {
         self.appended.notify(usize::MAX);
+    }
+
+    /// The coordinator appended to `__consumer_offsets`: wake its fetchers (Burrow).
+    pub(crate) fn notify_group_append(&self) {
+        self.notify_appended();
     }
 
     async fn open_partition(
@@ -413,9 +424,20 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     config.data_dir = config.data_dir.canonicalize()?;
     let data_dir: PathBuf = config.data_dir.clone();
     let nr_shards = config.shards.max(1);
-    let image = MetadataImage::load(&data_dir, nr_shards)?;
+    let mut image = MetadataImage::load(&data_dir, nr_shards)?;
     let marker = data_dir.join(CLEAN_SHUTDOWN_MARKER);
     let clean = marker.exists() || image.topics.is_empty();
+    // Kafka creates `__consumer_offsets` on the first FindCoordinator; here it
+    // exists from the first start so every shard knows its groups' partitions.
+    if let Some(next) = image.with_offsets_topic(config.group.offsets_topic_num_partitions, nr_shards) {
+        next.persist(&data_dir)?;
+        tracing::info!(
+            "created {} with {} partitions",
+            controller::OFFSETS_TOPIC,
+            config.group.offsets_topic_num_partitions
+        );
+        image = next;
+    }
     if !clean {
         tracing::warn!(
             "no clean-shutdown marker in {}: running log recovery",
@@ -561,6 +583,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         connections: Cell::new(0),
         connections_max: config.max_connections.div_ceil(nr_shards),
         stopping: Cell::new(false),
+        groups: crate::group::Coordinator::new(config.group.clone()),
     });
     let mode = if startup.recovery_mode_clean {
         RecoveryMode::Clean
@@ -568,6 +591,9 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         RecoveryMode::Unclean
     };
     shard.apply(startup.image.clone(), mode).await;
+    // Groups are rebuilt before the port opens, so no request ever sees a
+    // half-loaded coordinator (Kafka's COORDINATOR_LOAD_IN_PROGRESS).
+    shard.load_groups().await;
 
     let mut receivers = receivers;
     for (_, receiver) in receivers.streams() {
@@ -617,6 +643,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     }
 
     let accept = glommio::spawn_local(crate::protocol::serve(shard.clone(), listener));
+    let group_timers = crate::group::spawn_timers(&shard);
     let retention = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -664,6 +691,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     }
     shard.stopping.set(true);
     drop(accept);
+    drop(group_timers);
     drop(retention);
     drop(checkpoint);
     drop(flusher);

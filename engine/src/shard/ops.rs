@@ -171,10 +171,16 @@ impl Shard {
                 ShardReply::LeaderEpochs(parts.into_iter().map(|p| self.leader_epoch_one(p)).collect())
             }
             ShardOp::Apply { image } => {
-                self.apply(image, RecoveryMode::Clean).await;
+                let old = self.image();
+                self.apply(image.clone(), RecoveryMode::Clean).await;
+                // Offsets of deleted topics go in the background: the
+                // metadata change does not wait for coordinator writes.
+                let shard = self.clone();
+                glommio::spawn_local(async move { shard.forget_deleted_topics(&old, &image).await }).detach();
                 ShardReply::Applied
             }
             ShardOp::Control(op) => ShardReply::Control(self.control(op).await),
+            ShardOp::Group(op) => ShardReply::Group(self.execute_group(*op).await),
         }
     }
 
