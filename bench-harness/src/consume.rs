@@ -281,7 +281,7 @@ fn count_batches(
             tally.crc_failures += 1;
         }
         if let Some(now_us) = now_us {
-            if let Some(ts_us) = header.first_value_timestamp_us(batch) {
+            if let Some(ts_us) = header.send_timestamp_us(batch) {
                 stats::record(&mut tally.e2e, now_us.saturating_sub(ts_us));
             }
         }

@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::batch::Keys;
+use crate::batch::{Compression, Keys};
 use crate::consume::{ConsumeParams, ConsumeReport, EndOffsets};
 use crate::produce::{ProduceParams, ProduceReport};
 use crate::wire::{Conn, Error};
@@ -70,9 +70,13 @@ struct Common {
     /// Partitions when the topic is created (an existing topic keeps its own).
     #[arg(long, default_value_t = 6)]
     partitions: i32,
-    /// Bytes of each record value (the first 8 carry a µs timestamp).
+    /// Bytes of each record value (the first 8 carry a µs timestamp); with
+    /// --record-bytes-max, the smallest of a uniform range.
     #[arg(long, default_value_t = 1024)]
     record_bytes: usize,
+    /// Largest record value: sizes uniform over record-bytes..=this (default: fixed size).
+    #[arg(long)]
+    record_bytes_max: Option<usize>,
     #[arg(long, default_value_t = 10.0)]
     duration_s: f64,
     /// Write params, machine and results as JSON.
@@ -105,8 +109,18 @@ struct ProducerOpts {
     /// scheduled time); omitted = max rate.
     #[arg(long, value_name = "MSG_PER_S")]
     rate: Option<f64>,
+    /// Record keys; keyed batches go to the key's partition (murmur2).
     #[arg(long, value_enum, default_value_t = Keys::None)]
     keys: Keys,
+    /// Distinct keys for --keys uniform|zipf (zipf: at most 2^20).
+    #[arg(long, default_value_t = 10_000)]
+    key_count: u64,
+    /// Zipf exponent s (P(key k) ∝ 1/k^s) for --keys zipf.
+    #[arg(long, default_value_t = 0.99)]
+    zipf_exponent: f64,
+    /// Codec for record batches (Kafka's framing for each).
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    compression: Compression,
     #[arg(long, default_value_t = 30_000)]
     request_timeout_ms: i32,
 }
@@ -204,9 +218,24 @@ impl Common {
             "--partitions must be 1..=100000",
         )?;
         check(
+            self.record_bytes_max
+                .is_none_or(|m| m >= self.record_bytes && m <= RECORD_BYTES_MAX),
+            "--record-bytes-max must be >= --record-bytes and <= 16 MiB",
+        )?;
+        check(
             self.duration_s > 0.0 && self.duration_s <= DURATION_S_MAX,
             "--duration-s must be in (0, 86400]",
         )
+    }
+
+    fn record_bytes_max(&self) -> usize {
+        self.record_bytes_max.unwrap_or(self.record_bytes)
+    }
+
+    /// Mean record value size, what consumers count MB/s with (they do not
+    /// parse values).
+    fn record_bytes_mean(&self) -> usize {
+        (self.record_bytes + self.record_bytes_max()) / 2
     }
 }
 
@@ -226,12 +255,20 @@ impl ProducerOpts {
             "--rate must be > 0",
         )?;
         check(self.request_timeout_ms > 0, "--request-timeout-ms must be > 0")?;
+        check(
+            self.key_count >= 1 && (self.keys != Keys::Zipf || self.key_count <= batch::ZIPF_KEYS_MAX),
+            "--key-count must be >= 1 (zipf: <= 1048576)",
+        )?;
+        check(
+            self.zipf_exponent > 0.0 && self.zipf_exponent.is_finite(),
+            "--zipf-exponent must be > 0",
+        )?;
         let _ = common;
         Ok(())
     }
 
     fn records_per_batch(&self, common: &Common) -> usize {
-        (self.batch_bytes / common.record_bytes).max(1)
+        (self.batch_bytes / common.record_bytes_mean()).max(1)
     }
 
     fn params(&self, common: &Common, leader: String, partitions: Vec<i32>) -> ProduceParams {
@@ -240,6 +277,7 @@ impl ProducerOpts {
             partitions,
             leader,
             record_bytes: common.record_bytes,
+            record_bytes_max: common.record_bytes_max(),
             records_per_batch: self.records_per_batch(common),
             partitions_per_request: self.partitions_per_request,
             producers: self.producers,
@@ -248,6 +286,9 @@ impl ProducerOpts {
             rate_msgs_per_s: self.rate,
             duration_s: common.duration_s,
             keys: self.keys,
+            key_count: self.key_count,
+            zipf_exponent: self.zipf_exponent,
+            compression: self.compression,
             request_timeout_ms: self.request_timeout_ms,
         }
     }
@@ -283,7 +324,7 @@ impl ConsumerOpts {
             partitions,
             leader,
             consumers: self.consumers,
-            record_bytes: common.record_bytes,
+            record_bytes: common.record_bytes_mean(),
             max_wait_ms: self.max_wait_ms,
             min_bytes: self.min_bytes,
             max_bytes: self.max_bytes,
