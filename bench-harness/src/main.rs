@@ -12,10 +12,12 @@
 
 mod batch;
 mod consume;
+mod limits;
 mod produce;
 mod sink;
 mod stats;
 mod wire;
+mod workload;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +60,45 @@ enum Command {
     /// Produce against a built-in fake broker on loopback that answers
     /// without storing: the tool's own ceiling (--bootstrap is ignored).
     SinkTest(ProduceCmd),
+    /// Run a named workload (bench-harness/workloads/NAME.toml, or a path):
+    /// its steps one after the other, one JSON for all.
+    Run(RunCmd),
+    /// Measure this host's loopback TCP and O_DIRECT write bandwidth.
+    Limits(LimitsCmd),
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct LimitsCmd {
+    /// Directory for the O_DIRECT test file (the broker's data disk).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Length of each measurement.
+    #[arg(long, default_value_t = 3.0)]
+    duration_s: f64,
+    /// Largest test file (each block size writes at most this much).
+    #[arg(long, default_value_t = 4 << 30)]
+    file_bytes_max: u64,
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct RunCmd {
+    /// Workload name (file stem in bench-harness/workloads/) or a TOML path.
+    #[arg(long)]
+    workload: String,
+    #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
+    bootstrap: String,
+    /// Override the workload's duration_s (each step's length).
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Override the workload's topic (default wl-NAME).
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -336,6 +377,14 @@ impl ConsumerOpts {
     }
 }
 
+pub(crate) fn parse_cli<I, T>(argv: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(argv)
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli.command) {
@@ -350,27 +399,181 @@ fn run(command: Command) -> Result<(), Error> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let (name, params, common, results) = match &command {
-        Command::Produce(cmd) => ("produce", to_json(cmd), &cmd.common, run_produce(cmd)?),
-        Command::Consume(cmd) => ("consume", to_json(cmd), &cmd.common, run_consume(cmd)?),
-        Command::E2e(cmd) => ("e2e", to_json(cmd), &cmd.common, run_e2e(cmd)?),
-        Command::SinkTest(cmd) => ("sink-test", to_json(cmd), &cmd.common, run_sink(cmd)?),
+    let (name, params, json_path, results) = match &command {
+        Command::Produce(cmd) => ("produce", to_json(cmd), &cmd.common.json, run_produce(cmd)?),
+        Command::Consume(cmd) => ("consume", to_json(cmd), &cmd.common.json, run_consume(cmd)?),
+        Command::E2e(cmd) => ("e2e", to_json(cmd), &cmd.common.json, run_e2e(cmd)?),
+        Command::SinkTest(cmd) => ("sink-test", to_json(cmd), &cmd.common.json, run_sink(cmd)?),
+        Command::Run(cmd) => ("run", to_json(cmd), &cmd.json, run_workload(cmd)?),
+        Command::Limits(cmd) => ("limits", to_json(cmd), &cmd.json, run_limits(cmd)?),
     };
-    if let Some(path) = &common.json {
-        let doc = json!({
-            "tool": "shardlog-bench",
-            "version": env!("CARGO_PKG_VERSION"),
-            "command": name,
-            "argv": std::env::args().collect::<Vec<_>>(),
-            "started_unix_ms": started_unix_ms as u64,
-            "params": params,
-            "machine": stats::Machine::current(),
-            "results": results,
-        });
-        let text = serde_json::to_string_pretty(&doc).map_err(|e| wire::protocol_error("json", e))?;
-        std::fs::write(path, text + "\n")?;
+    if let Some(path) = json_path {
+        write_json(path, name, params, started_unix_ms as u64, results)?;
     }
     Ok(())
+}
+
+/// Writes the report every command shares: what ran, where, and results.
+fn write_json(
+    path: &std::path::Path,
+    name: &str,
+    params: serde_json::Value,
+    started_unix_ms: u64,
+    results: serde_json::Value,
+) -> Result<(), Error> {
+    let doc = json!({
+        "tool": "shardlog-bench",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": name,
+        "argv": std::env::args().collect::<Vec<_>>(),
+        "started_unix_ms": started_unix_ms,
+        "params": params,
+        "machine": stats::Machine::current(),
+        "results": results,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| wire::protocol_error("json", e))?;
+    std::fs::write(path, text + "\n")?;
+    Ok(())
+}
+
+/// Runs one step of a workload through the CLI parser (so workloads and
+/// command lines share validation); returns its results.
+fn run_step(argv: &[String]) -> Result<serde_json::Value, Error> {
+    eprintln!("+ {}", argv.join(" "));
+    let cli = parse_cli(argv).map_err(|e| Error::Protocol(format!("workload flags: {e}")))?;
+    match &cli.command {
+        Command::Produce(cmd) => run_produce(cmd),
+        Command::Consume(cmd) => run_consume(cmd),
+        Command::E2e(cmd) => run_e2e(cmd),
+        _ => Err(Error::Protocol(
+            "a workload step is produce, consume or e2e".into(),
+        )),
+    }
+}
+
+fn run_workload(cmd: &RunCmd) -> Result<serde_json::Value, Error> {
+    let (name, mut w) = workload::load(&cmd.workload).map_err(Error::Protocol)?;
+    if cmd.topic.is_some() {
+        w.topic = cmd.topic.clone();
+    }
+    let duration_s = cmd.duration_s.unwrap_or(w.duration_s);
+    let mut base = w.args(&name, &cmd.bootstrap, duration_s);
+    if cmd.quiet {
+        base.push("--quiet".into());
+    }
+    let argv = |sub: &str, rest: &[Vec<String>]| -> Vec<String> {
+        let mut a = vec!["shardlog-bench".to_string(), sub.to_string()];
+        a.extend(base.iter().cloned());
+        for r in rest {
+            a.extend(r.iter().cloned());
+        }
+        a
+    };
+    println!("workload {name}: {}", w.description);
+    let mut steps = Vec::new();
+    let mut step =
+        |label: String, rate: Option<f64>, args: Vec<String>| -> Result<serde_json::Value, Error> {
+            println!("== {label}");
+            let results = run_step(&args)?;
+            steps.push(json!({
+                "step": label,
+                "rate_msgs_per_s": rate,
+                "command": args[1..].join(" "),
+                "results": results.clone(),
+            }));
+            Ok(results)
+        };
+    let drain = vec!["--drain-s".to_string(), w.drain_s.to_string()];
+    match w.mode {
+        workload::Mode::E2e => {
+            let mut rates: Vec<(String, f64)> = w
+                .rates_msgs_per_s
+                .iter()
+                .map(|&r| (format!("rate {r:.0} msgs/s"), r))
+                .collect();
+            if w.max_rate {
+                let a = argv("e2e", &[w.producer_args(), w.consumer_args(), drain.clone()]);
+                let r = step("max rate".into(), None, a)?;
+                let max = r["produce"]["msgs_per_s"].as_f64().unwrap_or(0.0);
+                for &f in &w.rate_fractions_of_max {
+                    if max > 0.0 {
+                        rates.push((
+                            format!("{:.0}% of max ({:.0} msgs/s)", f * 100.0, f * max),
+                            f * max,
+                        ));
+                    }
+                }
+            }
+            for (label, rate) in rates {
+                let rate_arg = vec!["--rate".to_string(), format!("{rate:.0}")];
+                let a = argv(
+                    "e2e",
+                    &[w.producer_args(), w.consumer_args(), drain.clone(), rate_arg],
+                );
+                step(label, Some(rate), a)?;
+            }
+        }
+        workload::Mode::Backlog => {
+            step(
+                "build backlog".into(),
+                None,
+                argv("produce", &[w.producer_args()]),
+            )?;
+            let mut a = argv(
+                "consume",
+                &[w.consumer_args(), vec!["--from".into(), "earliest".into()]],
+            );
+            // The drain is bounded by drain_s, not the produce duration.
+            let at = a
+                .iter()
+                .position(|x| x == "--duration-s")
+                .expect("base args carry --duration-s");
+            a[at + 1] = w.drain_s.to_string();
+            step("drain backlog".into(), None, a)?;
+        }
+    }
+    print_steps(&steps);
+    Ok(json!({ "workload": name, "workload_params": w, "duration_s": duration_s, "steps": steps }))
+}
+
+fn run_limits(cmd: &LimitsCmd) -> Result<serde_json::Value, Error> {
+    check(
+        cmd.duration_s > 0.0 && cmd.duration_s <= 600.0,
+        "--duration-s must be in (0, 600]",
+    )?;
+    let dir = cmd.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let report = limits::measure(&dir, cmd.duration_s, cmd.file_bytes_max)?;
+    limits::print(&report);
+    Ok(to_json(&report))
+}
+
+/// The summary table after a workload.
+fn print_steps(steps: &[serde_json::Value]) {
+    println!();
+    println!(
+        "| {:<34} | {:>10} | {:>8} | {:>13} | {:>13} |",
+        "step", "msgs/s", "MB/s", "ack p99 µs", "e2e p99 µs"
+    );
+    for s in steps {
+        let r = &s["results"];
+        let side = if r["produce"].is_null() {
+            &r["consume"]
+        } else {
+            &r["produce"]
+        };
+        let num = |v: &serde_json::Value, decimals: usize| {
+            v.as_f64()
+                .map_or_else(|| "-".to_string(), |x| format!("{x:.decimals$}"))
+        };
+        println!(
+            "| {:<34} | {:>10} | {:>8} | {:>13} | {:>13} |",
+            s["step"].as_str().unwrap_or(""),
+            num(&side["msgs_per_s"], 0),
+            num(&side["mb_per_s"], 1),
+            num(&r["produce"]["ack_latency"]["p99_us"], 0),
+            num(&r["consume"]["e2e_latency"]["p99_us"], 0),
+        );
+    }
 }
 
 fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
