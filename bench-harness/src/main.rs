@@ -11,6 +11,9 @@
 //! 61-byte headers only and decodes responses zero-copy.
 
 mod batch;
+mod broker;
+mod capacity;
+mod chart;
 mod consume;
 mod limits;
 mod produce;
@@ -65,6 +68,70 @@ enum Command {
     Run(RunCmd),
     /// Measure this host's loopback TCP and O_DIRECT write bandwidth.
     Limits(LimitsCmd),
+    /// Sweep partition counts at a fixed load and at max rate: throughput,
+    /// latency, broker RSS/fds, topic creation and restart times; JSON,
+    /// markdown and SVG charts in --out-dir.
+    Capacity(CapacityCmd),
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct CapacityCmd {
+    /// Partition counts to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,10000")]
+    partitions_list: Vec<i32>,
+    /// Start this broker binary per step (fresh data dir, free loopback port);
+    /// enables restart timings and /proc readings.
+    #[arg(long, value_name = "PATH")]
+    broker_bin: Option<PathBuf>,
+    /// Extra argument for --broker-bin, repeatable: --broker-arg=--shards --broker-arg=2.
+    #[arg(long, allow_hyphen_values = true)]
+    broker_arg: Vec<String>,
+    /// Use a running broker instead of --broker-bin.
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Option<String>,
+    /// PID of the --bootstrap broker, for RSS and open fds from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Where managed brokers keep their data (default: a temp dir, removed).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// capacity.json, capacity.md and the SVG charts go here.
+    #[arg(long, value_name = "DIR", default_value = "results/capacity")]
+    out_dir: PathBuf,
+    /// Total load of each step's fixed-rate run, MB/s of record values.
+    #[arg(long, default_value_t = 50.0)]
+    fixed_mb_per_s: f64,
+    /// Skip the max-rate runs.
+    #[arg(long)]
+    no_max_rate: bool,
+    /// Skip the clean/unclean restarts (always skipped with --bootstrap).
+    #[arg(long)]
+    no_restarts: bool,
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Length of each run.
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    #[arg(long, default_value_t = 30.0)]
+    drain_s: f64,
+    #[arg(long, default_value_t = 65536)]
+    batch_bytes: usize,
+    /// Batches per request (capped at each step's partition count).
+    #[arg(long, default_value_t = 1)]
+    partitions_per_request: usize,
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    #[arg(long, default_value_t = 4)]
+    inflight: usize,
+    #[arg(long, default_value = "1", value_parser = parse_acks, allow_hyphen_values = true)]
+    acks: i16,
+    /// Also write the JSON here (it always goes to OUT_DIR/capacity.json).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -406,6 +473,18 @@ fn run(command: Command) -> Result<(), Error> {
         Command::SinkTest(cmd) => ("sink-test", to_json(cmd), &cmd.common.json, run_sink(cmd)?),
         Command::Run(cmd) => ("run", to_json(cmd), &cmd.json, run_workload(cmd)?),
         Command::Limits(cmd) => ("limits", to_json(cmd), &cmd.json, run_limits(cmd)?),
+        Command::Capacity(cmd) => {
+            let results = run_capacity(cmd)?;
+            let path = cmd.out_dir.join("capacity.json");
+            write_json(
+                &path,
+                "capacity",
+                to_json(cmd),
+                started_unix_ms as u64,
+                results.clone(),
+            )?;
+            ("capacity", to_json(cmd), &cmd.json, results)
+        }
     };
     if let Some(path) = json_path {
         write_json(path, name, params, started_unix_ms as u64, results)?;
@@ -545,6 +624,55 @@ fn run_limits(cmd: &LimitsCmd) -> Result<serde_json::Value, Error> {
     let report = limits::measure(&dir, cmd.duration_s, cmd.file_bytes_max)?;
     limits::print(&report);
     Ok(to_json(&report))
+}
+
+fn run_capacity(cmd: &CapacityCmd) -> Result<serde_json::Value, Error> {
+    check(
+        !cmd.partitions_list.is_empty() && cmd.partitions_list.iter().all(|&p| (1..=100_000).contains(&p)),
+        "--partitions-list needs counts in 1..=100000",
+    )?;
+    check(
+        cmd.broker_bin.is_some() != cmd.bootstrap.is_some(),
+        "give exactly one of --broker-bin and --bootstrap",
+    )?;
+    check(
+        cmd.fixed_mb_per_s > 0.0 && cmd.fixed_mb_per_s.is_finite(),
+        "--fixed-mb-per-s must be > 0",
+    )?;
+    let work_dir = cmd.work_dir.clone().unwrap_or_else(capacity::default_work_dir);
+    let params = capacity::CapacityParams {
+        partitions_list: cmd.partitions_list.clone(),
+        broker_bin: cmd.broker_bin.clone(),
+        broker_args: cmd.broker_arg.clone(),
+        bootstrap: cmd.bootstrap.clone(),
+        broker_pid: cmd.broker_pid,
+        work_dir: work_dir.clone(),
+        out_dir: cmd.out_dir.clone(),
+        fixed_mb_per_s: cmd.fixed_mb_per_s,
+        max_rate: !cmd.no_max_rate,
+        restarts: !cmd.no_restarts && cmd.broker_bin.is_some(),
+        record_bytes: cmd.record_bytes,
+        duration_s: cmd.duration_s,
+        drain_s: cmd.drain_s,
+        load_args: vec![
+            "--batch-bytes".into(),
+            cmd.batch_bytes.to_string(),
+            "--producers".into(),
+            cmd.producers.to_string(),
+            "--consumers".into(),
+            cmd.consumers.to_string(),
+            "--inflight".into(),
+            cmd.inflight.to_string(),
+            format!("--acks={}", cmd.acks),
+        ],
+        partitions_per_request: cmd.partitions_per_request,
+        quiet: cmd.quiet,
+    };
+    let result = capacity::run(&params, &|argv: &[String]| run_step(argv));
+    if cmd.work_dir.is_none() {
+        capacity::remove_work_dir(&work_dir);
+    }
+    result
 }
 
 /// The summary table after a workload.
