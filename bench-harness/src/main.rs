@@ -16,6 +16,7 @@ mod capacity;
 mod chart;
 mod consume;
 mod limits;
+mod plan;
 mod produce;
 mod sink;
 mod stats;
@@ -72,6 +73,36 @@ enum Command {
     /// latency, broker RSS/fds, topic creation and restart times; JSON,
     /// markdown and SVG charts in --out-dir.
     Capacity(CapacityCmd),
+    /// Size a deployment from a capacity.json: partitions, nodes, cores,
+    /// disk and memory, with the measured evidence used.
+    Plan(PlanCmd),
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct PlanCmd {
+    /// A capacity.json written by `capacity`.
+    #[arg(long, value_name = "FILE")]
+    capacity: PathBuf,
+    /// Produce throughput to plan for, MB/s of record values.
+    #[arg(long)]
+    target_mb_per_s: f64,
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: u64,
+    /// Consumers in the largest group (each needs a partition).
+    #[arg(long, default_value_t = 1)]
+    consumer_parallelism: u64,
+    #[arg(long, default_value_t = 168.0)]
+    retention_hours: f64,
+    #[arg(long, default_value_t = 1)]
+    replication_factor: u64,
+    /// Fraction of measured capacity to use (headroom).
+    #[arg(long, default_value_t = 0.6)]
+    utilization: f64,
+    /// Largest acceptable end-to-end p99 at the sweep's fixed load.
+    #[arg(long, default_value_t = 50.0)]
+    p99_ms_max: f64,
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -473,6 +504,7 @@ fn run(command: Command) -> Result<(), Error> {
         Command::SinkTest(cmd) => ("sink-test", to_json(cmd), &cmd.common.json, run_sink(cmd)?),
         Command::Run(cmd) => ("run", to_json(cmd), &cmd.json, run_workload(cmd)?),
         Command::Limits(cmd) => ("limits", to_json(cmd), &cmd.json, run_limits(cmd)?),
+        Command::Plan(cmd) => ("plan", to_json(cmd), &cmd.json, run_plan(cmd)?),
         Command::Capacity(cmd) => {
             let results = run_capacity(cmd)?;
             let path = cmd.out_dir.join("capacity.json");
@@ -624,6 +656,25 @@ fn run_limits(cmd: &LimitsCmd) -> Result<serde_json::Value, Error> {
     let report = limits::measure(&dir, cmd.duration_s, cmd.file_bytes_max)?;
     limits::print(&report);
     Ok(to_json(&report))
+}
+
+fn run_plan(cmd: &PlanCmd) -> Result<serde_json::Value, Error> {
+    let text = std::fs::read_to_string(&cmd.capacity)?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| wire::protocol_error("capacity json", e))?;
+    let evidence = plan::evidence_from_capacity(&doc).map_err(Error::Protocol)?;
+    let request = plan::PlanRequest {
+        target_mb_per_s: cmd.target_mb_per_s,
+        record_bytes: cmd.record_bytes,
+        consumer_parallelism: cmd.consumer_parallelism,
+        retention_hours: cmd.retention_hours,
+        replication_factor: cmd.replication_factor,
+        utilization: cmd.utilization,
+        p99_ms_max: cmd.p99_ms_max,
+    };
+    let result = plan::plan(&evidence, &request).map_err(Error::Protocol)?;
+    plan::print(&result, &request);
+    Ok(json!({ "request": request, "plan": result, "capacity_evidence": evidence }))
 }
 
 fn run_capacity(cmd: &CapacityCmd) -> Result<serde_json::Value, Error> {
