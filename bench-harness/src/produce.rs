@@ -268,6 +268,17 @@ fn build_frame(
     })
 }
 
+/// Time between one producer's requests under --rate (producers are
+/// staggered by a fraction of it): each request carries
+/// `partitions_per_request` batches.
+fn request_interval(params: &ProduceParams) -> Option<Duration> {
+    params.rate_msgs_per_s.map(|rate| {
+        let per_producer = rate / params.producers as f64;
+        let records_per_request = (params.records_per_batch * params.partitions_per_request) as f64;
+        Duration::from_secs_f64(records_per_request / per_producer)
+    })
+}
+
 /// Record value sizes for one batch variant: fixed, or uniform over
 /// record_bytes..=record_bytes_max.
 fn value_sizes(params: &ProduceParams, rng: &mut XorShift) -> Vec<usize> {
@@ -448,11 +459,7 @@ fn run_producer(
     for (layout, template) in batches {
         frames.push(build_frame(params, version, k, layout.clone(), template)?);
     }
-    // Batch interval for this producer under --rate; producers are staggered.
-    let interval = params.rate_msgs_per_s.map(|rate| {
-        let per_producer = rate / params.producers as f64;
-        Duration::from_secs_f64(params.records_per_batch as f64 / per_producer)
-    });
+    let interval = request_interval(params);
     let first_due = interval.map_or(start, |i| {
         start + i.mul_f64(index as f64 / params.producers as f64)
     });
@@ -733,6 +740,17 @@ mod tests {
         let p = params(1);
         let err = run(&p, &AtomicU64::new(0), &AtomicBool::new(false)).unwrap_err();
         assert!(err.to_string().contains("must be 1"), "{err}");
+    }
+
+    #[test]
+    fn rate_counts_every_batch_of_a_request() {
+        let mut p = params(1);
+        assert_eq!(request_interval(&p), None);
+        // 3 batches of 5 records per request, 2 producers at 1500 msgs/s total:
+        // each sends 750 msgs/s = 50 requests/s.
+        p.rate_msgs_per_s = Some(1500.0);
+        p.producers = 2;
+        assert_eq!(request_interval(&p), Some(Duration::from_millis(20)));
     }
 
     #[test]
