@@ -37,6 +37,9 @@ pub struct Restart {
     /// Spawn to serving: Metadata lists the topic and ListOffsets answers
     /// for every partition.
     pub ready_ms: f64,
+    /// Every run's ready_ms when this is a median of several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<f64>,
 }
 
 fn free_port() -> Result<u16> {
@@ -152,6 +155,7 @@ impl ManagedBroker {
             },
             shutdown_ms: ms(shutdown),
             ready_ms: ms(spawned.elapsed()),
+            runs: Vec::new(),
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct CapacityParams {
     pub fixed_mb_per_s: f64,
     pub max_rate: bool,
     pub restarts: bool,
+    /// Runs of each measurement per step; figures are medians.
+    pub runs: usize,
     pub record_bytes: usize,
     pub duration_s: f64,
     pub drain_s: f64,
@@ -62,6 +64,7 @@ pub struct Step {
 pub fn run(params: &CapacityParams, run_step: &dyn Fn(&[String]) -> Result<Value>) -> Result<Value> {
     std::fs::create_dir_all(&params.out_dir)?;
     std::fs::create_dir_all(&params.work_dir)?;
+    assert!(params.runs >= 1);
     let phases = 1 + 1 + usize::from(params.max_rate) + if params.restarts { 2 } else { 0 };
     let bar = ProgressBar::with_draw_target(
         Some((params.partitions_list.len() * phases) as u64),
@@ -167,14 +170,26 @@ fn run_one(
         "{partitions} partitions: fixed {} MB/s",
         params.fixed_mb_per_s
     ));
-    let mut fixed = run_step(&argv(Some(rate_msgs_per_s)))?;
+    let mut fixed_runs = Vec::with_capacity(params.runs);
+    for i in 0..params.runs {
+        bar.set_message(format!(
+            "{partitions} partitions: fixed {} MB/s, run {}",
+            params.fixed_mb_per_s,
+            i + 1
+        ));
+        fixed_runs.push(run_step(&argv(Some(rate_msgs_per_s)))?);
+    }
+    let mut fixed = median_run(&fixed_runs);
     fixed["rate_msgs_per_s"] = json!(rate_msgs_per_s.round());
     bar.inc(1);
     let max_rate = if params.max_rate {
-        bar.set_message(format!("{partitions} partitions: max rate"));
-        let r = run_step(&argv(None))?;
+        let mut runs = Vec::with_capacity(params.runs);
+        for i in 0..params.runs {
+            bar.set_message(format!("{partitions} partitions: max rate, run {}", i + 1));
+            runs.push(run_step(&argv(None))?);
+        }
         bar.inc(1);
-        Some(r)
+        Some(median_run(&runs))
     } else {
         None
     };
@@ -182,12 +197,16 @@ fn run_one(
 
     let (mut restart_clean, mut restart_unclean) = (None, None);
     if let (Some(b), true) = (managed.as_mut(), params.restarts) {
-        bar.set_message(format!("{partitions} partitions: clean restart"));
-        restart_clean = Some(b.restart(libc::SIGTERM, &topic, partitions)?);
-        bar.inc(1);
-        bar.set_message(format!("{partitions} partitions: unclean restart"));
-        restart_unclean = Some(b.restart(libc::SIGKILL, &topic, partitions)?);
-        bar.inc(1);
+        let (mut clean, mut unclean) = (Vec::new(), Vec::new());
+        for i in 0..params.runs {
+            bar.set_message(format!("{partitions} partitions: clean restart {}", i + 1));
+            clean.push(b.restart(libc::SIGTERM, &topic, partitions)?);
+            bar.set_message(format!("{partitions} partitions: unclean restart {}", i + 1));
+            unclean.push(b.restart(libc::SIGKILL, &topic, partitions)?);
+        }
+        restart_clean = median_restart(clean);
+        restart_unclean = median_restart(unclean);
+        bar.inc(2);
     }
     if let Some(mut b) = managed {
         let _ = b.stop(libc::SIGTERM);
@@ -202,6 +221,67 @@ fn run_one(
         broker: stats,
         restart_clean,
         restart_unclean,
+    })
+}
+
+/// Figures taken as the median over runs (each on its own).
+const MEDIAN_FIGURES: [&[&str]; 8] = [
+    &["produce", "mb_per_s"],
+    &["produce", "msgs_per_s"],
+    &["produce", "ack_latency", "p50_us"],
+    &["produce", "ack_latency", "p99_us"],
+    &["produce", "ack_latency", "p999_us"],
+    &["consume", "e2e_latency", "p50_us"],
+    &["consume", "e2e_latency", "p99_us"],
+    &["consume", "e2e_latency", "p999_us"],
+];
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// One e2e result whose headline figures (MEDIAN_FIGURES) are the medians
+/// over `runs`; counts_match only if every run matched; all runs kept
+/// under "runs".
+pub fn median_run(runs: &[Value]) -> Value {
+    let Some(first) = runs.first() else {
+        return Value::Null;
+    };
+    let mut out = first.clone();
+    for path in MEDIAN_FIGURES {
+        let values: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| f(path.iter().fold(r, |v, k| &v[*k])))
+            .collect();
+        if let (Some(m), Some(slot)) = (median(values), path_mut(&mut out, path)) {
+            *slot = json!(m);
+        }
+    }
+    out["counts_match"] = json!(runs.iter().all(|r| r["counts_match"].as_bool() == Some(true)));
+    out["runs"] = json!(runs);
+    out
+}
+
+fn path_mut<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, k| v.get_mut(*k))
+}
+
+fn median_restart(runs: Vec<Restart>) -> Option<Restart> {
+    let first = runs.first()?.clone();
+    Some(Restart {
+        signal: first.signal,
+        shutdown_ms: median(runs.iter().map(|r| r.shutdown_ms).collect())?,
+        ready_ms: median(runs.iter().map(|r| r.ready_ms).collect())?,
+        runs: runs.iter().map(|r| r.ready_ms).collect(),
     })
 }
 
@@ -303,8 +383,8 @@ fn markdown(params: &CapacityParams, steps: &[Step]) -> String {
     let mut m = String::new();
     m += "# Capacity sweep\n\n";
     m += &format!(
-        "Fixed load {} MB/s of {}-byte records, then max rate; {} s per run. MB = 10^6 bytes of record values; latencies p99 in ms; restart = spawn until every partition answers ListOffsets.\n\n",
-        params.fixed_mb_per_s, params.record_bytes, params.duration_s
+        "Fixed load {} MB/s of {}-byte records, then max rate; {} s per run; medians of {} run(s) per figure. MB = 10^6 bytes of record values; latencies p99 in ms; restart = spawn until every partition answers ListOffsets.\n\n",
+        params.fixed_mb_per_s, params.record_bytes, params.duration_s, params.runs
     );
     m += "| partitions | topic create ms | fixed MB/s | fixed ack p99 | fixed e2e p99 | max MB/s | max ack p99 | max e2e p99 | RSS MiB | peak RSS MiB | fds | clean restart s | unclean restart s | counts match |\n";
     m += "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
@@ -345,4 +425,30 @@ pub fn default_work_dir() -> PathBuf {
 
 pub fn remove_work_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_run_takes_each_figure_median_and_all_counts() {
+        let run = |mb: f64, p99: u64, ok: bool| {
+            json!({
+                "counts_match": ok,
+                "produce": {"mb_per_s": mb, "msgs_per_s": mb * 1000.0, "ack_latency": {"p99_us": p99}},
+                "consume": {"e2e_latency": {"p99_us": p99 + 1}},
+            })
+        };
+        let m = median_run(&[run(100.0, 9, true), run(300.0, 1, true), run(200.0, 5, true)]);
+        assert_eq!(m["produce"]["mb_per_s"], 200.0);
+        assert_eq!(m["produce"]["ack_latency"]["p99_us"], 5.0);
+        assert_eq!(m["consume"]["e2e_latency"]["p99_us"], 6.0);
+        assert_eq!(m["counts_match"], true);
+        assert_eq!(m["runs"].as_array().unwrap().len(), 3);
+        let m = median_run(&[run(100.0, 9, true), run(300.0, 1, false)]);
+        assert_eq!(m["produce"]["mb_per_s"], 200.0);
+        assert_eq!(m["counts_match"], false);
+        assert_eq!(median(vec![]), None);
+    }
 }

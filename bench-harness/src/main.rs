@@ -135,6 +135,9 @@ struct CapacityCmd {
     /// Skip the max-rate runs.
     #[arg(long)]
     no_max_rate: bool,
+    /// Runs of each measurement per step (figures are medians).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// Skip the clean/unclean restarts (always skipped with --bootstrap).
     #[arg(long)]
     no_restarts: bool,
@@ -686,6 +689,7 @@ fn run_capacity(cmd: &CapacityCmd) -> Result<serde_json::Value, Error> {
         cmd.broker_bin.is_some() != cmd.bootstrap.is_some(),
         "give exactly one of --broker-bin and --bootstrap",
     )?;
+    check((1..=100).contains(&cmd.runs), "--runs must be 1..=100")?;
     check(
         cmd.fixed_mb_per_s > 0.0 && cmd.fixed_mb_per_s.is_finite(),
         "--fixed-mb-per-s must be > 0",
@@ -702,6 +706,7 @@ fn run_capacity(cmd: &CapacityCmd) -> Result<serde_json::Value, Error> {
         fixed_mb_per_s: cmd.fixed_mb_per_s,
         max_rate: !cmd.no_max_rate,
         restarts: !cmd.no_restarts && cmd.broker_bin.is_some(),
+        runs: cmd.runs,
         record_bytes: cmd.record_bytes,
         duration_s: cmd.duration_s,
         drain_s: cmd.drain_s,
