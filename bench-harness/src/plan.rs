@@ -112,7 +112,8 @@ pub fn plan(ev: &Evidence, req: &PlanRequest) -> Result<Plan, String> {
     if !(req.utilization > 0.0 && req.utilization <= 1.0) {
         return Err("utilization must be in (0, 1]".into());
     }
-    if !(req.target_mb_per_s > 0.0) || req.replication_factor == 0 || req.consumer_parallelism == 0 {
+    let target_ok = req.target_mb_per_s.is_finite() && req.target_mb_per_s > 0.0;
+    if !target_ok || req.replication_factor == 0 || req.consumer_parallelism == 0 {
         return Err("target, replication factor and consumer parallelism must be > 0".into());
     }
     let measured: Vec<&StepFigures> = ev.steps.iter().filter(|s| s.max_mb_per_s.is_some()).collect();
