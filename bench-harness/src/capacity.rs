@@ -263,7 +263,13 @@ pub fn median_run(runs: &[Value]) -> Value {
             .filter_map(|r| f(path.iter().fold(r, |v, k| &v[*k])))
             .collect();
         if let (Some(m), Some(slot)) = (median(values), path_mut(&mut out, path)) {
-            *slot = json!(m);
+            // Latencies stay whole microseconds, as in a single run's report.
+            let integral = path.last().is_some_and(|k| k.ends_with("_us"));
+            *slot = if integral {
+                json!(m.round() as u64)
+            } else {
+                json!(m)
+            };
         }
     }
     out["counts_match"] = json!(runs.iter().all(|r| r["counts_match"].as_bool() == Some(true)));
@@ -442,8 +448,8 @@ mod tests {
         };
         let m = median_run(&[run(100.0, 9, true), run(300.0, 1, true), run(200.0, 5, true)]);
         assert_eq!(m["produce"]["mb_per_s"], 200.0);
-        assert_eq!(m["produce"]["ack_latency"]["p99_us"], 5.0);
-        assert_eq!(m["consume"]["e2e_latency"]["p99_us"], 6.0);
+        assert_eq!(m["produce"]["ack_latency"]["p99_us"], 5);
+        assert_eq!(m["consume"]["e2e_latency"]["p99_us"], 6);
         assert_eq!(m["counts_match"], true);
         assert_eq!(m["runs"].as_array().unwrap().len(), 3);
         let m = median_run(&[run(100.0, 9, true), run(300.0, 1, false)]);

@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::batch::{Compression, Keys};
-use crate::consume::{ConsumeParams, ConsumeReport, EndOffsets};
+use crate::consume::{ConsumeParams, ConsumeReport, EndOffsets, TopicPartition};
 use crate::produce::{ProduceParams, ProduceReport};
 use crate::wire::{Conn, Error};
 
@@ -209,6 +209,10 @@ struct Common {
     bootstrap: String,
     #[arg(long, default_value = "shardlog-bench")]
     topic: String,
+    /// Topics: 1 = --topic itself; N > 1 = TOPIC-0 .. TOPIC-(N-1), each with
+    /// --partitions partitions; requests go to the topics in turn.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
     /// Partitions when the topic is created (an existing topic keeps its own).
     #[arg(long, default_value_t = 6)]
     partitions: i32,
@@ -359,6 +363,7 @@ impl Common {
             self.partitions >= 1 && self.partitions <= 100_000,
             "--partitions must be 1..=100000",
         )?;
+        check((1..=1000).contains(&self.topics), "--topics must be 1..=1000")?;
         check(
             self.record_bytes_max
                 .is_none_or(|m| m >= self.record_bytes && m <= RECORD_BYTES_MAX),
@@ -368,6 +373,14 @@ impl Common {
             self.duration_s > 0.0 && self.duration_s <= DURATION_S_MAX,
             "--duration-s must be in (0, 86400]",
         )
+    }
+
+    fn topic_names(&self) -> Vec<String> {
+        if self.topics <= 1 {
+            vec![self.topic.clone()]
+        } else {
+            (0..self.topics).map(|i| format!("{}-{i}", self.topic)).collect()
+        }
     }
 
     fn record_bytes_max(&self) -> usize {
@@ -415,7 +428,7 @@ impl ProducerOpts {
 
     fn params(&self, common: &Common, leader: String, partitions: Vec<i32>) -> ProduceParams {
         ProduceParams {
-            topic: common.topic.clone(),
+            topics: common.topic_names(),
             partitions,
             leader,
             record_bytes: common.record_bytes,
@@ -457,12 +470,12 @@ impl ConsumerOpts {
         &self,
         common: &Common,
         leader: String,
-        partitions: Vec<i32>,
+        partitions: Vec<TopicPartition>,
         duration_s: f64,
         measure_e2e: bool,
     ) -> ConsumeParams {
         ConsumeParams {
-            topic: common.topic.clone(),
+            topics: common.topic_names(),
             partitions,
             leader,
             consumers: self.consumers,
@@ -764,12 +777,32 @@ fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// Connects, makes sure the topic exists, returns (leader, partitions).
+/// Connects, makes sure every topic exists, returns (leader, partition
+/// ids). Producers need the same partition ids in every topic.
 fn prepare_topic(common: &Common) -> Result<(Conn, String, Vec<i32>), Error> {
     let mut conn = Conn::open(&common.bootstrap)?;
-    let meta = conn.ensure_topic(&common.topic, common.partitions)?;
-    let leader = meta.single_leader(&common.bootstrap)?;
-    Ok((conn, leader, meta.partition_ids()))
+    let mut found: Option<(String, Vec<i32>)> = None;
+    for topic in common.topic_names() {
+        let meta = conn.ensure_topic(&topic, common.partitions)?;
+        let leader = meta.single_leader(&common.bootstrap)?;
+        let ids = meta.partition_ids();
+        match &found {
+            None => found = Some((leader, ids)),
+            Some((l, first)) => check(
+                *l == leader && *first == ids,
+                "every topic needs the same leader and partitions",
+            )?,
+        }
+    }
+    let (leader, ids) = found.expect("at least one topic");
+    Ok((conn, leader, ids))
+}
+
+/// Every (topic index, partition) pair of `topics` topics sharing `ids`.
+fn topic_partitions(topics: usize, ids: &[i32]) -> Vec<TopicPartition> {
+    (0..topics)
+        .flat_map(|t| ids.iter().map(move |&p| (t, p)))
+        .collect()
 }
 
 fn print_produce(report: &ProduceReport) {
@@ -842,18 +875,24 @@ fn run_consume(cmd: &ConsumeCmd) -> Result<serde_json::Value, Error> {
     cmd.common.validate()?;
     cmd.consumer.validate()?;
     let mut conn = Conn::open(&cmd.common.bootstrap)?;
-    let meta = conn.metadata(&cmd.common.topic)?;
-    let leader = meta.single_leader(&cmd.common.bootstrap)?;
-    let partitions = meta.partition_ids();
+    let topics = cmd.common.topic_names();
+    let mut leader = None;
+    let mut partitions = Vec::new();
+    for (t, topic) in topics.iter().enumerate() {
+        let meta = conn.metadata(topic)?;
+        leader = Some(meta.single_leader(&cmd.common.bootstrap)?);
+        partitions.extend(meta.partition_ids().into_iter().map(|p| (t, p)));
+    }
+    let leader = leader.expect("at least one topic");
     let timestamp = match cmd.from {
         StartAt::Earliest => -2,
         StartAt::Latest => -1,
     };
-    let start = consume::offsets_at(&mut conn, &cmd.common.topic, &partitions, timestamp)?;
+    let start = consume::offsets_at(&mut conn, &topics, &partitions, timestamp)?;
     let end = EndOffsets::new();
     if cmd.from == StartAt::Earliest {
         // A catch-up read ends at what was there when it started.
-        let _ = end.set(consume::end_offsets(&mut conn, &cmd.common.topic, &partitions)?);
+        let _ = end.set(consume::end_offsets(&mut conn, &topics, &partitions)?);
     }
     let params = cmd
         .consumer
@@ -881,11 +920,11 @@ fn run_e2e(cmd: &E2eCmd) -> Result<serde_json::Value, Error> {
         cmd.drain_s >= 0.0 && cmd.drain_s <= DURATION_S_MAX,
         "--drain-s must be in [0, 86400]",
     )?;
-    let (mut conn, leader, partitions) = prepare_topic(&cmd.common)?;
-    let start = consume::offsets_at(&mut conn, &cmd.common.topic, &partitions, -1)?;
-    let pparams = cmd
-        .producer
-        .params(&cmd.common, leader.clone(), partitions.clone());
+    let (mut conn, leader, ids) = prepare_topic(&cmd.common)?;
+    let topics = cmd.common.topic_names();
+    let partitions = topic_partitions(topics.len(), &ids);
+    let start = consume::offsets_at(&mut conn, &topics, &partitions, -1)?;
+    let pparams = cmd.producer.params(&cmd.common, leader.clone(), ids);
     let cparams = cmd.consumer.params(
         &cmd.common,
         leader,
@@ -902,7 +941,7 @@ fn run_e2e(cmd: &E2eCmd) -> Result<serde_json::Value, Error> {
         let produce_report = with_progress("produced", &cmd.common, cmd.common.duration_s, &produced, || {
             produce::run(&pparams, &produced, &AtomicBool::new(false))
         });
-        match consume::end_offsets(&mut conn, &cmd.common.topic, &partitions) {
+        match consume::end_offsets(&mut conn, &topics, &partitions) {
             Ok(offsets) => {
                 let _ = end.set(offsets);
             }

@@ -38,7 +38,9 @@ const ACK_DRAIN_TIMEOUT: Duration = wire::SOCKET_TIMEOUT;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProduceParams {
-    pub topic: String,
+    /// Requests go to the topics in turn (one topic per request).
+    pub topics: Vec<String>,
+    /// Partition ids, the same for every topic.
     pub partitions: Vec<i32>,
     /// Broker address to connect to (the partitions' leader).
     #[serde(skip)]
@@ -199,12 +201,12 @@ struct Frame {
     layout: BatchLayout,
 }
 
-fn produce_request(params: &ProduceParams, batches: Vec<(i32, Bytes)>) -> ProduceRequest {
+fn produce_request(params: &ProduceParams, topic: &str, batches: Vec<(i32, Bytes)>) -> ProduceRequest {
     ProduceRequest::default()
         .with_acks(params.acks)
         .with_timeout_ms(params.request_timeout_ms)
         .with_topic_data(vec![TopicProduceData::default()
-            .with_name(wire::topic_name(&params.topic))
+            .with_name(wire::topic_name(topic))
             .with_partition_data(
                 batches
                     .into_iter()
@@ -223,6 +225,7 @@ fn produce_request(params: &ProduceParams, batches: Vec<(i32, Bytes)>) -> Produc
 fn build_frame(
     params: &ProduceParams,
     version: i16,
+    topic: &str,
     slots: usize,
     layout: BatchLayout,
     batch: &[u8],
@@ -241,7 +244,7 @@ fn build_frame(
                 (index, records)
             })
             .collect();
-        wire::encode_frame(&produce_request(params, batches), version, 0)
+        wire::encode_frame(&produce_request(params, topic, batches), version, 0)
     };
     let bytes = encode(None, None)?;
     let locate = |other: Vec<u8>, len: usize| -> Result<usize> {
@@ -324,7 +327,8 @@ pub fn run(params: &ProduceParams, progress: &AtomicU64, stop: &AtomicBool) -> R
         ));
     }
     let variants = batch_variants(params);
-    let frames_bytes = variants * k * (params.records_per_batch * (params.record_bytes_max + 24) + 61);
+    let frames_bytes =
+        params.topics.len() * variants * k * (params.records_per_batch * (params.record_bytes_max + 24) + 61);
     if frames_bytes > FRAMES_BYTES_MAX {
         return Err(Error::Protocol(format!(
             "pre-encoded frames would take {frames_bytes} bytes per producer"
@@ -375,7 +379,7 @@ pub fn run(params: &ProduceParams, progress: &AtomicU64, stop: &AtomicBool) -> R
             .collect()
     });
     let mut total = Tally::new(start);
-    total.records_per_partition = vec![0; n];
+    total.records_per_partition = vec![0; n * params.topics.len()];
     for r in results {
         let t = r?;
         total.records_acked += t.records_acked;
@@ -455,9 +459,15 @@ fn run_producer(
     // a freshly drawn key.
     let n = params.partitions.len();
     let k = params.partitions_per_request;
-    let mut frames = Vec::with_capacity(batches.len());
-    for (layout, template) in batches {
-        frames.push(build_frame(params, version, k, layout.clone(), template)?);
+    // frames[topic][variant]
+    let topics = params.topics.len();
+    let mut frames = Vec::with_capacity(topics);
+    for topic in &params.topics {
+        let mut variants = Vec::with_capacity(batches.len());
+        for (layout, template) in batches {
+            variants.push(build_frame(params, version, topic, k, layout.clone(), template)?);
+        }
+        frames.push(variants);
     }
     let interval = request_interval(params);
     let first_due = interval.map_or(start, |i| {
@@ -473,7 +483,7 @@ fn run_producer(
         let reader = (params.acks != 0)
             .then(|| scope.spawn(|| read_acks(params, version, reader_stream, rx, &slots, start, progress)));
         let mut tally = Tally::new(start);
-        tally.records_per_partition = vec![0; n];
+        tally.records_per_partition = vec![0; n * topics];
         let mut failure = None;
         for seq in 0u64.. {
             if stop.load(Ordering::Relaxed) {
@@ -507,11 +517,14 @@ fn run_producer(
                 &mut tally.send_lag,
                 now.saturating_duration_since(due).as_micros() as u64,
             );
-            let frame = &mut frames[(seq % batches.len() as u64) as usize];
+            // Topics in turn; within a topic, partitions round-robin.
+            let topic = (seq % topics as u64) as usize;
+            let round = seq / topics as u64;
+            let frame = &mut frames[topic][(round % batches.len() as u64) as usize];
             let first_key = sampler.keyed().then(|| sampler.draw(&mut rng));
             let first_slot = match first_key {
                 Some(key) => batch::partition_for_key(&key.to_be_bytes(), n),
-                None => ((seq * k as u64 + index as u64) % n as u64) as usize,
+                None => ((round * k as u64 + index as u64) % n as u64) as usize,
             };
             let correlation_id = conn.next_correlation_id();
             let at = wire::FRAME_CORRELATION_ID_OFFSET;
@@ -522,7 +535,7 @@ fn run_producer(
                 let slot = (first_slot + j) % n;
                 let at = frame.partition_at[j];
                 frame.bytes[at..at + 4].copy_from_slice(&params.partitions[slot].to_be_bytes());
-                tally.records_per_partition[slot] += layout.records_count as u64;
+                tally.records_per_partition[topic * n + slot] += layout.records_count as u64;
                 let at = frame.batch_at[j];
                 layout.stamp_with(
                     &mut frame.bytes[at..at + layout.batch_bytes],
@@ -648,7 +661,8 @@ fn read_acks_inner(
     if let Some(e) = first_error {
         eprintln!(
             "produce errors on {} ({} batches): first: {e}",
-            params.topic, tally.errors
+            params.topics.join(","),
+            tally.errors
         );
     }
     Ok(tally)
@@ -662,7 +676,7 @@ mod tests {
 
     fn params(acks: i16) -> ProduceParams {
         ProduceParams {
-            topic: "t".into(),
+            topics: vec!["t".into()],
             partitions: vec![0, 1, 2],
             leader: String::new(),
             record_bytes: 64,
@@ -687,7 +701,7 @@ mod tests {
         let p = params(-1);
         let (layout, template) = BatchLayout::encode(p.records_per_batch, p.record_bytes, p.keys);
         for version in 3..=12 {
-            let mut frame = build_frame(&p, version, 3, layout.clone(), &template).unwrap();
+            let mut frame = build_frame(&p, version, "t", 3, layout.clone(), &template).unwrap();
             assert_eq!(frame.batch_at.len(), 3);
             let at = wire::FRAME_CORRELATION_ID_OFFSET;
             frame.bytes[at..at + 4].copy_from_slice(&77i32.to_be_bytes());

@@ -49,6 +49,9 @@ pub struct Workload {
     pub mode: Mode,
     /// Topic name; default `wl-<file name>`.
     pub topic: Option<String>,
+    /// Topics (N > 1: TOPIC-0 .. TOPIC-(N-1)), each with `partitions`.
+    #[serde(default = "one")]
+    pub topics: usize,
     pub partitions: i32,
     pub record_bytes: usize,
     /// Uniform record sizes record_bytes..=record_bytes_max when set.
@@ -129,6 +132,8 @@ impl Workload {
             bootstrap.into(),
             "--topic".into(),
             self.topic.clone().unwrap_or_else(|| format!("wl-{name}")),
+            "--topics".into(),
+            self.topics.to_string(),
             "--partitions".into(),
             self.partitions.to_string(),
             "--record-bytes".into(),

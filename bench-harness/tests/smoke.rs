@@ -231,11 +231,11 @@ fn workloads_run_against_release_broker_and_report_every_step() {
         return;
     };
     let (broker, addr) = start_broker(&bin);
-    // Every producer knob at once: zstd, Zipf keys, varying record sizes.
+    // Every producer knob at once: two topics, zstd, Zipf keys, varying record sizes.
     let e2e = broker.dir.join("tiny-e2e.toml");
     std::fs::write(
         &e2e,
-        "description = 'tiny'\nmode = 'e2e'\npartitions = 3\nrecord_bytes = 50\nrecord_bytes_max = 300\n\
+        "description = 'tiny'\nmode = 'e2e'\ntopics = 2\npartitions = 3\nrecord_bytes = 50\nrecord_bytes_max = 300\n\
          batch_bytes = 4000\nkeys = 'zipf'\nkey_count = 50\ncompression = 'zstd'\nduration_s = 1\n\
          drain_s = 10\nmax_rate = true\nrate_fractions_of_max = [0.5]\n",
     )
@@ -269,6 +269,7 @@ fn workloads_run_against_release_broker_and_report_every_step() {
         assert_latency(&r["produce"]["ack_latency"]);
         assert_latency(&r["consume"]["e2e_latency"]);
         assert!(step["command"].as_str().unwrap().contains("--compression zstd"));
+        assert!(step["command"].as_str().unwrap().contains("--topics 2"));
     }
 
     let backlog = broker.dir.join("tiny-backlog.toml");
