@@ -10,14 +10,16 @@
 # results.sh markers) with each figure's command, date, commit, machine and
 # its ratio to this run's measured limits and to shared/PERFORMANCE.md.
 #   scripts/results.sh [--runs 3] [--duration-s 5] [--partitions-list 1,10,100,1000,10000]
-#                      [--fixed-mb-per-s 50] [--report-only]
+#                      [--fixed-mb-per-s 50] [--workloads] [--report-only]
+# --workloads also runs scripts/bench-workloads.sh (every named workload,
+# --runs times, results/workloads.md; adds ~15 min at --duration-s 5).
 # --report-only skips the measurements and rewrites the README section from
 # the files already in results/ (same arguments as the run that made them).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
-RUNS=3 DURATION_S=5 PARTITIONS_LIST=1,10,100,1000,10000 FIXED_MB_PER_S=50 REPORT_ONLY=
+RUNS=3 DURATION_S=5 PARTITIONS_LIST=1,10,100,1000,10000 FIXED_MB_PER_S=50 REPORT_ONLY= WORKLOADS=
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
@@ -25,6 +27,7 @@ while [ $# -gt 0 ]; do
         --partitions-list) PARTITIONS_LIST="$2"; shift 2 ;;
         --fixed-mb-per-s) FIXED_MB_PER_S="$2"; shift 2 ;;
         --report-only) REPORT_ONLY=1; shift ;;
+        --workloads) WORKLOADS=1; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -56,6 +59,7 @@ echo "+ $PLAN_CMD" >&2
 { echo "\$ $PLAN_CMD"; $BENCH ${PLAN_CMD#shardlog-bench }; } >results/capacity/plan-example.txt
 
 bash scripts/compare.sh --runs "$RUNS" --duration-s "$DURATION_S" --out results/compare-tansu.md
+if [ -n "$WORKLOADS" ]; then bash scripts/bench-workloads.sh --runs "$RUNS" --duration-s "$DURATION_S"; fi
 # The commit the binaries were built from (source files only: docs do not count).
 git rev-parse --short HEAD >results/limits/commit
 git diff --quiet HEAD -- '*.rs' '*.toml' '*.sh' Cargo.lock || echo "+uncommitted" >>results/limits/commit
@@ -129,7 +133,10 @@ if m:
 L += ["", "Details: [capacity sweep](capacity/capacity.md) with charts "
       "([throughput](capacity/throughput.svg), [p99](capacity/p99.svg), [restart](capacity/recovery.svg)), "
       "[plan example](capacity/plan-example.txt) (`" + plan_cmd + "`), "
-      "[shardlog vs Tansu](compare-tansu.md), raw JSON in `limits/`, `capacity/`, `compare-tansu/`.", "",
+      "[shardlog vs Tansu](compare-tansu.md)"
+      + (", [named workloads](workloads.md) (`scripts/bench-workloads.sh`)" if os.path.exists("results/workloads.md") else "")
+      + "; raw JSON in `limits/`, `capacity/`, `compare-tansu/`"
+      + (", `workloads/`" if os.path.exists("results/workloads.md") else "") + ".", "",
       "<!-- results.sh:end -->"]
 section = "\n".join(L)
 readme = open("results/README.md").read()
