@@ -47,8 +47,12 @@ start_broker() {
     PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
     "$BROKER" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" >"$WORK/broker.log" 2>&1 &
     PID=$!
+    # Serving = the log says so and a TCP connect succeeds.
     for _ in $(seq 1 200); do
-        grep -q "listening on" "$WORK/broker.log" && return 0
+        if grep -q "listening on" "$WORK/broker.log" &&
+            python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null; then
+            return 0
+        fi
         kill -0 "$PID" 2>/dev/null || { cat "$WORK/broker.log"; echo "broker exited" >&2; exit 1; }
         sleep 0.1
     done
