@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-ARGS="--runs $RUNS --duration-s $DURATION_S --partitions-list $PARTITIONS_LIST --fixed-mb-per-s $FIXED_MB_PER_S"
+ARGS="--runs $RUNS --duration-s $DURATION_S --partitions-list $PARTITIONS_LIST --fixed-mb-per-s $FIXED_MB_PER_S${WORKLOADS:+ --workloads}"
 
 CAPACITY_CMD="shardlog-bench capacity --broker-bin target/release/shardlog --partitions-list $PARTITIONS_LIST --fixed-mb-per-s $FIXED_MB_PER_S --duration-s $DURATION_S --runs $RUNS --out-dir results/capacity"
 PLAN_CMD="shardlog-bench plan --capacity results/capacity/capacity.json --target-mb-per-s 200 --consumer-parallelism 12 --retention-hours 24 --replication-factor 1"
