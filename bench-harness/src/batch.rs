@@ -31,24 +31,186 @@ pub const KEY_BYTES: usize = 8;
 /// Bytes before batchLength's counted region (baseOffset + batchLength).
 const LOG_OVERHEAD_BYTES: usize = 12;
 
-/// How record keys are filled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+/// How record keys are chosen. With keys, a batch's partition follows
+/// Kafka's default partitioner applied to the first record's key
+/// (murmur2 mod partitions), so key skew becomes partition skew; the other
+/// records' keys are drawn independently (an approximation: a real client
+/// would split them across partitions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Keys {
-    /// Null keys.
+    /// Null keys; partitions round-robin.
     None,
-    /// 8-byte keys drawn uniformly at random for every batch.
+    /// 8-byte keys, uniform over `--key-count` ids.
     Uniform,
+    /// 8-byte keys, Zipf-distributed over `--key-count` ids (`--zipf-exponent`).
+    Zipf,
 }
 
-/// Where each record's key and value sit inside an encoded batch.
+/// Kafka's RecordBatch compression codecs (attributes bits 0..2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The codec id in a batch's attributes.
+    pub fn attribute(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    /// Compresses a records section in the framing Kafka's clients write:
+    /// gzip stream; snappy in xerial's framing (magic header, then
+    /// length-prefixed 32 KiB raw blocks, as snappy-java's
+    /// SnappyOutputStream); LZ4 frame format with independent blocks (KIP-57);
+    /// a zstd frame.
+    pub fn compress(self, records: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        match self {
+            Compression::None => Ok(records.to_vec()),
+            Compression::Gzip => {
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                enc.write_all(records)?;
+                enc.finish()
+            }
+            Compression::Snappy => {
+                let mut out = SNAPPY_XERIAL_HEADER.to_vec();
+                let mut enc = snap::raw::Encoder::new();
+                for block in records.chunks(SNAPPY_BLOCK_BYTES) {
+                    let compressed = enc.compress_vec(block).map_err(std::io::Error::other)?;
+                    out.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&compressed);
+                }
+                Ok(out)
+            }
+            Compression::Lz4 => {
+                let info = lz4_flex::frame::FrameInfo::new()
+                    .block_mode(lz4_flex::frame::BlockMode::Independent)
+                    .block_size(lz4_flex::frame::BlockSize::Max64KB);
+                let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+                enc.write_all(records)?;
+                enc.finish().map_err(std::io::Error::other)
+            }
+            Compression::Zstd => zstd::encode_all(records, 3),
+        }
+    }
+}
+
+/// snappy-java's stream header: magic, version 1, compatible version 1.
+pub const SNAPPY_XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+/// snappy-java's default block size.
+const SNAPPY_BLOCK_BYTES: usize = 32 * 1024;
+/// Zipf tables hold one f64 per key; this bounds them to 8 MiB.
+pub const ZIPF_KEYS_MAX: u64 = 1 << 20;
+
+/// Draws key ids: uniform or Zipf (inverse CDF over a precomputed table).
+#[derive(Clone, Debug)]
+pub enum KeySampler {
+    None,
+    Uniform { keys: u64 },
+    Zipf { cdf: Vec<f64> },
+}
+
+impl KeySampler {
+    pub fn new(keys: Keys, key_count: u64, zipf_exponent: f64) -> KeySampler {
+        assert!(key_count >= 1);
+        match keys {
+            Keys::None => KeySampler::None,
+            Keys::Uniform => KeySampler::Uniform { keys: key_count },
+            Keys::Zipf => {
+                assert!(key_count <= ZIPF_KEYS_MAX && zipf_exponent > 0.0);
+                let mut cdf = Vec::with_capacity(key_count as usize);
+                let mut sum = 0.0;
+                for k in 1..=key_count {
+                    sum += 1.0 / (k as f64).powf(zipf_exponent);
+                    cdf.push(sum);
+                }
+                for c in &mut cdf {
+                    *c /= sum;
+                }
+                KeySampler::Zipf { cdf }
+            }
+        }
+    }
+
+    pub fn keyed(&self) -> bool {
+        !matches!(self, KeySampler::None)
+    }
+
+    /// A key id (0 = the most frequent for Zipf).
+    pub fn draw(&self, rng: &mut XorShift) -> u64 {
+        match self {
+            KeySampler::None => 0,
+            KeySampler::Uniform { keys } => rng.next() % keys,
+            KeySampler::Zipf { cdf } => {
+                let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                cdf.partition_point(|&c| c < u).min(cdf.len() - 1) as u64
+            }
+        }
+    }
+}
+
+/// Kafka's `Utils.murmur2` (the default partitioner's hash).
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let length = data.len();
+    let mut h: u32 = SEED ^ (length as u32);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// Kafka's default partition for a key: `toPositive(murmur2(key)) % n`.
+pub fn partition_for_key(key: &[u8], partitions: usize) -> usize {
+    ((murmur2(key) & 0x7fff_ffff) as usize) % partitions
+}
+
+/// One encoded batch and where its keys and values sit, so that each send
+/// patches timestamps, keys and the CRC in place (uncompressed), or only the
+/// header timestamps and the CRC (compressed: the records are opaque).
 #[derive(Clone, Debug)]
 pub struct BatchLayout {
     pub batch_bytes: usize,
     pub records_count: usize,
-    /// Offset of every record's value inside the batch.
+    /// Sum of the record values' bytes.
+    pub value_bytes: u64,
+    /// Offset of every record's value inside the batch (uncompressed only).
     value_offsets: Vec<u32>,
-    /// Offset of every record's key (empty when keys are null).
+    /// Offset of every record's key (uncompressed and keyed only).
     key_offsets: Vec<u32>,
 }
 
@@ -86,38 +248,31 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
 }
 
 impl BatchLayout {
-    /// Encodes a batch of `records_count` records of `record_value_bytes`
-    /// each (timestamps zero, CRC unset); `stamp` finishes it.
-    pub fn encode(records_count: usize, record_value_bytes: usize, keys: Keys) -> (BatchLayout, Vec<u8>) {
+    /// Encodes a batch with one record per entry of `value_sizes` (timestamps
+    /// zero, CRC unset; `stamp` finishes it). Keys are 8-byte big-endian ids
+    /// from `sampler`, or null. Values are the 8-byte timestamp followed by
+    /// random words (`fill_text`).
+    pub fn encode_with(
+        value_sizes: &[usize],
+        sampler: &KeySampler,
+        compression: Compression,
+        rng: &mut XorShift,
+    ) -> std::io::Result<(BatchLayout, Vec<u8>)> {
+        let records_count = value_sizes.len();
         assert!(records_count >= 1 && records_count <= i32::MAX as usize);
-        assert!(record_value_bytes >= VALUE_TIMESTAMP_BYTES);
-        let key_len = match keys {
-            Keys::None => None,
-            Keys::Uniform => Some(KEY_BYTES),
-        };
-        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records_count * (record_value_bytes + 16));
-        out.extend_from_slice(&0i64.to_be_bytes()); // baseOffset
-        out.extend_from_slice(&0i32.to_be_bytes()); // batchLength, patched below
-        out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
-        out.push(2); // magic
-        out.extend_from_slice(&0u32.to_be_bytes()); // crc, set by stamp
-        out.extend_from_slice(&0i16.to_be_bytes()); // attributes: no compression, create time
-        out.extend_from_slice(&((records_count - 1) as i32).to_be_bytes());
-        out.extend_from_slice(&0i64.to_be_bytes()); // baseTimestamp
-        out.extend_from_slice(&0i64.to_be_bytes()); // maxTimestamp
-        out.extend_from_slice(&(-1i64).to_be_bytes()); // producerId
-        out.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
-        out.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
-        out.extend_from_slice(&(records_count as i32).to_be_bytes());
-        debug_assert_eq!(out.len(), BATCH_HEADER_BYTES);
-
+        assert!(value_sizes.iter().all(|&n| n >= VALUE_TIMESTAMP_BYTES));
+        let keyed = sampler.keyed();
+        let words = vocabulary();
+        let value_bytes: usize = value_sizes.iter().sum();
+        let mut records = Vec::with_capacity(value_bytes + records_count * (KEY_BYTES + 16));
         let mut value_offsets = Vec::with_capacity(records_count);
-        let mut key_offsets = Vec::with_capacity(if key_len.is_some() { records_count } else { 0 });
-        for i in 0..records_count {
+        let mut key_offsets = Vec::with_capacity(if keyed { records_count } else { 0 });
+        for (i, &record_value_bytes) in value_sizes.iter().enumerate() {
             let offset_delta = i as i64;
-            let key_field = match key_len {
-                None => zigzag_len(-1),
-                Some(n) => zigzag_len(n as i64) + n,
+            let key_field = if keyed {
+                zigzag_len(KEY_BYTES as i64) + KEY_BYTES
+            } else {
+                zigzag_len(-1)
             };
             let body_len = 1 // attributes
                 + zigzag_len(0) // timestampDelta
@@ -126,39 +281,88 @@ impl BatchLayout {
                 + zigzag_len(record_value_bytes as i64)
                 + record_value_bytes
                 + zigzag_len(0); // headers count
-            put_varint(&mut out, body_len as i64);
-            out.push(0);
-            put_varint(&mut out, 0);
-            put_varint(&mut out, offset_delta);
-            match key_len {
-                None => put_varint(&mut out, -1),
-                Some(n) => {
-                    put_varint(&mut out, n as i64);
-                    key_offsets.push(out.len() as u32);
-                    out.resize(out.len() + n, 0);
-                }
+            put_varint(&mut records, body_len as i64);
+            records.push(0);
+            put_varint(&mut records, 0);
+            put_varint(&mut records, offset_delta);
+            if keyed {
+                put_varint(&mut records, KEY_BYTES as i64);
+                key_offsets.push((BATCH_HEADER_BYTES + records.len()) as u32);
+                records.extend_from_slice(&sampler.draw(rng).to_be_bytes());
+            } else {
+                put_varint(&mut records, -1);
             }
-            put_varint(&mut out, record_value_bytes as i64);
-            value_offsets.push(out.len() as u32);
-            // Filler that is not trivially compressible by the transport.
-            out.extend((0..record_value_bytes).map(|j| (j as u8).wrapping_mul(31).wrapping_add(i as u8)));
-            put_varint(&mut out, 0);
+            put_varint(&mut records, record_value_bytes as i64);
+            value_offsets.push((BATCH_HEADER_BYTES + records.len()) as u32);
+            records.extend_from_slice(&[0; VALUE_TIMESTAMP_BYTES]);
+            fill_text(
+                &mut records,
+                record_value_bytes - VALUE_TIMESTAMP_BYTES,
+                &words,
+                rng,
+            );
+            put_varint(&mut records, 0);
         }
-        let batch_length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
-        out[OFFSET_BATCH_LENGTH..OFFSET_BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
+        let body = compression.compress(&records)?;
+        let batch_length = (BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + body.len()) as i32;
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
+        out.extend_from_slice(&0i64.to_be_bytes()); // baseOffset
+        out.extend_from_slice(&batch_length.to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
+        out.push(2); // magic
+        out.extend_from_slice(&0u32.to_be_bytes()); // crc, set by stamp
+        out.extend_from_slice(&compression.attribute().to_be_bytes()); // create time, no txn
+        out.extend_from_slice(&((records_count - 1) as i32).to_be_bytes());
+        out.extend_from_slice(&0i64.to_be_bytes()); // baseTimestamp
+        out.extend_from_slice(&0i64.to_be_bytes()); // maxTimestamp
+        out.extend_from_slice(&(-1i64).to_be_bytes()); // producerId
+        out.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
+        out.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
+        out.extend_from_slice(&(records_count as i32).to_be_bytes());
+        debug_assert_eq!(out.len(), BATCH_HEADER_BYTES);
+        out.extend_from_slice(&body);
+        let compressed = compression != Compression::None;
         let layout = BatchLayout {
             batch_bytes: out.len(),
             records_count,
-            value_offsets,
-            key_offsets,
+            value_bytes: value_bytes as u64,
+            value_offsets: if compressed { Vec::new() } else { value_offsets },
+            key_offsets: if compressed { Vec::new() } else { key_offsets },
         };
-        (layout, out)
+        Ok((layout, out))
     }
 
-    /// Sets timestamps (batch: ms; every record value: µs), fresh keys from
-    /// `rng` if keyed, and the CRC. `batch` is this layout's encoded batch,
-    /// usually inside a request frame.
-    pub fn stamp(&self, batch: &mut [u8], timestamp_us: u64, rng: &mut XorShift) {
+    /// An uncompressed batch of `records_count` equal records; keys uniform
+    /// over 2^64 when `keys` is not None.
+    #[cfg(test)]
+    pub fn encode(records_count: usize, record_value_bytes: usize, keys: Keys) -> (BatchLayout, Vec<u8>) {
+        let keys = if keys == Keys::None {
+            Keys::None
+        } else {
+            Keys::Uniform
+        };
+        BatchLayout::encode_with(
+            &vec![record_value_bytes; records_count],
+            &KeySampler::new(keys, u64::MAX, 1.0),
+            Compression::None,
+            &mut XorShift::new(records_count as u64),
+        )
+        .expect("uncompressed encoding does no I/O")
+    }
+
+    /// Sets timestamps (batch: ms; every record value: µs, uncompressed
+    /// only), fresh keys from `sampler` (uncompressed and keyed; the first
+    /// is `first_key` when given: the key that chose the partition), and the
+    /// CRC. `batch` is this layout's encoded batch, usually inside a request
+    /// frame.
+    pub fn stamp_with(
+        &self,
+        batch: &mut [u8],
+        timestamp_us: u64,
+        sampler: &KeySampler,
+        first_key: Option<u64>,
+        rng: &mut XorShift,
+    ) {
         assert_eq!(batch.len(), self.batch_bytes);
         let timestamp_ms = (timestamp_us / 1000) as i64;
         batch[OFFSET_BASE_TIMESTAMP..OFFSET_BASE_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
@@ -168,12 +372,50 @@ impl BatchLayout {
             let at = offset as usize;
             batch[at..at + VALUE_TIMESTAMP_BYTES].copy_from_slice(&ts);
         }
-        for &offset in &self.key_offsets {
+        for (i, &offset) in self.key_offsets.iter().enumerate() {
             let at = offset as usize;
-            batch[at..at + KEY_BYTES].copy_from_slice(&rng.next().to_be_bytes());
+            let key = match first_key {
+                Some(k) if i == 0 => k,
+                _ => sampler.draw(rng),
+            };
+            batch[at..at + KEY_BYTES].copy_from_slice(&key.to_be_bytes());
         }
         let crc = crc32c::crc32c(&batch[OFFSET_ATTRIBUTES..]);
         batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    /// `stamp_with` with keys uniform over 2^64.
+    #[cfg(test)]
+    pub fn stamp(&self, batch: &mut [u8], timestamp_us: u64, rng: &mut XorShift) {
+        let sampler = KeySampler::Uniform { keys: u64::MAX };
+        self.stamp_with(batch, timestamp_us, &sampler, None, rng);
+    }
+}
+
+/// Words values are made of, the same in every run (fixed seed).
+const VOCABULARY_WORDS: usize = 256;
+
+fn vocabulary() -> Vec<Vec<u8>> {
+    let mut rng = XorShift::new(42);
+    (0..VOCABULARY_WORDS)
+        .map(|w| (0..3 + w % 8).map(|_| b'a' + (rng.next() % 26) as u8).collect())
+        .collect()
+}
+
+/// Appends `len` bytes of random words separated by spaces: text like a
+/// log line or JSON field values, which codecs shrink 2-3x (gzip/zstd
+/// about 3.3x, lz4/snappy 2.3-2.5x on 1 KiB records)
+/// (a realistic payload, unlike random bytes or one repeated pattern).
+fn fill_text(out: &mut Vec<u8>, len: usize, words: &[Vec<u8>], rng: &mut XorShift) {
+    let end = out.len() + len;
+    // Each step appends at least one byte, so at most `len` steps.
+    while out.len() < end {
+        let word = &words[(rng.next() % words.len() as u64) as usize];
+        let take = word.len().min(end - out.len());
+        out.extend_from_slice(&word[..take]);
+        if out.len() < end {
+            out.push(b' ');
+        }
     }
 }
 
@@ -246,6 +488,19 @@ impl BatchHeader {
     /// CRC32C over the batch (`batch` = exactly this batch's bytes).
     pub fn crc_matches(&self, batch: &[u8]) -> bool {
         crc32c::crc32c(&batch[OFFSET_ATTRIBUTES..self.total_bytes]) == self.crc
+    }
+
+    /// When the producer meant to send this batch, in µs: the first
+    /// record's value timestamp when uncompressed; for compressed batches
+    /// (records opaque without decompressing) the header's ms timestamp,
+    /// plus 500 µs so the truncation error is ±0.5 ms rather than 0..1 ms.
+    pub fn send_timestamp_us(&self, batch: &[u8]) -> Option<u64> {
+        if self.attributes & 0x07 != 0 {
+            return u64::try_from(self.base_timestamp_ms)
+                .ok()
+                .map(|ms| ms * 1000 + 500);
+        }
+        self.first_value_timestamp_us(batch)
     }
 
     /// The µs timestamp in the first 8 bytes of the first record's value,
@@ -355,6 +610,123 @@ mod tests {
         assert_eq!(header.first_value_timestamp_us(&batch), Some(2_000_000));
         let mut buf = Bytes::from(batch);
         assert_eq!(RecordBatchDecoder::decode(&mut buf).unwrap().records.len(), 10);
+    }
+
+    /// Undoes each codec with its own crate and Kafka's framing rules.
+    fn decompress(compression: Compression, body: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        match compression {
+            Compression::None => out.extend_from_slice(body),
+            Compression::Gzip => {
+                flate2::read::GzDecoder::new(body).read_to_end(&mut out).unwrap();
+            }
+            Compression::Snappy => {
+                assert_eq!(&body[..16], SNAPPY_XERIAL_HEADER, "xerial header");
+                let mut rest = &body[16..];
+                while !rest.is_empty() {
+                    let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+                    let block = snap::raw::Decoder::new()
+                        .decompress_vec(&rest[4..4 + len])
+                        .unwrap();
+                    assert!(block.len() <= SNAPPY_BLOCK_BYTES);
+                    out.extend_from_slice(&block);
+                    rest = &rest[4 + len..];
+                }
+            }
+            Compression::Lz4 => {
+                assert_eq!(&body[..4], &[0x04, 0x22, 0x4d, 0x18], "LZ4 frame magic");
+                lz4_flex::frame::FrameDecoder::new(body)
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            Compression::Zstd => out = zstd::decode_all(body).unwrap(),
+        }
+        out
+    }
+
+    #[test]
+    fn every_codec_round_trips_with_kafka_framing_and_crc() {
+        let sampler = KeySampler::new(Keys::Zipf, 100, 1.1);
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            // 80 records of 8..1500 bytes: more than one snappy block and LZ4 block.
+            let mut rng = XorShift::new(11);
+            let sizes: Vec<usize> = (0..80).map(|_| 8 + (rng.next() % 1493) as usize).collect();
+            let (layout, mut batch) =
+                BatchLayout::encode_with(&sizes, &sampler, compression, &mut rng).unwrap();
+            layout.stamp_with(&mut batch, 1_700_000_000_250_000, &sampler, Some(3), &mut rng);
+            let header = BatchHeader::parse(&batch).expect("whole batch");
+            assert_eq!(header.total_bytes, batch.len());
+            assert_eq!(header.attributes, compression.attribute(), "{compression:?}");
+            assert_eq!(crc32c::crc32c(&batch[21..]), header.crc, "{compression:?}");
+            assert_eq!(header.records_count, 80);
+            assert_eq!(layout.value_bytes, sizes.iter().sum::<usize>() as u64);
+
+            // Rebuild the batch uncompressed (attributes 0, new CRC) and let
+            // kafka-protocol decode the records.
+            let records = decompress(compression, &batch[BATCH_HEADER_BYTES..]);
+            let mut plain = batch[..BATCH_HEADER_BYTES].to_vec();
+            plain.extend_from_slice(&records);
+            let length = (plain.len() - LOG_OVERHEAD_BYTES) as i32;
+            plain[8..12].copy_from_slice(&length.to_be_bytes());
+            plain[21..23].copy_from_slice(&0i16.to_be_bytes());
+            let crc = crc32c::crc32c(&plain[21..]);
+            plain[17..21].copy_from_slice(&crc.to_be_bytes());
+            let set = RecordBatchDecoder::decode(&mut Bytes::from(plain)).expect("records decode");
+            assert_eq!(set.records.len(), 80);
+            for (r, &size) in set.records.iter().zip(&sizes) {
+                assert_eq!(r.timestamp, 1_700_000_000_250);
+                assert_eq!(r.value.as_ref().unwrap().len(), size);
+                let key = u64::from_be_bytes(r.key.as_ref().unwrap()[..].try_into().unwrap());
+                assert!(key < 100);
+            }
+            let sent_us = header.send_timestamp_us(&batch).unwrap();
+            if compression == Compression::None {
+                assert_eq!(sent_us, 1_700_000_000_250_000);
+                let first = set.records[0].key.as_ref().unwrap();
+                assert_eq!(first[..], 3u64.to_be_bytes(), "first key is the partition's key");
+            } else {
+                assert_eq!(sent_us, 1_700_000_000_250_500);
+                assert!(
+                    batch.len() < records.len() + BATCH_HEADER_BYTES,
+                    "{compression:?} compresses"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc"), 479470107);
+    }
+
+    #[test]
+    fn zipf_keys_are_skewed_and_uniform_keys_are_not() {
+        let mut rng = XorShift::new(5);
+        let zipf = KeySampler::new(Keys::Zipf, 1000, 1.0);
+        let uniform = KeySampler::new(Keys::Uniform, 1000, 1.0);
+        let draws = 100_000;
+        let zipf_hits = (0..draws).filter(|_| zipf.draw(&mut rng) == 0).count();
+        let uniform_hits = (0..draws).filter(|_| uniform.draw(&mut rng) == 0).count();
+        // P(key 0) = 1/H(1000) ≈ 0.134 under Zipf(1); 0.001 uniform.
+        assert!((12_000..15_000).contains(&zipf_hits), "{zipf_hits}");
+        assert!(uniform_hits < 300, "{uniform_hits}");
+        assert!((0..draws).all(|_| zipf.draw(&mut rng) < 1000));
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub const FETCH_VERSION_PREFERRED: i16 = 12;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ConsumeParams {
-    pub topic: String,
-    pub partitions: Vec<i32>,
+    pub topics: Vec<String>,
+    /// (index into `topics`, partition id), dealt round-robin to consumers.
+    pub partitions: Vec<TopicPartition>,
     #[serde(skip)]
     pub leader: String,
     pub consumers: usize,
@@ -57,9 +58,12 @@ pub struct ConsumeReport {
     pub crc_failures: u64,
 }
 
+/// A partition of one of the run's topics: (index into the topic list, id).
+pub type TopicPartition = (usize, i32);
+
 /// End offsets per partition, set once (at the start for a catch-up read,
 /// after the producers finish for a tail read).
-pub type EndOffsets = OnceLock<HashMap<i32, i64>>;
+pub type EndOffsets = OnceLock<HashMap<TopicPartition, i64>>;
 
 struct Tally {
     records: u64,
@@ -96,7 +100,7 @@ pub fn run(
             .into_iter()
             .enumerate()
             .map(|(index, conn)| {
-                let mine: Vec<(i32, i64)> = params
+                let mine: Vec<(TopicPartition, i64)> = params
                     .partitions
                     .iter()
                     .zip(start_offsets)
@@ -159,7 +163,33 @@ pub fn run(
     })
 }
 
-fn fetch_request(params: &ConsumeParams, offsets: &[(i32, i64)], done: &[bool]) -> FetchRequest {
+fn fetch_request(params: &ConsumeParams, offsets: &[(TopicPartition, i64)], done: &[bool]) -> FetchRequest {
+    let topics = params
+        .topics
+        .iter()
+        .enumerate()
+        .filter_map(|(t, name)| {
+            let partitions: Vec<FetchPartition> = offsets
+                .iter()
+                .zip(done)
+                .filter(|(&((topic, _), _), &d)| topic == t && !d)
+                .map(|(&((_, p), o), _)| {
+                    FetchPartition::default()
+                        .with_partition(p)
+                        .with_fetch_offset(o)
+                        .with_current_leader_epoch(-1)
+                        .with_last_fetched_epoch(-1)
+                        .with_log_start_offset(-1)
+                        .with_partition_max_bytes(params.partition_max_bytes)
+                })
+                .collect();
+            (!partitions.is_empty()).then(|| {
+                FetchTopic::default()
+                    .with_topic(wire::topic_name(name))
+                    .with_partitions(partitions)
+            })
+        })
+        .collect();
     FetchRequest::default()
         .with_replica_id((-1).into())
         .with_max_wait_ms(params.max_wait_ms)
@@ -168,24 +198,7 @@ fn fetch_request(params: &ConsumeParams, offsets: &[(i32, i64)], done: &[bool]) 
         .with_isolation_level(0)
         .with_session_id(0)
         .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(wire::topic_name(&params.topic))
-            .with_partitions(
-                offsets
-                    .iter()
-                    .zip(done)
-                    .filter(|(_, &d)| !d)
-                    .map(|(&(p, o), _)| {
-                        FetchPartition::default()
-                            .with_partition(p)
-                            .with_fetch_offset(o)
-                            .with_current_leader_epoch(-1)
-                            .with_last_fetched_epoch(-1)
-                            .with_log_start_offset(-1)
-                            .with_partition_max_bytes(params.partition_max_bytes)
-                    })
-                    .collect(),
-            )])
+        .with_topics(topics)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -193,7 +206,7 @@ fn run_consumer(
     params: &ConsumeParams,
     version: i16,
     mut conn: Conn,
-    mut offsets: Vec<(i32, i64)>,
+    mut offsets: Vec<(TopicPartition, i64)>,
     end: &EndOffsets,
     start: Instant,
     deadline: Instant,
@@ -214,8 +227,8 @@ fn run_consumer(
     let mut reader = std::io::BufReader::with_capacity(64 << 10, conn.stream.try_clone()?);
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         if let Some(end) = end.get() {
-            for (k, &(p, o)) in offsets.iter().enumerate() {
-                done[k] = o >= end.get(&p).copied().unwrap_or(i64::MAX);
+            for (k, &(tp, o)) in offsets.iter().enumerate() {
+                done[k] = o >= end.get(&tp).copied().unwrap_or(i64::MAX);
             }
             if done.iter().all(|&d| d) {
                 break;
@@ -233,14 +246,24 @@ fn run_consumer(
                 return Err(Error::Broker(format!("Fetch error {}", response.error_code)));
             }
             for t in &response.responses {
+                let Some(topic) = params
+                    .topics
+                    .iter()
+                    .position(|name| name.as_str() == t.topic.0.as_str())
+                else {
+                    continue;
+                };
                 for p in &t.partitions {
                     if p.error_code != 0 {
                         return Err(Error::Broker(format!(
                             "Fetch {}/{}: error {}",
-                            params.topic, p.partition_index, p.error_code
+                            params.topics[topic], p.partition_index, p.error_code
                         )));
                     }
-                    let Some(slot) = offsets.iter_mut().find(|(id, _)| *id == p.partition_index) else {
+                    let Some(slot) = offsets
+                        .iter_mut()
+                        .find(|(tp, _)| *tp == (topic, p.partition_index))
+                    else {
                         continue;
                     };
                     if let Some(records) = &p.records {
@@ -281,7 +304,7 @@ fn count_batches(
             tally.crc_failures += 1;
         }
         if let Some(now_us) = now_us {
-            if let Some(ts_us) = header.first_value_timestamp_us(batch) {
+            if let Some(ts_us) = header.send_timestamp_us(batch) {
                 stats::record(&mut tally.e2e, now_us.saturating_sub(ts_us));
             }
         }
@@ -297,13 +320,44 @@ fn count_batches(
     }
 }
 
-/// Offsets to start from: `timestamp` -1 = latest (tail), -2 = earliest.
-pub fn offsets_at(conn: &mut Conn, topic: &str, partitions: &[i32], timestamp: i64) -> Result<Vec<i64>> {
-    conn.list_offsets(topic, partitions, timestamp)
+/// Offsets to start from (aligned with `partitions`): `timestamp` -1 =
+/// latest (tail), -2 = earliest. One ListOffsets per topic.
+pub fn offsets_at(
+    conn: &mut Conn,
+    topics: &[String],
+    partitions: &[TopicPartition],
+    timestamp: i64,
+) -> Result<Vec<i64>> {
+    let mut by_partition = HashMap::with_capacity(partitions.len());
+    for (t, name) in topics.iter().enumerate() {
+        let ids: Vec<i32> = partitions
+            .iter()
+            .filter(|(topic, _)| *topic == t)
+            .map(|&(_, p)| p)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let offsets = conn.list_offsets(name, &ids, timestamp)?;
+        by_partition.extend(ids.into_iter().map(|p| (t, p)).zip(offsets));
+    }
+    partitions
+        .iter()
+        .map(|tp| {
+            by_partition
+                .get(tp)
+                .copied()
+                .ok_or_else(|| Error::Protocol(format!("no offset for {tp:?}")))
+        })
+        .collect()
 }
 
 /// Latest offsets as a map, for `EndOffsets`.
-pub fn end_offsets(conn: &mut Conn, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, i64>> {
-    let latest = conn.list_offsets(topic, partitions, -1)?;
+pub fn end_offsets(
+    conn: &mut Conn,
+    topics: &[String],
+    partitions: &[TopicPartition],
+) -> Result<HashMap<TopicPartition, i64>> {
+    let latest = offsets_at(conn, topics, partitions, -1)?;
     Ok(partitions.iter().copied().zip(latest).collect())
 }

@@ -11,11 +11,17 @@
 //! 61-byte headers only and decodes responses zero-copy.
 
 mod batch;
+mod broker;
+mod capacity;
+mod chart;
 mod consume;
+mod limits;
+mod plan;
 mod produce;
 mod sink;
 mod stats;
 mod wire;
+mod workload;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,8 +32,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::batch::Keys;
-use crate::consume::{ConsumeParams, ConsumeReport, EndOffsets};
+use crate::batch::{Compression, Keys};
+use crate::consume::{ConsumeParams, ConsumeReport, EndOffsets, TopicPartition};
 use crate::produce::{ProduceParams, ProduceReport};
 use crate::wire::{Conn, Error};
 
@@ -58,6 +64,142 @@ enum Command {
     /// Produce against a built-in fake broker on loopback that answers
     /// without storing: the tool's own ceiling (--bootstrap is ignored).
     SinkTest(ProduceCmd),
+    /// Run a named workload (bench-harness/workloads/NAME.toml, or a path):
+    /// its steps one after the other, one JSON for all.
+    Run(RunCmd),
+    /// Measure this host's loopback TCP and O_DIRECT write bandwidth.
+    Limits(LimitsCmd),
+    /// Sweep partition counts at a fixed load and at max rate: throughput,
+    /// latency, broker RSS/fds, topic creation and restart times; JSON,
+    /// markdown and SVG charts in --out-dir.
+    Capacity(CapacityCmd),
+    /// Size a deployment from a capacity.json: partitions, nodes, cores,
+    /// disk and memory, with the measured evidence used.
+    Plan(PlanCmd),
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct PlanCmd {
+    /// A capacity.json written by `capacity`.
+    #[arg(long, value_name = "FILE")]
+    capacity: PathBuf,
+    /// Produce throughput to plan for, MB/s of record values.
+    #[arg(long)]
+    target_mb_per_s: f64,
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: u64,
+    /// Consumers in the largest group (each needs a partition).
+    #[arg(long, default_value_t = 1)]
+    consumer_parallelism: u64,
+    #[arg(long, default_value_t = 168.0)]
+    retention_hours: f64,
+    #[arg(long, default_value_t = 1)]
+    replication_factor: u64,
+    /// Fraction of measured capacity to use (headroom).
+    #[arg(long, default_value_t = 0.6)]
+    utilization: f64,
+    /// Largest acceptable end-to-end p99 at the sweep's fixed load.
+    #[arg(long, default_value_t = 50.0)]
+    p99_ms_max: f64,
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct CapacityCmd {
+    /// Partition counts to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,10000")]
+    partitions_list: Vec<i32>,
+    /// Start this broker binary per step (fresh data dir, free loopback port);
+    /// enables restart timings and /proc readings.
+    #[arg(long, value_name = "PATH")]
+    broker_bin: Option<PathBuf>,
+    /// Extra argument for --broker-bin, repeatable: --broker-arg=--shards --broker-arg=2.
+    #[arg(long, allow_hyphen_values = true)]
+    broker_arg: Vec<String>,
+    /// Use a running broker instead of --broker-bin.
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Option<String>,
+    /// PID of the --bootstrap broker, for RSS and open fds from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Where managed brokers keep their data (default: a temp dir, removed).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// capacity.json, capacity.md and the SVG charts go here.
+    #[arg(long, value_name = "DIR", default_value = "results/capacity")]
+    out_dir: PathBuf,
+    /// Total load of each step's fixed-rate run, MB/s of record values.
+    #[arg(long, default_value_t = 50.0)]
+    fixed_mb_per_s: f64,
+    /// Skip the max-rate runs.
+    #[arg(long)]
+    no_max_rate: bool,
+    /// Runs of each measurement per step (figures are medians).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Skip the clean/unclean restarts (always skipped with --bootstrap).
+    #[arg(long)]
+    no_restarts: bool,
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Length of each run.
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    #[arg(long, default_value_t = 30.0)]
+    drain_s: f64,
+    #[arg(long, default_value_t = 65536)]
+    batch_bytes: usize,
+    /// Batches per request (capped at each step's partition count).
+    #[arg(long, default_value_t = 1)]
+    partitions_per_request: usize,
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    #[arg(long, default_value_t = 4)]
+    inflight: usize,
+    #[arg(long, default_value = "1", value_parser = parse_acks, allow_hyphen_values = true)]
+    acks: i16,
+    /// Also write the JSON here (it always goes to OUT_DIR/capacity.json).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct LimitsCmd {
+    /// Directory for the O_DIRECT test file (the broker's data disk).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Length of each measurement.
+    #[arg(long, default_value_t = 3.0)]
+    duration_s: f64,
+    /// Largest test file (each block size writes at most this much).
+    #[arg(long, default_value_t = 4 << 30)]
+    file_bytes_max: u64,
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct RunCmd {
+    /// Workload name (file stem in bench-harness/workloads/) or a TOML path.
+    #[arg(long)]
+    workload: String,
+    #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
+    bootstrap: String,
+    /// Override the workload's duration_s (each step's length).
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Override the workload's topic (default wl-NAME).
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -67,12 +209,20 @@ struct Common {
     bootstrap: String,
     #[arg(long, default_value = "shardlog-bench")]
     topic: String,
+    /// Topics: 1 = --topic itself; N > 1 = TOPIC-0 .. TOPIC-(N-1), each with
+    /// --partitions partitions; requests go to the topics in turn.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
     /// Partitions when the topic is created (an existing topic keeps its own).
     #[arg(long, default_value_t = 6)]
     partitions: i32,
-    /// Bytes of each record value (the first 8 carry a µs timestamp).
+    /// Bytes of each record value (the first 8 carry a µs timestamp); with
+    /// --record-bytes-max, the smallest of a uniform range.
     #[arg(long, default_value_t = 1024)]
     record_bytes: usize,
+    /// Largest record value: sizes uniform over record-bytes..=this (default: fixed size).
+    #[arg(long)]
+    record_bytes_max: Option<usize>,
     #[arg(long, default_value_t = 10.0)]
     duration_s: f64,
     /// Write params, machine and results as JSON.
@@ -105,8 +255,18 @@ struct ProducerOpts {
     /// scheduled time); omitted = max rate.
     #[arg(long, value_name = "MSG_PER_S")]
     rate: Option<f64>,
+    /// Record keys; keyed batches go to the key's partition (murmur2).
     #[arg(long, value_enum, default_value_t = Keys::None)]
     keys: Keys,
+    /// Distinct keys for --keys uniform|zipf (zipf: at most 2^20).
+    #[arg(long, default_value_t = 10_000)]
+    key_count: u64,
+    /// Zipf exponent s (P(key k) ∝ 1/k^s) for --keys zipf.
+    #[arg(long, default_value_t = 0.99)]
+    zipf_exponent: f64,
+    /// Codec for record batches (Kafka's framing for each).
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    compression: Compression,
     #[arg(long, default_value_t = 30_000)]
     request_timeout_ms: i32,
 }
@@ -203,10 +363,34 @@ impl Common {
             self.partitions >= 1 && self.partitions <= 100_000,
             "--partitions must be 1..=100000",
         )?;
+        check((1..=1000).contains(&self.topics), "--topics must be 1..=1000")?;
+        check(
+            self.record_bytes_max
+                .is_none_or(|m| m >= self.record_bytes && m <= RECORD_BYTES_MAX),
+            "--record-bytes-max must be >= --record-bytes and <= 16 MiB",
+        )?;
         check(
             self.duration_s > 0.0 && self.duration_s <= DURATION_S_MAX,
             "--duration-s must be in (0, 86400]",
         )
+    }
+
+    fn topic_names(&self) -> Vec<String> {
+        if self.topics <= 1 {
+            vec![self.topic.clone()]
+        } else {
+            (0..self.topics).map(|i| format!("{}-{i}", self.topic)).collect()
+        }
+    }
+
+    fn record_bytes_max(&self) -> usize {
+        self.record_bytes_max.unwrap_or(self.record_bytes)
+    }
+
+    /// Mean record value size, what consumers count MB/s with (they do not
+    /// parse values).
+    fn record_bytes_mean(&self) -> usize {
+        (self.record_bytes + self.record_bytes_max()) / 2
     }
 }
 
@@ -226,20 +410,29 @@ impl ProducerOpts {
             "--rate must be > 0",
         )?;
         check(self.request_timeout_ms > 0, "--request-timeout-ms must be > 0")?;
+        check(
+            self.key_count >= 1 && (self.keys != Keys::Zipf || self.key_count <= batch::ZIPF_KEYS_MAX),
+            "--key-count must be >= 1 (zipf: <= 1048576)",
+        )?;
+        check(
+            self.zipf_exponent > 0.0 && self.zipf_exponent.is_finite(),
+            "--zipf-exponent must be > 0",
+        )?;
         let _ = common;
         Ok(())
     }
 
     fn records_per_batch(&self, common: &Common) -> usize {
-        (self.batch_bytes / common.record_bytes).max(1)
+        (self.batch_bytes / common.record_bytes_mean()).max(1)
     }
 
     fn params(&self, common: &Common, leader: String, partitions: Vec<i32>) -> ProduceParams {
         ProduceParams {
-            topic: common.topic.clone(),
+            topics: common.topic_names(),
             partitions,
             leader,
             record_bytes: common.record_bytes,
+            record_bytes_max: common.record_bytes_max(),
             records_per_batch: self.records_per_batch(common),
             partitions_per_request: self.partitions_per_request,
             producers: self.producers,
@@ -248,6 +441,9 @@ impl ProducerOpts {
             rate_msgs_per_s: self.rate,
             duration_s: common.duration_s,
             keys: self.keys,
+            key_count: self.key_count,
+            zipf_exponent: self.zipf_exponent,
+            compression: self.compression,
             request_timeout_ms: self.request_timeout_ms,
         }
     }
@@ -274,16 +470,16 @@ impl ConsumerOpts {
         &self,
         common: &Common,
         leader: String,
-        partitions: Vec<i32>,
+        partitions: Vec<TopicPartition>,
         duration_s: f64,
         measure_e2e: bool,
     ) -> ConsumeParams {
         ConsumeParams {
-            topic: common.topic.clone(),
+            topics: common.topic_names(),
             partitions,
             leader,
             consumers: self.consumers,
-            record_bytes: common.record_bytes,
+            record_bytes: common.record_bytes_mean(),
             max_wait_ms: self.max_wait_ms,
             min_bytes: self.min_bytes,
             max_bytes: self.max_bytes,
@@ -293,6 +489,14 @@ impl ConsumerOpts {
             measure_e2e,
         }
     }
+}
+
+pub(crate) fn parse_cli<I, T>(argv: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(argv)
 }
 
 fn main() {
@@ -309,39 +513,296 @@ fn run(command: Command) -> Result<(), Error> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let (name, params, common, results) = match &command {
-        Command::Produce(cmd) => ("produce", to_json(cmd), &cmd.common, run_produce(cmd)?),
-        Command::Consume(cmd) => ("consume", to_json(cmd), &cmd.common, run_consume(cmd)?),
-        Command::E2e(cmd) => ("e2e", to_json(cmd), &cmd.common, run_e2e(cmd)?),
-        Command::SinkTest(cmd) => ("sink-test", to_json(cmd), &cmd.common, run_sink(cmd)?),
+    let (name, params, json_path, results) = match &command {
+        Command::Produce(cmd) => ("produce", to_json(cmd), &cmd.common.json, run_produce(cmd)?),
+        Command::Consume(cmd) => ("consume", to_json(cmd), &cmd.common.json, run_consume(cmd)?),
+        Command::E2e(cmd) => ("e2e", to_json(cmd), &cmd.common.json, run_e2e(cmd)?),
+        Command::SinkTest(cmd) => ("sink-test", to_json(cmd), &cmd.common.json, run_sink(cmd)?),
+        Command::Run(cmd) => ("run", to_json(cmd), &cmd.json, run_workload(cmd)?),
+        Command::Limits(cmd) => ("limits", to_json(cmd), &cmd.json, run_limits(cmd)?),
+        Command::Plan(cmd) => ("plan", to_json(cmd), &cmd.json, run_plan(cmd)?),
+        Command::Capacity(cmd) => {
+            let results = run_capacity(cmd)?;
+            let path = cmd.out_dir.join("capacity.json");
+            write_json(
+                &path,
+                "capacity",
+                to_json(cmd),
+                started_unix_ms as u64,
+                results.clone(),
+            )?;
+            ("capacity", to_json(cmd), &cmd.json, results)
+        }
     };
-    if let Some(path) = &common.json {
-        let doc = json!({
-            "tool": "shardlog-bench",
-            "version": env!("CARGO_PKG_VERSION"),
-            "command": name,
-            "argv": std::env::args().collect::<Vec<_>>(),
-            "started_unix_ms": started_unix_ms as u64,
-            "params": params,
-            "machine": stats::Machine::current(),
-            "results": results,
-        });
-        let text = serde_json::to_string_pretty(&doc).map_err(|e| wire::protocol_error("json", e))?;
-        std::fs::write(path, text + "\n")?;
+    if let Some(path) = json_path {
+        write_json(path, name, params, started_unix_ms as u64, results)?;
     }
     Ok(())
+}
+
+/// Writes the report every command shares: what ran, where, and results.
+fn write_json(
+    path: &std::path::Path,
+    name: &str,
+    params: serde_json::Value,
+    started_unix_ms: u64,
+    results: serde_json::Value,
+) -> Result<(), Error> {
+    let doc = json!({
+        "tool": "shardlog-bench",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": name,
+        "argv": std::env::args().collect::<Vec<_>>(),
+        "started_unix_ms": started_unix_ms,
+        "params": params,
+        "machine": stats::Machine::current(),
+        "results": results,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| wire::protocol_error("json", e))?;
+    std::fs::write(path, text + "\n")?;
+    Ok(())
+}
+
+/// Runs one step of a workload through the CLI parser (so workloads and
+/// command lines share validation); returns its results.
+fn run_step(argv: &[String]) -> Result<serde_json::Value, Error> {
+    eprintln!("+ {}", argv.join(" "));
+    let cli = parse_cli(argv).map_err(|e| Error::Protocol(format!("workload flags: {e}")))?;
+    match &cli.command {
+        Command::Produce(cmd) => run_produce(cmd),
+        Command::Consume(cmd) => run_consume(cmd),
+        Command::E2e(cmd) => run_e2e(cmd),
+        _ => Err(Error::Protocol(
+            "a workload step is produce, consume or e2e".into(),
+        )),
+    }
+}
+
+fn run_workload(cmd: &RunCmd) -> Result<serde_json::Value, Error> {
+    let (name, mut w) = workload::load(&cmd.workload).map_err(Error::Protocol)?;
+    if cmd.topic.is_some() {
+        w.topic = cmd.topic.clone();
+    }
+    let duration_s = cmd.duration_s.unwrap_or(w.duration_s);
+    let mut base = w.args(&name, &cmd.bootstrap, duration_s);
+    if cmd.quiet {
+        base.push("--quiet".into());
+    }
+    let argv = |sub: &str, rest: &[Vec<String>]| -> Vec<String> {
+        let mut a = vec!["shardlog-bench".to_string(), sub.to_string()];
+        a.extend(base.iter().cloned());
+        for r in rest {
+            a.extend(r.iter().cloned());
+        }
+        a
+    };
+    println!("workload {name}: {}", w.description);
+    let mut steps = Vec::new();
+    let mut step =
+        |label: String, rate: Option<f64>, args: Vec<String>| -> Result<serde_json::Value, Error> {
+            println!("== {label}");
+            let results = run_step(&args)?;
+            steps.push(json!({
+                "step": label,
+                "rate_msgs_per_s": rate,
+                "command": args[1..].join(" "),
+                "results": results.clone(),
+            }));
+            Ok(results)
+        };
+    let drain = vec!["--drain-s".to_string(), w.drain_s.to_string()];
+    match w.mode {
+        workload::Mode::E2e => {
+            let mut rates: Vec<(String, f64)> = w
+                .rates_msgs_per_s
+                .iter()
+                .map(|&r| (format!("rate {r:.0} msgs/s"), r))
+                .collect();
+            if w.max_rate {
+                let a = argv("e2e", &[w.producer_args(), w.consumer_args(), drain.clone()]);
+                let r = step("max rate".into(), None, a)?;
+                let max = r["produce"]["msgs_per_s"].as_f64().unwrap_or(0.0);
+                for &f in &w.rate_fractions_of_max {
+                    if max > 0.0 {
+                        rates.push((
+                            format!("{:.0}% of max ({:.0} msgs/s)", f * 100.0, f * max),
+                            f * max,
+                        ));
+                    }
+                }
+            }
+            for (label, rate) in rates {
+                let rate_arg = vec!["--rate".to_string(), format!("{rate:.0}")];
+                let a = argv(
+                    "e2e",
+                    &[w.producer_args(), w.consumer_args(), drain.clone(), rate_arg],
+                );
+                step(label, Some(rate), a)?;
+            }
+        }
+        workload::Mode::Backlog => {
+            step(
+                "build backlog".into(),
+                None,
+                argv("produce", &[w.producer_args()]),
+            )?;
+            let mut a = argv(
+                "consume",
+                &[w.consumer_args(), vec!["--from".into(), "earliest".into()]],
+            );
+            // The drain is bounded by drain_s, not the produce duration.
+            let at = a
+                .iter()
+                .position(|x| x == "--duration-s")
+                .expect("base args carry --duration-s");
+            a[at + 1] = w.drain_s.to_string();
+            step("drain backlog".into(), None, a)?;
+        }
+    }
+    print_steps(&steps);
+    Ok(json!({ "workload": name, "workload_params": w, "duration_s": duration_s, "steps": steps }))
+}
+
+fn run_limits(cmd: &LimitsCmd) -> Result<serde_json::Value, Error> {
+    check(
+        cmd.duration_s > 0.0 && cmd.duration_s <= 600.0,
+        "--duration-s must be in (0, 600]",
+    )?;
+    let dir = cmd.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let report = limits::measure(&dir, cmd.duration_s, cmd.file_bytes_max)?;
+    limits::print(&report);
+    Ok(to_json(&report))
+}
+
+fn run_plan(cmd: &PlanCmd) -> Result<serde_json::Value, Error> {
+    let text = std::fs::read_to_string(&cmd.capacity)?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| wire::protocol_error("capacity json", e))?;
+    let evidence = plan::evidence_from_capacity(&doc).map_err(Error::Protocol)?;
+    let request = plan::PlanRequest {
+        target_mb_per_s: cmd.target_mb_per_s,
+        record_bytes: cmd.record_bytes,
+        consumer_parallelism: cmd.consumer_parallelism,
+        retention_hours: cmd.retention_hours,
+        replication_factor: cmd.replication_factor,
+        utilization: cmd.utilization,
+        p99_ms_max: cmd.p99_ms_max,
+    };
+    let result = plan::plan(&evidence, &request).map_err(Error::Protocol)?;
+    plan::print(&result, &request);
+    Ok(json!({ "request": request, "plan": result, "capacity_evidence": evidence }))
+}
+
+fn run_capacity(cmd: &CapacityCmd) -> Result<serde_json::Value, Error> {
+    check(
+        !cmd.partitions_list.is_empty() && cmd.partitions_list.iter().all(|&p| (1..=100_000).contains(&p)),
+        "--partitions-list needs counts in 1..=100000",
+    )?;
+    check(
+        cmd.broker_bin.is_some() != cmd.bootstrap.is_some(),
+        "give exactly one of --broker-bin and --bootstrap",
+    )?;
+    check((1..=100).contains(&cmd.runs), "--runs must be 1..=100")?;
+    check(
+        cmd.fixed_mb_per_s > 0.0 && cmd.fixed_mb_per_s.is_finite(),
+        "--fixed-mb-per-s must be > 0",
+    )?;
+    let work_dir = cmd.work_dir.clone().unwrap_or_else(capacity::default_work_dir);
+    let params = capacity::CapacityParams {
+        partitions_list: cmd.partitions_list.clone(),
+        broker_bin: cmd.broker_bin.clone(),
+        broker_args: cmd.broker_arg.clone(),
+        bootstrap: cmd.bootstrap.clone(),
+        broker_pid: cmd.broker_pid,
+        work_dir: work_dir.clone(),
+        out_dir: cmd.out_dir.clone(),
+        fixed_mb_per_s: cmd.fixed_mb_per_s,
+        max_rate: !cmd.no_max_rate,
+        restarts: !cmd.no_restarts && cmd.broker_bin.is_some(),
+        runs: cmd.runs,
+        record_bytes: cmd.record_bytes,
+        duration_s: cmd.duration_s,
+        drain_s: cmd.drain_s,
+        load_args: vec![
+            "--batch-bytes".into(),
+            cmd.batch_bytes.to_string(),
+            "--producers".into(),
+            cmd.producers.to_string(),
+            "--consumers".into(),
+            cmd.consumers.to_string(),
+            "--inflight".into(),
+            cmd.inflight.to_string(),
+            format!("--acks={}", cmd.acks),
+        ],
+        partitions_per_request: cmd.partitions_per_request,
+        quiet: cmd.quiet,
+    };
+    let result = capacity::run(&params, &|argv: &[String]| run_step(argv));
+    if cmd.work_dir.is_none() {
+        capacity::remove_work_dir(&work_dir);
+    }
+    result
+}
+
+/// The summary table after a workload.
+fn print_steps(steps: &[serde_json::Value]) {
+    println!();
+    println!(
+        "| {:<34} | {:>10} | {:>8} | {:>13} | {:>13} |",
+        "step", "msgs/s", "MB/s", "ack p99 µs", "e2e p99 µs"
+    );
+    for s in steps {
+        let r = &s["results"];
+        let side = if r["produce"].is_null() {
+            &r["consume"]
+        } else {
+            &r["produce"]
+        };
+        let num = |v: &serde_json::Value, decimals: usize| {
+            v.as_f64()
+                .map_or_else(|| "-".to_string(), |x| format!("{x:.decimals$}"))
+        };
+        println!(
+            "| {:<34} | {:>10} | {:>8} | {:>13} | {:>13} |",
+            s["step"].as_str().unwrap_or(""),
+            num(&side["msgs_per_s"], 0),
+            num(&side["mb_per_s"], 1),
+            num(&r["produce"]["ack_latency"]["p99_us"], 0),
+            num(&r["consume"]["e2e_latency"]["p99_us"], 0),
+        );
+    }
 }
 
 fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// Connects, makes sure the topic exists, returns (leader, partitions).
+/// Connects, makes sure every topic exists, returns (leader, partition
+/// ids). Producers need the same partition ids in every topic.
 fn prepare_topic(common: &Common) -> Result<(Conn, String, Vec<i32>), Error> {
     let mut conn = Conn::open(&common.bootstrap)?;
-    let meta = conn.ensure_topic(&common.topic, common.partitions)?;
-    let leader = meta.single_leader(&common.bootstrap)?;
-    Ok((conn, leader, meta.partition_ids()))
+    let mut found: Option<(String, Vec<i32>)> = None;
+    for topic in common.topic_names() {
+        let meta = conn.ensure_topic(&topic, common.partitions)?;
+        let leader = meta.single_leader(&common.bootstrap)?;
+        let ids = meta.partition_ids();
+        match &found {
+            None => found = Some((leader, ids)),
+            Some((l, first)) => check(
+                *l == leader && *first == ids,
+                "every topic needs the same leader and partitions",
+            )?,
+        }
+    }
+    let (leader, ids) = found.expect("at least one topic");
+    Ok((conn, leader, ids))
+}
+
+/// Every (topic index, partition) pair of `topics` topics sharing `ids`.
+fn topic_partitions(topics: usize, ids: &[i32]) -> Vec<TopicPartition> {
+    (0..topics)
+        .flat_map(|t| ids.iter().map(move |&p| (t, p)))
+        .collect()
 }
 
 fn print_produce(report: &ProduceReport) {
@@ -414,18 +875,24 @@ fn run_consume(cmd: &ConsumeCmd) -> Result<serde_json::Value, Error> {
     cmd.common.validate()?;
     cmd.consumer.validate()?;
     let mut conn = Conn::open(&cmd.common.bootstrap)?;
-    let meta = conn.metadata(&cmd.common.topic)?;
-    let leader = meta.single_leader(&cmd.common.bootstrap)?;
-    let partitions = meta.partition_ids();
+    let topics = cmd.common.topic_names();
+    let mut leader = None;
+    let mut partitions = Vec::new();
+    for (t, topic) in topics.iter().enumerate() {
+        let meta = conn.metadata(topic)?;
+        leader = Some(meta.single_leader(&cmd.common.bootstrap)?);
+        partitions.extend(meta.partition_ids().into_iter().map(|p| (t, p)));
+    }
+    let leader = leader.expect("at least one topic");
     let timestamp = match cmd.from {
         StartAt::Earliest => -2,
         StartAt::Latest => -1,
     };
-    let start = consume::offsets_at(&mut conn, &cmd.common.topic, &partitions, timestamp)?;
+    let start = consume::offsets_at(&mut conn, &topics, &partitions, timestamp)?;
     let end = EndOffsets::new();
     if cmd.from == StartAt::Earliest {
         // A catch-up read ends at what was there when it started.
-        let _ = end.set(consume::end_offsets(&mut conn, &cmd.common.topic, &partitions)?);
+        let _ = end.set(consume::end_offsets(&mut conn, &topics, &partitions)?);
     }
     let params = cmd
         .consumer
@@ -453,11 +920,11 @@ fn run_e2e(cmd: &E2eCmd) -> Result<serde_json::Value, Error> {
         cmd.drain_s >= 0.0 && cmd.drain_s <= DURATION_S_MAX,
         "--drain-s must be in [0, 86400]",
     )?;
-    let (mut conn, leader, partitions) = prepare_topic(&cmd.common)?;
-    let start = consume::offsets_at(&mut conn, &cmd.common.topic, &partitions, -1)?;
-    let pparams = cmd
-        .producer
-        .params(&cmd.common, leader.clone(), partitions.clone());
+    let (mut conn, leader, ids) = prepare_topic(&cmd.common)?;
+    let topics = cmd.common.topic_names();
+    let partitions = topic_partitions(topics.len(), &ids);
+    let start = consume::offsets_at(&mut conn, &topics, &partitions, -1)?;
+    let pparams = cmd.producer.params(&cmd.common, leader.clone(), ids);
     let cparams = cmd.consumer.params(
         &cmd.common,
         leader,
@@ -474,7 +941,7 @@ fn run_e2e(cmd: &E2eCmd) -> Result<serde_json::Value, Error> {
         let produce_report = with_progress("produced", &cmd.common, cmd.common.duration_s, &produced, || {
             produce::run(&pparams, &produced, &AtomicBool::new(false))
         });
-        match consume::end_offsets(&mut conn, &cmd.common.topic, &partitions) {
+        match consume::end_offsets(&mut conn, &topics, &partitions) {
             Ok(offsets) => {
                 let _ = end.set(offsets);
             }

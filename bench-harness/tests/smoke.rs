@@ -1,6 +1,8 @@
-//! Whole-tool smoke tests: `sink-test` always; a tiny e2e run against the
-//! release broker when `target/release/shardlog` exists (skipped, with a
-//! message, otherwise). Everything binds 127.0.0.1.
+//! Whole-tool smoke tests: `sink-test` and `limits` always; against the
+//! release broker (SHARDLOG_BIN or `target/release/shardlog`; skipped, with
+//! a message, when missing): a tiny e2e run, tiny workloads through `run`,
+//! and a tiny `capacity` sweep followed by `plan`. Everything binds
+//! 127.0.0.1. No timing assertions: counts and report completeness only.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -88,8 +90,11 @@ impl Drop for Broker {
     }
 }
 
+/// SHARDLOG_BIN, or the workspace's release build.
 fn broker_binary() -> Option<PathBuf> {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/shardlog");
+    let bin = std::env::var_os("SHARDLOG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/shardlog"));
     bin.exists().then_some(bin)
 }
 
@@ -188,4 +193,192 @@ fn tiny_e2e_against_release_broker_counts_match() {
         stdout.contains(&format!("expected {produced} records, consumed {produced}")),
         "{stdout}"
     );
+}
+
+#[test]
+fn limits_reports_loopback_and_direct_writes() {
+    let dir = temp_dir("limits");
+    let json = dir.join("limits.json");
+    let stdout = run_bench(&[
+        "limits",
+        "--duration-s",
+        "0.2",
+        "--file-bytes-max",
+        "8388608",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("loopback TCP"), "{stdout}");
+    let doc = read_json(&json);
+    let r = &doc["results"];
+    assert!(r["loopback_tcp"]["gb_per_s"].as_f64().unwrap() > 0.0);
+    let disk = r["odirect_write"].as_array().unwrap();
+    assert_eq!(disk.len(), 2);
+    for d in disk {
+        assert!(d["bytes"].as_u64().unwrap() > 0);
+        assert_latency(&d["write_latency"]);
+    }
+    assert!(r["reference"]["loopback_gb_per_s"].as_f64().is_some());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn workloads_run_against_release_broker_and_report_every_step() {
+    let Some(bin) = broker_binary() else {
+        println!("skipped: no target/release/shardlog (cargo build --release -p shardlog)");
+        return;
+    };
+    let (broker, addr) = start_broker(&bin);
+    // Every producer knob at once: two topics, zstd, Zipf keys, varying record sizes.
+    let e2e = broker.dir.join("tiny-e2e.toml");
+    std::fs::write(
+        &e2e,
+        "description = 'tiny'\nmode = 'e2e'\ntopics = 2\npartitions = 3\nrecord_bytes = 50\nrecord_bytes_max = 300\n\
+         batch_bytes = 4000\nkeys = 'zipf'\nkey_count = 50\ncompression = 'zstd'\nduration_s = 1\n\
+         drain_s = 10\nmax_rate = true\nrate_fractions_of_max = [0.5]\n",
+    )
+    .unwrap();
+    let json = broker.dir.join("run.json");
+    let stdout = run_bench(&[
+        "run",
+        "--workload",
+        e2e.to_str().unwrap(),
+        "--bootstrap",
+        &addr,
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("| max rate"), "{stdout}");
+    let doc = read_json(&json);
+    assert_eq!(doc["command"], "run");
+    let results = &doc["results"];
+    assert_eq!(results["workload"], "tiny-e2e");
+    assert_eq!(results["workload_params"]["compression"], "zstd");
+    let steps = results["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "max rate and 50% of it");
+    assert!(steps[1]["rate_msgs_per_s"].as_f64().unwrap() > 0.0);
+    for step in steps {
+        let r = &step["results"];
+        assert_eq!(r["counts_match"], true, "{step}");
+        assert!(r["produce"]["records"].as_u64().unwrap() > 0);
+        assert_eq!(r["consume"]["records"], r["produce"]["records"]);
+        assert!(r["produce"]["batch_bytes"].as_u64() < r["produce"]["value_bytes"].as_u64());
+        assert_latency(&r["produce"]["ack_latency"]);
+        assert_latency(&r["consume"]["e2e_latency"]);
+        assert!(step["command"].as_str().unwrap().contains("--compression zstd"));
+        assert!(step["command"].as_str().unwrap().contains("--topics 2"));
+    }
+
+    let backlog = broker.dir.join("tiny-backlog.toml");
+    std::fs::write(
+        &backlog,
+        "description = 'tiny backlog'\nmode = 'backlog'\npartitions = 2\nrecord_bytes = 100\n\
+         batch_bytes = 10000\nconsumers = 2\nduration_s = 1\ndrain_s = 20\n",
+    )
+    .unwrap();
+    let json = broker.dir.join("backlog.json");
+    run_bench(&[
+        "run",
+        "--workload",
+        backlog.to_str().unwrap(),
+        "--bootstrap",
+        &addr,
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let doc = read_json(&json);
+    let steps = doc["results"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    let produced = steps[0]["results"]["produce"]["records"].as_u64().unwrap();
+    assert!(produced > 0);
+    assert_eq!(
+        steps[1]["results"]["consume"]["records"].as_u64().unwrap(),
+        produced
+    );
+    assert_eq!(
+        steps[1]["results"]["consume"]["records_expected"]
+            .as_u64()
+            .unwrap(),
+        produced
+    );
+}
+
+#[test]
+fn tiny_capacity_sweep_writes_json_markdown_charts_and_plans() {
+    let Some(bin) = broker_binary() else {
+        println!("skipped: no target/release/shardlog (cargo build --release -p shardlog)");
+        return;
+    };
+    let dir = temp_dir("capacity");
+    let out = dir.join("out");
+    run_bench(&[
+        "capacity",
+        "--broker-bin",
+        bin.to_str().unwrap(),
+        "--broker-arg=--shards",
+        "--broker-arg=1",
+        "--partitions-list",
+        "1,10",
+        "--duration-s",
+        "1",
+        "--drain-s",
+        "10",
+        "--fixed-mb-per-s",
+        "5",
+        "--record-bytes",
+        "200",
+        "--batch-bytes",
+        "10000",
+        "--work-dir",
+        dir.join("work").to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let doc = read_json(&out.join("capacity.json"));
+    assert_eq!(doc["command"], "capacity");
+    let steps = doc["results"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    for (step, partitions) in steps.iter().zip([1, 10]) {
+        assert_eq!(step["partitions"], partitions);
+        assert!(step["topic_creation_ms"].as_f64().is_some());
+        for run in ["fixed_load", "max_rate"] {
+            assert_eq!(step[run]["counts_match"], true, "{run}: {step}");
+            assert_latency(&step[run]["produce"]["ack_latency"]);
+            assert_latency(&step[run]["consume"]["e2e_latency"]);
+        }
+        assert!(step["broker"]["rss_bytes"].as_u64().unwrap() > 0);
+        assert!(step["broker"]["open_fds"].as_u64().unwrap() > 0);
+        for restart in ["restart_clean", "restart_unclean"] {
+            assert!(step[restart]["ready_ms"].as_f64().is_some(), "{restart}: {step}");
+        }
+    }
+    let md = std::fs::read_to_string(out.join("capacity.md")).unwrap();
+    assert!(md.contains("| 1 |") && md.contains("| 10 |"), "{md}");
+    for chart in ["throughput.svg", "p99.svg", "recovery.svg"] {
+        let svg = std::fs::read_to_string(out.join(chart)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("<circle"), "{chart}");
+    }
+    assert!(!dir.join("work").join("p1").exists(), "step data removed");
+
+    let stdout = run_bench(&[
+        "plan",
+        "--capacity",
+        out.join("capacity.json").to_str().unwrap(),
+        "--target-mb-per-s",
+        "1",
+        "--record-bytes",
+        "200",
+        "--p99-ms-max",
+        "100000",
+    ]);
+    assert!(
+        stdout.contains("partitions:") && stdout.contains("evidence:"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
