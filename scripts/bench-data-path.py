@@ -15,7 +15,9 @@ Every figure is the median of --runs runs, each on a fresh release broker
      tail consumer running), acks=1 and acks=-1;
   E. shard stall: produce latency of partition F at a fixed rate, alone and
      while a consumer drains a cold backlog of another partition on the same
-     shard, with zero copy on and off.
+     shard, with zero copy on and off;
+  F. the same producer while the cleaner compacts a keyed backlog on the
+     same shard, cleaner on and off.
 
   scripts/bench-data-path.py [--runs 3] [--duration-s 10] [--backlog-mb 2000]
 """
@@ -130,6 +132,15 @@ def mb_s(report):
     return report["mb_per_s"]
 
 
+def create_compacted_topic(bootstrap, name, segment_bytes):
+    """Only this topic is compacted (the producer's topic keeps delete)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = {"cleanup.policy": "compact", "segment.bytes": str(segment_bytes)}
+    admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1, config=config)])[name].result(30)
+
+
 def drop_page_cache():
     """Drops clean page-cache pages (root only); False when not allowed."""
     try:
@@ -150,6 +161,7 @@ def main():
     ap.add_argument("--duration-s", type=int, default=10)
     ap.add_argument("--backlog-mb", type=int, default=2000)
     ap.add_argument("--out", default=str(REPO / "results/data-path.md"))
+    ap.add_argument("--sections", default="ABCDEF", help="which figure groups to run (D needs B)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shardlog-data-path."))
     d = str(a.duration_s)
@@ -161,7 +173,7 @@ def main():
         return b.start()
 
     # A. produce per shard.
-    for ppr in (1, 6):
+    for ppr in (1, 6) if "A" in a.sections else ():
         key = f"A-ppr{ppr}"
         args = ["produce", "--topic", "a", "--partitions", "6", *COMMON, "--acks", "1", "--duration-s", d,
                 "--partitions-per-request", str(ppr)]
@@ -178,7 +190,7 @@ def main():
     args = ["e2e", "--topic", "b", "--partitions", "6", *COMMON, "--acks", "1", "--duration-s", d,
             "--partitions-per-request", "6"]
     cmds["B"] = command_line(args) + "  (broker --shards 1)"
-    for _ in range(a.runs):
+    for _ in range(a.runs if "B" in a.sections else 0):
         b = broker(shards=1)
         results.setdefault("B", []).append(bench(b, *args))
         b.destroy()
@@ -191,7 +203,7 @@ def main():
     cmds["C-fill"] = command_line(fill)
     cmds["C"] = command_line(consume)
     dropped = True
-    for _ in range(a.runs):
+    for _ in range(a.runs if "C" in a.sections else 0):
         b = broker()
         bench(b, *fill)
         b.stop()
@@ -207,8 +219,8 @@ def main():
 
     # D. latency at half of B's median rate: the same e2e shape (a tail
     # consumer running), so "half load" is half of what that shape carries.
-    rate = int(median([r["produce"]["msgs_per_s"] for r in results["B"]]) * 0.5)
-    for acks in ("1", "-1"):
+    rate = int(median([r["produce"]["msgs_per_s"] for r in results.get("B", [])]) * 0.5) if "B" in results else 0
+    for acks in ("1", "-1") if "D" in a.sections else ():
         args = ["e2e", "--topic", "d", "--partitions", "6", *COMMON, "--acks", acks, "--rate", str(rate),
                 "--duration-s", d, "--partitions-per-request", "6"]
         cmds[f"D{acks}"] = command_line(args) + "  (broker --shards 1)"
@@ -227,7 +239,7 @@ def main():
     bg_drain = ["consume", "--topic", "bg", "--record-bytes", "1024", "--from", "earliest", "--duration-s", d]
     cmds["E-fg"] = command_line(fg) + "  (broker --shards 1)"
     cmds["E-bg"] = command_line(bg_drain)
-    for zero_copy in ("true", "false"):
+    for zero_copy in ("true", "false") if "E" in a.sections else ():
         for _ in range(a.runs):
             b = broker(shards=1, sets={"fetch.zero.copy.enable": zero_copy})
             bench(b, *bg_fill)
@@ -240,6 +252,24 @@ def main():
             drain = bench(b, *bg_drain)["consume"]
             results.setdefault(f"E-drain-{zero_copy}", []).append(finish(fg_run)["produce"])
             results.setdefault(f"E-drain-mb-{zero_copy}", []).append(drain)
+            b.destroy()
+
+    # F. compaction's effect on the shard: the same fixed-rate producer while
+    # the cleaner compacts a keyed backlog on the same (only) shard, against
+    # the cleaner switched off.
+    cp_fill = ["produce", "--topic", "cp", "--partitions", "1", *COMMON, "--acks", "1", "--keys", "uniform",
+               "--key-count", "1000", "--duration-s", str(backlog_s)]
+    cmds["F-fill"] = command_line(cp_fill)
+    compact_sets = {"log.cleaner.backoff.ms": 500}
+    for enabled in ("true", "false") if "F" in a.sections else ():
+        for _ in range(a.runs):
+            b = broker(shards=1, sets={**compact_sets, "log.cleaner.enable": enabled})
+            log_start = (b.work / "broker.log").stat().st_size  # the log file is shared by every run
+            create_compacted_topic(b.bootstrap, "cp", segment_bytes=1 << 24)
+            bench(b, *cp_fill)
+            results.setdefault(f"F-{enabled}", []).append(bench(b, *fg)["produce"])
+            log_text = (b.work / "broker.log").read_bytes()[log_start:].decode(errors="replace")
+            results.setdefault(f"F-passes-{enabled}", []).append(log_text.count("compacted partition=cp-0"))
             b.destroy()
 
     (work / "raw.json").write_text(json.dumps({"results": results, "commands": cmds}, indent=1))
@@ -277,18 +307,22 @@ def write_report(a, results, cmds, rate, stall_rate, dropped):
     w("| --- | ---: | ---: | ---: | --- |")
     for key, label in (("A-ppr1", "A. produce, 1 shard, 1 partition per request"),
                        ("A-ppr6", "A. produce, 1 shard, 6 partitions per request")):
+        if key not in results:
+            continue
         m, vals = runs(key, mb_s)
         cores = median([r["broker_cores"] for r in results[key]])
         w(f"| {label} | {m:.1f} ({fmt_runs(vals)}) | {m / ODIRECT_WRITE_MB_S:.1%} of O_DIRECT write | "
           f"{cores:.2f} | `{cmds[key]}` |")
-    m, vals = runs("B", lambda r: mb_s(r["consume"]))
+    m, vals = runs("B", lambda r: mb_s(r["consume"])) if "B" in results else (float("nan"), [])
     w(f"| B. tail consume while producing at max rate, 1 shard | {m:.1f} ({fmt_runs(vals)}) | "
       f"{m / ODIRECT_WRITE_MB_S:.1%} of O_DIRECT write | | `{cmds['B']}` |")
-    m, vals = runs("B", lambda r: mb_s(r["produce"]))
+    m, vals = runs("B", lambda r: mb_s(r["produce"])) if "B" in results else (float("nan"), [])
     w(f"| B. (its produce side) | {m:.1f} ({fmt_runs(vals)}) | | | |")
     for key, label in (("C-cold", "C. catch-up, zero copy, cold page cache"),
                        ("C-warm", "C. catch-up, zero copy, warm page cache"),
                        ("C-copy", "C. catch-up, copying O_DIRECT reads")):
+        if key not in results:
+            continue
         m, vals = runs(key, mb_s)
         w(f"| {label} | {m:.1f} ({fmt_runs(vals)}) | {m / SENDFILE_MB_S:.1%} of sendfile | | `{cmds['C']}` |")
     w("")
@@ -300,7 +334,7 @@ def write_report(a, results, cmds, rate, stall_rate, dropped):
     w("")
     w("| figure | p50 | p99 | p99.9 | max | command |")
     w("| --- | ---: | ---: | ---: | ---: | --- |")
-    for acks in ("1", "-1"):
+    for acks in ("1", "-1") if "D1" in results else ():
         for side, field, label in (("produce", "ack_latency", "produce ack"),
                                    ("consume", "e2e_latency", "end to end")):
             lat = [r[side][field] for r in results[f"D{acks}"]]
@@ -314,6 +348,8 @@ def write_report(a, results, cmds, rate, stall_rate, dropped):
     w("| reads | produce alone p50 / p99 / p99.9 | during the drain p50 / p99 / p99.9 | drain MB/s |")
     w("| --- | ---: | ---: | ---: |")
     for zc, label in (("true", "zero copy (sendfile on the blocking pool)"), ("false", "copying O_DIRECT reads")):
+        if f"E-alone-{zc}" not in results:
+            continue
         alone = [r["ack_latency"] for r in results[f"E-alone-{zc}"]]
         drain = [r["ack_latency"] for r in results[f"E-drain-{zc}"]]
 
@@ -323,6 +359,20 @@ def write_report(a, results, cmds, rate, stall_rate, dropped):
         w(f"| {label} | {trio(alone)} | {trio(drain)} | {median([mb_s(r) for r in results[f'E-drain-mb-{zc}']]):.1f} |")
     w("")
     w(f"Producer: `{cmds['E-fg']}`; drain: `{cmds['E-bg']}` (started 1 s into the producer's run).")
+    w("")
+    w("## Compaction's effect: the same producer while the cleaner compacts a keyed backlog on the same shard")
+    w("")
+    w("| cleaner | produce p50 / p99 / p99.9 | compaction passes of the backlog per run (fill and producer) |")
+    w("| --- | ---: | --- |")
+    for enabled, label in (("true", "on (`log.cleaner.backoff.ms=500`)"), ("false", "off")):
+        if f"F-{enabled}" not in results:
+            continue
+        lat = [r["ack_latency"] for r in results[f"F-{enabled}"]]
+        trio = " / ".join(f"{median([x[k] for x in lat]):,.0f}" for k in ("p50_us", "p99_us", "p999_us"))
+        w(f"| {label} | {trio} | {', '.join(str(n) for n in results[f'F-passes-{enabled}'])} |")
+    w("")
+    w(f"Backlog: `{cmds.get('F-fill', '')}` into topic `cp` created with `cleanup.policy=compact`, "
+      "`segment.bytes=16777216` (the producer's topic keeps `delete`); then the producer of E.")
     w("")
     Path(a.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {a.out}", file=sys.stderr)

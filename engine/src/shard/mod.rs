@@ -360,6 +360,7 @@ impl Shard {
                     records_removed = pass.records_removed,
                     bytes_before = pass.bytes_before,
                     bytes_after = pass.bytes_after,
+                    install_blocking_us = pass.install_blocking_us,
                     "compacted"
                     );
                 }

@@ -80,6 +80,8 @@ pub struct CompactionOutput {
     pub records_removed: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Set by `Log::compact`: the shard's blocking rename/unlink time.
+    pub install_blocking_us: u64,
 }
 
 /// Reads a segment's batches in order: (batch bytes). Stops at the logical
@@ -196,8 +198,9 @@ pub fn compact(input: &CompactionInput) -> Result<CompactionOutput, StorageError
         }
         let tombstones_expire =
             input.now_ms.saturating_sub(segment.last_modified_ms) > input.delete_retention_ms;
-        let cleaned = clean_segment(input, segment, &map, tombstones_expire, &mut output)?;
-        output.cleaned.push(cleaned);
+        if let Some(cleaned) = clean_segment(input, segment, &map, tombstones_expire, &mut output)? {
+            output.cleaned.push(cleaned);
+        }
     }
     Ok(output)
 }
@@ -208,7 +211,7 @@ fn clean_segment(
     map: &HashMap<Bytes, i64>,
     tombstones_expire: bool,
     output: &mut CompactionOutput,
-) -> Result<CleanedSegment, StorageError> {
+) -> Result<Option<CleanedSegment>, StorageError> {
     let base = segment.base_offset;
     let source = input.dir.join(file_name(base, LOG_SUFFIX));
     let target = cleaned_path(&input.dir, base, LOG_SUFFIX);
@@ -220,6 +223,7 @@ fn clean_segment(
         base_offset: base,
         index_interval_bytes: input.index_interval_bytes,
     };
+    let mut changed = false;
     while let Some(bytes) = reader.next_batch()? {
         let header = *batch::validate(&bytes).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         if header.is_control() || header.is_transactional() {
@@ -241,6 +245,7 @@ fn clean_segment(
             })
             .collect();
         output.records_removed += (total - kept.len()) as u64;
+        changed |= kept.len() != total;
         if kept.len() == total {
             out.write(&bytes)?;
         } else if !kept.is_empty() {
@@ -256,6 +261,13 @@ fn clean_segment(
                 out.write(&part)?;
             }
         }
+    }
+    if !changed {
+        // Nothing to remove: the copy is dropped before any of it is synced
+        // (its dirty pages go with the file), and the original stays.
+        drop(out);
+        std::fs::remove_file(&target)?;
+        return Ok(None);
     }
     let CleanedWriter {
         writer,
@@ -283,12 +295,12 @@ fn clean_segment(
     )?;
     output.bytes_before += segment.size_bytes;
     output.bytes_after += position;
-    Ok(CleanedSegment {
+    Ok(Some(CleanedSegment {
         base_offset: base,
         original_bytes: segment.size_bytes,
         size_bytes: position,
         index,
-    })
+    }))
 }
 
 /// The `.cleaned` file being written and the index of what it holds.
@@ -325,6 +337,61 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())
+}
+
+/// Runs the calling thread at the lowest CPU priority (nice 19) and the idle
+/// I/O class while it lives, restoring both on drop. Why: the pass shares
+/// the shard's cores and disk; measured at normal priority it raised a
+/// same-shard producer's p99 from 2 ms to 20 ms (results/data-path.md).
+/// At nice 19 the scheduler gives the shard thread ~70x the cleaner's CPU
+/// share when both want it, and idle-class I/O waits for the shard's writes.
+pub struct LowPriority {
+    tid: libc::pid_t,
+    nice: Option<i32>,
+    ioprio: Option<i32>,
+}
+
+const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+const IOPRIO_CLASS_SHIFT: i32 = 13;
+const IOPRIO_CLASS_IDLE: i32 = 3;
+const NICE_LOWEST: libc::c_int = 19;
+
+impl LowPriority {
+    /// Best effort: a setting the kernel refuses is left as it was.
+    pub fn enter() -> LowPriority {
+        // SAFETY: plain syscalls on this thread's own id.
+        unsafe {
+            let tid = libc::gettid();
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            let nice_ok = *libc::__errno_location() == 0
+                && libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE_LOWEST) == 0;
+            let ioprio = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) as i32;
+            let idle = IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT;
+            let ioprio_ok =
+                ioprio >= 0 && libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, idle) == 0;
+            LowPriority {
+                tid,
+                nice: nice_ok.then_some(nice),
+                ioprio: ioprio_ok.then_some(ioprio),
+            }
+        }
+    }
+}
+
+impl Drop for LowPriority {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`. Restoring may be refused without
+        // privileges; callers run the pass on a thread that then exits.
+        unsafe {
+            if let Some(nice) = self.nice {
+                libc::setpriority(libc::PRIO_PROCESS, self.tid as libc::id_t, nice);
+            }
+            if let Some(ioprio) = self.ioprio {
+                libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, self.tid, ioprio);
+            }
+        }
+    }
 }
 
 /// `<base>.<suffix>.cleaned`.
