@@ -513,4 +513,81 @@ fn group_consumers_share_partitions_commit_and_resume() {
         stdout.contains("committed offsets are 0 records behind"),
         "{stdout}"
     );
+
+    // Two processes in one group (the second joining while the first reads,
+    // when the timing allows: a rebalance hands partitions over at their
+    // committed offsets) read every record exactly once between them.
+    let split_json = |name: &str| broker.dir.join(format!("split-{name}.json"));
+    let split_args = |json: &Path| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "consume",
+            "--bootstrap",
+            addr.as_str(),
+            "--topic",
+            "grp",
+            "--from",
+            "earliest",
+            "--duration-s",
+            "30",
+            "--group",
+            "bench-split",
+            "--consumers",
+            "1",
+            "--heartbeat-interval-ms",
+            "300",
+            "--session-timeout-ms",
+            "10000",
+            "--commit-interval-ms",
+            "100",
+            // One batch per partition per fetch: a slower read, more overlap.
+            "--partition-max-bytes",
+            "2000",
+            "--quiet",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(json.to_str().unwrap().to_string());
+        a
+    };
+    let mut first = Command::new(BENCH)
+        .args(split_args(&split_json("a")))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start first group member process");
+    std::thread::sleep(Duration::from_millis(50));
+    let second: Vec<String> = split_args(&split_json("b"));
+    run_bench(&second.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = first.try_wait().expect("wait for first member process") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = first.kill();
+            let _ = first.wait();
+            panic!("first group member process still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "first group member process failed");
+    let consumed: u64 = ["a", "b"]
+        .iter()
+        .map(|n| {
+            read_json(&split_json(n))["results"]["consume"]["records"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    for n in ["a", "b"] {
+        let c = &read_json(&split_json(n))["results"]["consume"];
+        println!(
+            "member process {n}: {} records, group {}",
+            c["records"], c["group"]
+        );
+    }
+    assert_eq!(consumed, produced, "records read by the two processes together");
+    let stdout = run_bench(&second.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stdout.contains("expected 0 records, consumed 0"), "{stdout}");
 }
