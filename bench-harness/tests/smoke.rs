@@ -590,4 +590,58 @@ fn group_consumers_share_partitions_commit_and_resume() {
     assert_eq!(consumed, produced, "records read by the two processes together");
     let stdout = run_bench(&second.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(stdout.contains("expected 0 records, consumed 0"), "{stdout}");
+
+    // A member that is in the group when another joins and leaves again
+    // rebalances (heartbeat answered REBALANCE_IN_PROGRESS, rejoin). The
+    // margins are seconds against a 300 ms heartbeat; nothing is timed.
+    let tail_args = |duration_s: &str, json: &Path| -> Vec<String> {
+        [
+            "consume",
+            "--bootstrap",
+            addr.as_str(),
+            "--topic",
+            "grp",
+            "--from",
+            "latest",
+            "--duration-s",
+            duration_s,
+            "--group",
+            "bench-rebalance",
+            "--heartbeat-interval-ms",
+            "300",
+            "--session-timeout-ms",
+            "10000",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let long_json = broker.dir.join("rebalance-long.json");
+    let mut long = Command::new(BENCH)
+        .args(tail_args("6", &long_json))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start long member process");
+    std::thread::sleep(Duration::from_millis(1500));
+    let short = tail_args("2", &broker.dir.join("rebalance-short.json"));
+    run_bench(&short.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = long.try_wait().expect("wait for long member process") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = long.kill();
+            let _ = long.wait();
+            panic!("long member process still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "long member process failed");
+    let group = &read_json(&long_json)["results"]["consume"]["group"];
+    assert!(group["rebalances"].as_u64().unwrap() >= 1, "{group}");
+    assert!(group["generations"].as_array().unwrap().len() >= 2, "{group}");
 }
