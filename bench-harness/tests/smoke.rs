@@ -1,7 +1,7 @@
 //! Whole-tool smoke tests: `sink-test` and `limits` always; against the
 //! release broker (SHARDLOG_BIN or `target/release/shardlog`; skipped, with
 //! a message, when missing): a tiny e2e run, tiny workloads through `run`,
-//! and a tiny `capacity` sweep followed by `plan`. Everything binds
+//! a tiny `capacity` sweep followed by `plan`, and consumer-group runs. Everything binds
 //! 127.0.0.1. No timing assertions: counts and report completeness only.
 
 use std::net::TcpListener;
