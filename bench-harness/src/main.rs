@@ -15,6 +15,7 @@ mod broker;
 mod capacity;
 mod chart;
 mod consume;
+mod group;
 mod limits;
 mod plan;
 mod produce;
@@ -24,7 +25,7 @@ mod wire;
 mod workload;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
@@ -287,6 +288,26 @@ struct ConsumerOpts {
     /// Check every batch's CRC32C (costs client CPU).
     #[arg(long)]
     verify_crc: bool,
+    /// Consumers join this consumer group (classic protocol, range
+    /// assignor) and read what it assigns them, from the committed offsets
+    /// (else --from / the run's start), instead of splitting the partitions.
+    #[arg(long, value_name = "ID")]
+    group: Option<String>,
+    /// With --group: commit positions this often (and before rejoining and
+    /// on exit); 0 = never commit.
+    #[arg(long, default_value_t = 1000)]
+    commit_interval_ms: u64,
+    /// With --group: Kafka's session.timeout.ms.
+    #[arg(long, default_value_t = 45_000)]
+    session_timeout_ms: i32,
+    /// With --group: Kafka's heartbeat.interval.ms (heartbeats go between fetches).
+    #[arg(long, default_value_t = 3000)]
+    heartbeat_interval_ms: u64,
+    /// With --group: how long the coordinator waits for members to rejoin
+    /// (Kafka's max.poll.interval.ms, 300000 there; shorter here so a stuck
+    /// rebalance ends a run sooner).
+    #[arg(long, default_value_t = 60_000)]
+    rebalance_timeout_ms: i32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -463,7 +484,47 @@ impl ConsumerOpts {
             self.max_bytes > 0 && self.max_bytes as usize <= wire::FRAME_BYTES_MAX - (1 << 20),
             "--max-bytes must be 1..=63 MiB",
         )?;
-        check(self.partition_max_bytes > 0, "--partition-max-bytes must be > 0")
+        check(self.partition_max_bytes > 0, "--partition-max-bytes must be > 0")?;
+        if let Some(group) = &self.group {
+            check(
+                !group.is_empty() && group.len() <= 255,
+                "--group must be 1..=255 bytes",
+            )?;
+            check(
+                (1..=3_600_000).contains(&self.session_timeout_ms),
+                "--session-timeout-ms must be 1..=3600000",
+            )?;
+            check(
+                (1..=3_600_000).contains(&self.rebalance_timeout_ms),
+                "--rebalance-timeout-ms must be 1..=3600000",
+            )?;
+            // Heartbeats are sent between fetches, so both a heartbeat
+            // interval and a fetch's wait must fit in the session.
+            check(
+                self.heartbeat_interval_ms >= 1
+                    && self.heartbeat_interval_ms < self.session_timeout_ms as u64,
+                "--heartbeat-interval-ms must be >= 1 and below --session-timeout-ms",
+            )?;
+            check(
+                (self.max_wait_ms as u64) < self.session_timeout_ms as u64 / 2,
+                "--max-wait-ms must be below half of --session-timeout-ms with --group",
+            )?;
+            check(
+                self.commit_interval_ms <= 86_400_000,
+                "--commit-interval-ms must be <= 86400000",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn group_config(&self) -> Option<group::GroupConfig> {
+        self.group.as_ref().map(|id| group::GroupConfig {
+            group_id: id.clone(),
+            session_timeout_ms: self.session_timeout_ms,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            rebalance_timeout_ms: self.rebalance_timeout_ms,
+            commit_interval_ms: self.commit_interval_ms,
+        })
     }
 
     fn params(
@@ -478,6 +539,8 @@ impl ConsumerOpts {
             topics: common.topic_names(),
             partitions,
             leader,
+            bootstrap: common.bootstrap.clone(),
+            group: self.group_config(),
             consumers: self.consumers,
             record_bytes: common.record_bytes_mean(),
             max_wait_ms: self.max_wait_ms,
@@ -824,6 +887,15 @@ fn print_consume(report: &ConsumeReport) {
     if let Some(l) = &report.e2e_latency {
         println!("end-to-end latency: {}", l.line());
     }
+    if let Some(g) = &report.group {
+        println!("{}", g.line());
+        if let Some(l) = &g.commit_latency {
+            println!("commit latency: {}", l.line());
+        }
+        if let Some(behind) = g.committed_behind_end_records {
+            println!("committed offsets are {behind} records behind the end offsets");
+        }
+    }
     if report.crc_failures > 0 {
         println!("CRC FAILURES: {}", report.crc_failures);
     }
@@ -900,7 +972,7 @@ fn run_consume(cmd: &ConsumeCmd) -> Result<serde_json::Value, Error> {
     let progress = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let report = with_progress("consumed", &cmd.common, cmd.common.duration_s, &progress, || {
-        consume::run(&params, &start, &end, &progress, &stop)
+        consume::run(&params, &start, &end, &progress, &stop, &AtomicUsize::new(0))
     })?;
     print_consume(&report);
     if let Some(expected) = report.records_expected {
@@ -936,8 +1008,26 @@ fn run_e2e(cmd: &E2eCmd) -> Result<serde_json::Value, Error> {
     let produced = AtomicU64::new(0);
     let consumed = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
+    let members_assigned = AtomicUsize::new(0);
     let (produce_report, consume_report) = std::thread::scope(|scope| {
-        let consumer = scope.spawn(|| consume::run(&cparams, &start, &end, &consumed, &stop));
+        let consumer =
+            scope.spawn(|| consume::run(&cparams, &start, &end, &consumed, &stop, &members_assigned));
+        if cmd.consumer.group.is_some() {
+            // Produce once every member holds partitions, so end-to-end
+            // latency measures the steady group and not its first join.
+            // Records produced earlier are still read (members start at the
+            // run's start offsets), so this only waits, bounded.
+            let wait = Duration::from_millis(
+                cmd.consumer.rebalance_timeout_ms as u64 + cmd.consumer.session_timeout_ms as u64,
+            );
+            let deadline = Instant::now() + wait;
+            while members_assigned.load(Ordering::Relaxed) < cmd.consumer.consumers
+                && !consumer.is_finished()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let produce_report = with_progress("produced", &cmd.common, cmd.common.duration_s, &produced, || {
             produce::run(&pparams, &produced, &AtomicBool::new(false))
         });
@@ -1096,6 +1186,48 @@ mod tests {
         assert!(cmd.producer.validate(&cmd.common).is_err());
         assert!(parse(&["produce", "--partitions", "x"]).is_err());
         assert!(parse(&["consume", "--from", "middle"]).is_err());
+    }
+
+    #[test]
+    fn group_flags_default_to_kafka_client_settings() {
+        let Command::Consume(cmd) = parse(&["consume", "--group", "g1"]).unwrap().command else {
+            panic!("not consume");
+        };
+        cmd.consumer.validate().unwrap();
+        let g = cmd.consumer.group_config().unwrap();
+        assert_eq!(g.group_id, "g1");
+        assert_eq!(g.session_timeout_ms, 45_000);
+        assert_eq!(g.heartbeat_interval_ms, 3000);
+        assert_eq!(g.commit_interval_ms, 1000);
+        let Command::E2e(cmd) = parse(&["e2e", "--group", "g2", "--commit-interval-ms", "0"])
+            .unwrap()
+            .command
+        else {
+            panic!("not e2e");
+        };
+        assert_eq!(cmd.consumer.group_config().unwrap().commit_interval_ms, 0);
+        let Command::Consume(cmd) = parse(&["consume"]).unwrap().command else {
+            panic!("not consume");
+        };
+        assert!(cmd.consumer.group_config().is_none());
+        for bad in [
+            &["consume", "--group", "g", "--heartbeat-interval-ms", "45000"][..],
+            &[
+                "consume",
+                "--group",
+                "g",
+                "--session-timeout-ms",
+                "150",
+                "--heartbeat-interval-ms",
+                "50",
+            ],
+            &["consume", "--group", ""],
+        ] {
+            let Command::Consume(cmd) = parse(bad).unwrap().command else {
+                panic!("not consume");
+            };
+            assert!(cmd.consumer.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Whole-tool smoke tests: `sink-test` and `limits` always; against the
 //! release broker (SHARDLOG_BIN or `target/release/shardlog`; skipped, with
 //! a message, when missing): a tiny e2e run, tiny workloads through `run`,
-//! and a tiny `capacity` sweep followed by `plan`. Everything binds
+//! a tiny `capacity` sweep followed by `plan`, and consumer-group runs. Everything binds
 //! 127.0.0.1. No timing assertions: counts and report completeness only.
 
 use std::net::TcpListener;
@@ -99,6 +99,11 @@ fn broker_binary() -> Option<PathBuf> {
 }
 
 fn start_broker(bin: &Path) -> (Broker, String) {
+    start_broker_with(bin, &[])
+}
+
+/// A broker with extra `--set KEY=VALUE` settings.
+fn start_broker_with(bin: &Path, settings: &[&str]) -> (Broker, String) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -111,6 +116,7 @@ fn start_broker(bin: &Path) -> (Broker, String) {
         .args(["--listen", &addr, "--data-dir"])
         .arg(dir.join("data"))
         .args(["--shards", "1"])
+        .args(settings.iter().flat_map(|kv| ["--set", kv]))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -381,4 +387,261 @@ fn tiny_capacity_sweep_writes_json_markdown_charts_and_plans() {
         "{stdout}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn group_consumers_share_partitions_commit_and_resume() {
+    let Some(bin) = broker_binary() else {
+        println!("skipped: no target/release/shardlog (cargo build --release -p shardlog)");
+        return;
+    };
+    // No initial delay: the second member's join is a real rebalance.
+    let (broker, addr) = start_broker_with(&bin, &["group.initial.rebalance.delay.ms=0"]);
+    let group_flags = [
+        "--consumers",
+        "2",
+        "--session-timeout-ms",
+        "10000",
+        "--heartbeat-interval-ms",
+        "300",
+        "--commit-interval-ms",
+        "200",
+    ];
+    let json = broker.dir.join("group-e2e.json");
+    let mut args = vec![
+        "e2e",
+        "--bootstrap",
+        addr.as_str(),
+        "--topic",
+        "grp",
+        "--partitions",
+        "4",
+        "--duration-s",
+        "2",
+        "--rate",
+        "5000",
+        "--record-bytes",
+        "100",
+        "--batch-bytes",
+        "2000",
+        "--drain-s",
+        "20",
+        "--group",
+        "bench-g",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(group_flags);
+    let stdout = run_bench(&args);
+    assert!(stdout.contains("counts match"), "{stdout}");
+    let doc = read_json(&json);
+    assert_eq!(doc["params"]["group"], "bench-g");
+    assert_eq!(doc["params"]["session_timeout_ms"], 10000);
+    let results = &doc["results"];
+    assert_eq!(results["counts_match"], true);
+    let produced = results["produce"]["records"].as_u64().unwrap();
+    assert!(produced > 0);
+    assert_eq!(results["consume"]["records"].as_u64().unwrap(), produced);
+    let group = &results["consume"]["group"];
+    assert_eq!(group["group_id"], "bench-g", "{group}");
+    assert_eq!(group["members"], 2);
+    let generations = group["generations"].as_array().unwrap();
+    assert!(
+        !generations.is_empty() && generations.iter().all(|g| g.as_i64().unwrap() >= 1),
+        "{group}"
+    );
+    assert!(group["rebalances"].as_u64().is_some());
+    assert_latency(&group["time_to_first_assignment"]);
+    assert_eq!(group["time_to_first_assignment"]["count"], 2);
+    assert!(group["commits"].as_u64().unwrap() > 0);
+    assert_latency(&group["commit_latency"]);
+    // Checked by the tool with OffsetFetch after the run: committed == end.
+    assert_eq!(group["committed_behind_end_records"], 0, "{group}");
+    assert_latency(&results["consume"]["e2e_latency"]);
+
+    // The same group again reads nothing: it resumes at its committed
+    // offsets, which are the end offsets.
+    let json = broker.dir.join("group-resume.json");
+    let mut args = vec![
+        "consume",
+        "--bootstrap",
+        addr.as_str(),
+        "--topic",
+        "grp",
+        "--from",
+        "earliest",
+        "--duration-s",
+        "20",
+        "--group",
+        "bench-g",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(group_flags);
+    let stdout = run_bench(&args);
+    assert!(stdout.contains("expected 0 records, consumed 0"), "{stdout}");
+    let doc = read_json(&json);
+    assert_eq!(
+        doc["results"]["consume"]["group"]["committed_behind_end_records"],
+        0
+    );
+
+    // A new group starts from --from earliest and reads everything once.
+    let mut args = vec![
+        "consume",
+        "--bootstrap",
+        addr.as_str(),
+        "--topic",
+        "grp",
+        "--from",
+        "earliest",
+        "--duration-s",
+        "20",
+        "--group",
+        "bench-fresh",
+        "--quiet",
+    ];
+    args.extend(group_flags);
+    let stdout = run_bench(&args);
+    assert!(
+        stdout.contains(&format!("expected {produced} records, consumed {produced}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("committed offsets are 0 records behind"),
+        "{stdout}"
+    );
+
+    // Two processes in one group (the second joining while the first reads,
+    // when the timing allows: a rebalance hands partitions over at their
+    // committed offsets) read every record exactly once between them.
+    let split_json = |name: &str| broker.dir.join(format!("split-{name}.json"));
+    let split_args = |json: &Path| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "consume",
+            "--bootstrap",
+            addr.as_str(),
+            "--topic",
+            "grp",
+            "--from",
+            "earliest",
+            "--duration-s",
+            "30",
+            "--group",
+            "bench-split",
+            "--consumers",
+            "1",
+            "--heartbeat-interval-ms",
+            "300",
+            "--session-timeout-ms",
+            "10000",
+            "--commit-interval-ms",
+            "100",
+            // One batch per partition per fetch: a slower read, more overlap.
+            "--partition-max-bytes",
+            "2000",
+            "--quiet",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(json.to_str().unwrap().to_string());
+        a
+    };
+    let mut first = Command::new(BENCH)
+        .args(split_args(&split_json("a")))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start first group member process");
+    std::thread::sleep(Duration::from_millis(50));
+    let second: Vec<String> = split_args(&split_json("b"));
+    run_bench(&second.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = first.try_wait().expect("wait for first member process") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = first.kill();
+            let _ = first.wait();
+            panic!("first group member process still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "first group member process failed");
+    let consumed: u64 = ["a", "b"]
+        .iter()
+        .map(|n| {
+            read_json(&split_json(n))["results"]["consume"]["records"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    for n in ["a", "b"] {
+        let c = &read_json(&split_json(n))["results"]["consume"];
+        println!(
+            "member process {n}: {} records, group {}",
+            c["records"], c["group"]
+        );
+    }
+    assert_eq!(consumed, produced, "records read by the two processes together");
+    let stdout = run_bench(&second.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stdout.contains("expected 0 records, consumed 0"), "{stdout}");
+
+    // A member that is in the group when another joins and leaves again
+    // rebalances (heartbeat answered REBALANCE_IN_PROGRESS, rejoin). The
+    // margins are seconds against a 300 ms heartbeat; nothing is timed.
+    let tail_args = |duration_s: &str, json: &Path| -> Vec<String> {
+        [
+            "consume",
+            "--bootstrap",
+            addr.as_str(),
+            "--topic",
+            "grp",
+            "--from",
+            "latest",
+            "--duration-s",
+            duration_s,
+            "--group",
+            "bench-rebalance",
+            "--heartbeat-interval-ms",
+            "300",
+            "--session-timeout-ms",
+            "10000",
+            "--quiet",
+            "--json",
+            json.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let long_json = broker.dir.join("rebalance-long.json");
+    let mut long = Command::new(BENCH)
+        .args(tail_args("6", &long_json))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start long member process");
+    std::thread::sleep(Duration::from_millis(1500));
+    let short = tail_args("2", &broker.dir.join("rebalance-short.json"));
+    run_bench(&short.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = long.try_wait().expect("wait for long member process") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = long.kill();
+            let _ = long.wait();
+            panic!("long member process still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "long member process failed");
+    let group = &read_json(&long_json)["results"]["consume"]["group"];
+    assert!(group["rebalances"].as_u64().unwrap() >= 1, "{group}");
+    assert!(group["generations"].as_array().unwrap().len() >= 2, "{group}");
 }
