@@ -643,9 +643,11 @@ impl Group {
             match self.initial_delay {
                 Some((check_ms, seen)) if now_ms >= check_ms => {
                     // Kafka's InitialDelayedJoin: keep waiting while members
-                    // keep arriving, up to the rebalance timeout.
+                    // keep arriving, up to the rebalance timeout; only a new
+                    // group (generation 0) extends the delay (Kafka sets
+                    // `newMemberAdded` only then), a reused one waits it once.
                     let remaining = self.rebalance_deadline_ms - now_ms;
-                    if self.members.len() > seen && remaining > 0 {
+                    if self.generation == 0 && self.members.len() > seen && remaining > 0 {
                         let next = now_ms + limits.initial_rebalance_delay_ms.min(remaining);
                         self.initial_delay = Some((next, self.members.len()));
                     } else {
@@ -1192,6 +1194,22 @@ mod tests {
             Some(ResponseError::UnknownMemberId)
         );
         assert_eq!(g.validate_commit("", None, -1), None);
+    }
+
+    #[test]
+    fn a_reused_empty_group_waits_the_initial_delay_once() {
+        let mut g = stable_group_of_two();
+        g.leave("a", None, &LIMITS, 200);
+        g.leave("b", None, &LIMITS, 200);
+        assert_eq!(g.state, GroupState::Empty);
+        let mut c = join_member(&mut g, "c", &["range"], 1_000);
+        let mut d = join_member(&mut g, "d", &["range"], 1_000);
+        // d arrived during the delay, but the group is not new (generation
+        // 2): Kafka extends the delay only for generation 0.
+        assert!(!g.tick(&LIMITS, 1_100));
+        assert_eq!(g.state, GroupState::CompletingRebalance);
+        let (jc, jd) = (c.try_recv().unwrap().unwrap(), d.try_recv().unwrap().unwrap());
+        assert_eq!((jc.generation_id, jd.generation_id), (3, 3));
     }
 
     #[test]
