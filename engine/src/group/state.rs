@@ -565,6 +565,9 @@ impl Group {
             return true;
         }
         self.protocol = self.select_protocol();
+        // Kafka's pending-sync timeout: members get the rebalance timeout to
+        // send SyncGroup (see `tick`).
+        self.rebalance_deadline_ms = now_ms + self.max_rebalance_timeout_ms();
         self.set_state(GroupState::CompletingRebalance, now_ms);
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
@@ -660,6 +663,22 @@ impl Group {
                         became_empty |= self.complete_join(now_ms);
                     }
                 }
+            }
+        }
+        if self.state == GroupState::CompletingRebalance && now_ms >= self.rebalance_deadline_ms {
+            // A member (the leader above all) that joined but never sent
+            // SyncGroup within the rebalance timeout would hold the group in
+            // CompletingRebalance forever while it heartbeats: Kafka (3.2+)
+            // removes such members and rebalances the rest.
+            let unsynced: Vec<String> = self
+                .members
+                .values()
+                .filter(|m| !waiting(&m.sync_waiter))
+                .map(|m| m.member_id.clone())
+                .collect();
+            for id in unsynced {
+                tracing::info!(group = %self.id, member = %id, "no SyncGroup within the rebalance timeout; removing the member");
+                became_empty |= self.remove_member_and_update(&id, limits, now_ms);
             }
         }
         // New members that never rejoined expire after the join timeout.
@@ -1210,6 +1229,32 @@ mod tests {
         assert_eq!(g.state, GroupState::CompletingRebalance);
         let (jc, jd) = (c.try_recv().unwrap().unwrap(), d.try_recv().unwrap().unwrap());
         assert_eq!((jc.generation_id, jd.generation_id), (3, 3));
+    }
+
+    #[test]
+    fn a_leader_that_never_syncs_is_removed_after_the_rebalance_timeout() {
+        let mut g = Group::new("g".into(), 0);
+        let _a = join_member(&mut g, "a", &["range"], 0);
+        let _b = join_member(&mut g, "b", &["range"], 0);
+        assert!(!g.tick(&LIMITS, 100));
+        assert!(!g.tick(&LIMITS, 200));
+        assert_eq!(g.state, GroupState::CompletingRebalance);
+        assert_eq!(g.leader.as_deref(), Some("a"));
+        // The follower syncs; the leader only heartbeats.
+        let SyncOutcome::Wait(mut b_sync) = g.sync(sp("b", None, 1, vec![]), 300) else {
+            panic!("a follower waits for the leader's assignment")
+        };
+        for t in (1_000..5_200).step_by(500) {
+            assert_eq!(g.heartbeat("a", None, 1, t), None);
+            g.tick(&LIMITS, t);
+        }
+        // Past the 5 s rebalance timeout: the leader is gone, the follower's
+        // parked SyncGroup is told to rejoin.
+        assert!(!g.tick(&LIMITS, 5_300));
+        assert!(!g.members.contains_key("a"));
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+        let answer = b_sync.try_recv().unwrap().unwrap();
+        assert_eq!(answer.error_code, ResponseError::RebalanceInProgress.code());
     }
 
     #[test]
