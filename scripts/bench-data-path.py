@@ -261,9 +261,14 @@ def main():
                "--key-count", "1000", "--duration-s", str(backlog_s)]
     cmds["F-fill"] = command_line(cp_fill)
     compact_sets = {"log.cleaner.backoff.ms": 500}
-    for enabled in ("true", "false") if "F" in a.sections else ():
+    cleaner_variants = {
+        "true": {"log.cleaner.enable": "true"},
+        "throttled": {"log.cleaner.enable": "true", "log.cleaner.io.max.bytes.per.second": 100_000_000},
+        "false": {"log.cleaner.enable": "false"},
+    }
+    for enabled in cleaner_variants if "F" in a.sections else ():
         for _ in range(a.runs):
-            b = broker(shards=1, sets={**compact_sets, "log.cleaner.enable": enabled})
+            b = broker(shards=1, sets={**compact_sets, **cleaner_variants[enabled]})
             log_start = (b.work / "broker.log").stat().st_size  # the log file is shared by every run
             create_compacted_topic(b.bootstrap, "cp", segment_bytes=1 << 24)
             bench(b, *cp_fill)
@@ -364,7 +369,9 @@ def write_report(a, results, cmds, rate, stall_rate, dropped):
     w("")
     w("| cleaner | produce p50 / p99 / p99.9 | compaction passes of the backlog per run (fill and producer) |")
     w("| --- | ---: | --- |")
-    for enabled, label in (("true", "on (`log.cleaner.backoff.ms=500`)"), ("false", "off")):
+    for enabled, label in (("true", "on (`log.cleaner.backoff.ms=500`)"),
+                           ("throttled", "on, `log.cleaner.io.max.bytes.per.second=100000000`"),
+                           ("false", "off")):
         if f"F-{enabled}" not in results:
             continue
         lat = [r["ack_latency"] for r in results[f"F-{enabled}"]]

@@ -68,6 +68,9 @@ pub struct BrokerConfig {
     /// `log.cleaner.dedupe.buffer.size`: key-map memory for compaction, split
     /// evenly between shards (each compacts one log at a time).
     pub log_cleaner_dedupe_buffer_size: usize,
+    /// `log.cleaner.io.max.bytes.per.second`: compaction read+write budget,
+    /// split between shards (Kafka's default: unlimited).
+    pub log_cleaner_io_max_bytes_per_second: f64,
     /// `log.flush.scheduler.interval.ms`: how often each shard checks for logs
     /// whose `flush.ms` has passed (sooner when a topic's flush.ms is shorter).
     /// Kafka's default (Long.MAX) never checks, so a topic's flush.ms only
@@ -190,6 +193,7 @@ impl Default for BrokerConfig {
             log_cleaner_enable: true,
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_dedupe_buffer_size: 128 << 20,
+            log_cleaner_io_max_bytes_per_second: f64::MAX,
             log_flush_scheduler_interval_ms: 1000,
             connection_max_inflight_requests: 5,
             fetch_zero_copy_enable: true,
@@ -322,6 +326,9 @@ impl BrokerConfig {
             "log.cleaner.enable" => self.log_cleaner_enable = parse(key, v)?,
             "log.cleaner.backoff.ms" => self.log_cleaner_backoff_ms = parse_positive(key, v)?,
             "log.cleaner.dedupe.buffer.size" => self.log_cleaner_dedupe_buffer_size = parse_positive(key, v)?,
+            "log.cleaner.io.max.bytes.per.second" => {
+                self.log_cleaner_io_max_bytes_per_second = parse_positive(key, v)?
+            }
             "shutdown.timeout.ms" => self.shutdown_timeout_ms = parse_positive(key, v)?,
             "shard.channel.capacity" => self.shard_channel_capacity = parse_positive(key, v)?,
             "offsets.topic.num.partitions" => {
@@ -471,6 +478,11 @@ impl BrokerConfig {
                 "log.cleaner.dedupe.buffer.size",
                 self.log_cleaner_dedupe_buffer_size.to_string(),
                 d.log_cleaner_dedupe_buffer_size.to_string(),
+            ),
+            (
+                "log.cleaner.io.max.bytes.per.second",
+                self.log_cleaner_io_max_bytes_per_second.to_string(),
+                d.log_cleaner_io_max_bytes_per_second.to_string(),
             ),
             (
                 "log.cleaner.delete.retention.ms",

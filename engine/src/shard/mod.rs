@@ -350,8 +350,14 @@ impl Shard {
     async fn compact_logs(&self) {
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let dedupe_buffer_bytes = self.config.log_cleaner_dedupe_buffer_size / self.nr_shards.max(1);
+        let io_max_bytes_per_s =
+            self.config.log_cleaner_io_max_bytes_per_second / self.nr_shards.max(1) as f64;
         for p in parts {
-            match p.log().compact(now_ms(), dedupe_buffer_bytes).await {
+            match p
+                .log()
+                .compact(now_ms(), dedupe_buffer_bytes, io_max_bytes_per_s)
+                .await
+            {
                 Ok(Some(pass)) => {
                     p.forget_cached_below(pass.clean_up_to_offset);
                     tracing::info!(

@@ -60,7 +60,40 @@ pub struct CompactionInput {
     pub now_ms: i64,
     pub delete_retention_ms: i64,
     pub dedupe_buffer_bytes: usize,
+    /// Bytes read plus written per second at most (`log.cleaner.io.max.bytes.per.second`
+    /// split between shards); infinite = unthrottled.
+    pub io_max_bytes_per_s: f64,
     pub index_interval_bytes: u32,
+}
+
+/// Paces the pass to `io_max_bytes_per_s` by sleeping its own thread, so a
+/// large backlog's compaction leaves the disk to the shard's writes.
+struct Throttle {
+    max_bytes_per_s: f64,
+    started: std::time::Instant,
+    bytes: f64,
+}
+
+impl Throttle {
+    fn new(max_bytes_per_s: f64) -> Throttle {
+        Throttle {
+            max_bytes_per_s,
+            started: std::time::Instant::now(),
+            bytes: 0.0,
+        }
+    }
+
+    fn account(&mut self, bytes: usize) {
+        if !self.max_bytes_per_s.is_finite() || self.max_bytes_per_s <= 0.0 {
+            return;
+        }
+        self.bytes += bytes as f64;
+        let due_s = self.bytes / self.max_bytes_per_s;
+        let elapsed_s = self.started.elapsed().as_secs_f64();
+        if due_s > elapsed_s {
+            std::thread::sleep(std::time::Duration::from_secs_f64(due_s - elapsed_s));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -134,7 +167,10 @@ fn decode_records(
 
 /// Pass one: key -> last offset over the dirty part, within the budget.
 /// Returns the map and the offset up to which it is complete.
-fn build_offset_map(input: &CompactionInput) -> Result<(HashMap<Bytes, i64>, i64), StorageError> {
+fn build_offset_map(
+    input: &CompactionInput,
+    throttle: &mut Throttle,
+) -> Result<(HashMap<Bytes, i64>, i64), StorageError> {
     let mut map: HashMap<Bytes, i64> = HashMap::new();
     let mut used_bytes = 0usize;
     let mut mapped_up_to = input.dirty_from_offset;
@@ -146,6 +182,7 @@ fn build_offset_map(input: &CompactionInput) -> Result<(HashMap<Bytes, i64>, i64
         let path = input.dir.join(file_name(segment.base_offset, LOG_SUFFIX));
         let mut reader = BatchReader::open(&path, segment.size_bytes)?;
         while let Some(bytes) = reader.next_batch()? {
+            throttle.account(bytes.len());
             let header = batch::validate(&bytes).map_err(|e| StorageError::Corrupt(e.to_string()))?;
             let last_offset = header.last_offset();
             if last_offset < input.dirty_from_offset {
@@ -178,7 +215,8 @@ fn build_offset_map(input: &CompactionInput) -> Result<(HashMap<Bytes, i64>, i64
 /// rewrites and leaves the originals alone. Blocking file I/O: run it off
 /// the shard.
 pub fn compact(input: &CompactionInput) -> Result<CompactionOutput, StorageError> {
-    let (map, clean_up_to_offset) = build_offset_map(input)?;
+    let mut throttle = Throttle::new(input.io_max_bytes_per_s);
+    let (map, clean_up_to_offset) = build_offset_map(input, &mut throttle)?;
     let mut output = CompactionOutput {
         clean_up_to_offset,
         ..CompactionOutput::default()
@@ -198,7 +236,14 @@ pub fn compact(input: &CompactionInput) -> Result<CompactionOutput, StorageError
         }
         let tombstones_expire =
             input.now_ms.saturating_sub(segment.last_modified_ms) > input.delete_retention_ms;
-        if let Some(cleaned) = clean_segment(input, segment, &map, tombstones_expire, &mut output)? {
+        if let Some(cleaned) = clean_segment(
+            input,
+            segment,
+            &map,
+            tombstones_expire,
+            &mut throttle,
+            &mut output,
+        )? {
             output.cleaned.push(cleaned);
         }
     }
@@ -210,6 +255,7 @@ fn clean_segment(
     segment: &SealedSegment,
     map: &HashMap<Bytes, i64>,
     tombstones_expire: bool,
+    throttle: &mut Throttle,
     output: &mut CompactionOutput,
 ) -> Result<Option<CleanedSegment>, StorageError> {
     let base = segment.base_offset;
@@ -225,6 +271,8 @@ fn clean_segment(
     };
     let mut changed = false;
     while let Some(bytes) = reader.next_batch()? {
+        // Counted once for the read and once for the (likely) write.
+        throttle.account(2 * bytes.len());
         let header = *batch::validate(&bytes).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         if header.is_control() || header.is_transactional() {
             out.write(&bytes)?;

@@ -1245,8 +1245,9 @@ impl Log {
         &self,
         now_ms: i64,
         dedupe_buffer_bytes: usize,
+        io_max_bytes_per_s: f64,
     ) -> Result<Option<cleaner::CompactionOutput>, StorageError> {
-        let Some(input) = self.compaction_input(now_ms, dedupe_buffer_bytes) else {
+        let Some(input) = self.compaction_input(now_ms, dedupe_buffer_bytes, io_max_bytes_per_s) else {
             return Ok(None);
         };
         let dir = self.dir.clone();
@@ -1310,7 +1311,12 @@ impl Log {
         Ok(Some(output))
     }
 
-    fn compaction_input(&self, now_ms: i64, dedupe_buffer_bytes: usize) -> Option<cleaner::CompactionInput> {
+    fn compaction_input(
+        &self,
+        now_ms: i64,
+        dedupe_buffer_bytes: usize,
+        io_max_bytes_per_s: f64,
+    ) -> Option<cleaner::CompactionInput> {
         let state = self.state.borrow();
         if !state.config.cleanup_compact || state.writer.is_none() {
             return None;
@@ -1348,6 +1354,7 @@ impl Log {
             now_ms,
             delete_retention_ms: state.config.delete_retention_ms,
             dedupe_buffer_bytes,
+            io_max_bytes_per_s,
             index_interval_bytes: state.config.index_interval_bytes,
         })
     }

@@ -280,7 +280,7 @@ fn compaction_keeps_the_last_record_per_key_with_its_offset_and_drops_old_tombst
         assert!(log.segment_count() > 5);
         glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
         let output = log
-            .compact(now_ms(), 1 << 20)
+            .compact(now_ms(), 1 << 20, f64::INFINITY)
             .await
             .expect("compact")
             .expect("a pass was due");
