@@ -773,14 +773,7 @@ impl Shard {
                     }
                     let key = (topic.clone(), p.partition_index);
                     if g.offsets.contains_key(&key) {
-                        records.push((
-                            records::encode_key(&RecordKey::Offset {
-                                group: group_id.clone(),
-                                topic: topic.clone(),
-                                partition: p.partition_index,
-                            }),
-                            None,
-                        ));
+                        records.push(offset_tombstone(&group_id, &topic, p.partition_index));
                         deleted.push(key);
                     }
                     parts.push((p.partition_index, None));
@@ -871,14 +864,7 @@ impl Shard {
         for (group_id, expired, delete_group) in work {
             let mut tombstones: Vec<(Bytes, Option<Bytes>)> = expired
                 .iter()
-                .map(|(t, p)| {
-                    let key = RecordKey::Offset {
-                        group: group_id.clone(),
-                        topic: t.clone(),
-                        partition: *p,
-                    };
-                    (records::encode_key(&key), None)
-                })
+                .map(|(t, p)| offset_tombstone(&group_id, t, *p))
                 .collect();
             if delete_group {
                 let key = RecordKey::Group {
@@ -936,14 +922,7 @@ impl Shard {
         for (group_id, gone) in work {
             let tombstones = gone
                 .iter()
-                .map(|(t, p)| {
-                    let key = RecordKey::Offset {
-                        group: group_id.clone(),
-                        topic: t.clone(),
-                        partition: *p,
-                    };
-                    (records::encode_key(&key), None)
-                })
+                .map(|(t, p)| offset_tombstone(&group_id, t, *p))
                 .collect();
             if let Err(e) = self.append_group_records(&group_id, tombstones, false).await {
                 tracing::warn!(group = %group_id, "cannot delete offsets of deleted topics: {e:?}");
@@ -1069,19 +1048,22 @@ type PartitionOutcome = (i32, Option<ResponseError>);
 /// Offsets to expire in one group: (group, (topic, partition)s, delete the group too).
 type Expiry = (String, Vec<(String, i32)>, bool);
 
+/// The tombstone (null value) of one committed offset.
+fn offset_tombstone(group: &str, topic: &str, partition: i32) -> (Bytes, Option<Bytes>) {
+    let key = RecordKey::Offset {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        partition,
+    };
+    (records::encode_key(&key), None)
+}
+
 /// Tombstones for every offset of `g` and for its metadata.
 fn group_tombstones(g: &Group) -> Vec<(Bytes, Option<Bytes>)> {
     let mut out: Vec<(Bytes, Option<Bytes>)> = g
         .offsets
         .keys()
-        .map(|(t, p)| {
-            let key = RecordKey::Offset {
-                group: g.id.clone(),
-                topic: t.clone(),
-                partition: *p,
-            };
-            (records::encode_key(&key), None)
-        })
+        .map(|(t, p)| offset_tombstone(&g.id, t, *p))
         .collect();
     out.push((
         records::encode_key(&RecordKey::Group { group: g.id.clone() }),

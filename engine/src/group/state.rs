@@ -543,17 +543,22 @@ impl Group {
         false
     }
 
+    /// Ids of the members matching `keep` (collected, so the caller can then
+    /// remove them).
+    fn member_ids_where(&self, keep: impl Fn(&Member) -> bool) -> Vec<String> {
+        self.members
+            .values()
+            .filter(|m| keep(m))
+            .map(|m| m.member_id.clone())
+            .collect()
+    }
+
     /// Ends PreparingRebalance: members that did not rejoin are removed, the
     /// generation advances, the leader gets everyone's metadata. Returns
     /// true when the group became Empty (its metadata must be persisted).
     fn complete_join(&mut self, now_ms: i64) -> bool {
         self.initial_delay = None;
-        let gone: Vec<String> = self
-            .members
-            .values()
-            .filter(|m| !waiting(&m.join_waiter))
-            .map(|m| m.member_id.clone())
-            .collect();
+        let gone: Vec<String> = self.member_ids_where(|m| !waiting(&m.join_waiter));
         for id in gone {
             self.remove_member(&id);
         }
@@ -627,17 +632,12 @@ impl Group {
         }
         self.pending.retain(|_, deadline| *deadline > now_ms);
         let mut became_empty = false;
-        let expired: Vec<String> = self
-            .members
-            .values()
-            .filter(|m| {
-                // A member parked in JoinGroup/SyncGroup is alive (Kafka's
-                // shouldKeepAlive), unless its connection dropped the request.
-                let parked = waiting(&m.join_waiter) || waiting(&m.sync_waiter);
-                !parked && m.heartbeat_deadline_ms <= now_ms
-            })
-            .map(|m| m.member_id.clone())
-            .collect();
+        let expired: Vec<String> = self.member_ids_where(|m| {
+            // A member parked in JoinGroup/SyncGroup is alive (Kafka's
+            // shouldKeepAlive), unless its connection dropped the request.
+            let parked = waiting(&m.join_waiter) || waiting(&m.sync_waiter);
+            !parked && m.heartbeat_deadline_ms <= now_ms
+        });
         for id in expired {
             tracing::info!(group = %self.id, member = %id, "member session expired; removing it");
             became_empty |= self.remove_member_and_update(&id, limits, now_ms);
@@ -670,12 +670,7 @@ impl Group {
             // SyncGroup within the rebalance timeout would hold the group in
             // CompletingRebalance forever while it heartbeats: Kafka (3.2+)
             // removes such members and rebalances the rest.
-            let unsynced: Vec<String> = self
-                .members
-                .values()
-                .filter(|m| !waiting(&m.sync_waiter))
-                .map(|m| m.member_id.clone())
-                .collect();
+            let unsynced: Vec<String> = self.member_ids_where(|m| !waiting(&m.sync_waiter));
             for id in unsynced {
                 tracing::info!(group = %self.id, member = %id, "no SyncGroup within the rebalance timeout; removing the member");
                 became_empty |= self.remove_member_and_update(&id, limits, now_ms);
@@ -683,11 +678,7 @@ impl Group {
         }
         // New members that never rejoined expire after the join timeout.
         let stale: Vec<String> = self
-            .members
-            .values()
-            .filter(|m| m.is_new && !waiting(&m.join_waiter) && m.heartbeat_deadline_ms <= now_ms)
-            .map(|m| m.member_id.clone())
-            .collect();
+            .member_ids_where(|m| m.is_new && !waiting(&m.join_waiter) && m.heartbeat_deadline_ms <= now_ms);
         for id in stale {
             became_empty |= self.remove_member_and_update(&id, limits, now_ms);
         }

@@ -292,6 +292,15 @@ fn mtime_ms(metadata: &std::fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
+/// The bytes of a read made with `zero_copy = false`, which never returns a
+/// file slice.
+fn copied(records: Records) -> Bytes {
+    match records {
+        Records::Memory(bytes) => bytes,
+        Records::File(_) => unreachable!("a copying read returns memory"),
+    }
+}
+
 fn align_down(value: u64) -> u64 {
     value / BLOCK_BYTES * BLOCK_BYTES
 }
@@ -905,10 +914,7 @@ impl Log {
     /// fetch continues in the next segment. `offset == LEO` gives empty bytes.
     /// Always a copying O_DIRECT read; fetches use `read_records`.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
-        match self.read_records(offset, max_bytes, false).await? {
-            Records::Memory(bytes) => Ok(bytes),
-            Records::File(_) => unreachable!("a copying read returns memory"),
-        }
+        Ok(copied(self.read_records(offset, max_bytes, false).await?))
     }
 
     /// As `read`, but with `zero_copy` the answer is a `FileSlice` that the
@@ -1121,13 +1127,7 @@ impl Log {
         let Some((_, offset, base)) = best else {
             return Ok(None);
         };
-        Ok(self
-            .read_segment(base, offset, 0, false)
-            .await?
-            .map(|records| match records {
-                Records::Memory(bytes) => bytes,
-                Records::File(_) => unreachable!("a copying read returns memory"),
-            }))
+        Ok(self.read_segment(base, offset, 0, false).await?.map(copied))
     }
 
     /// Loads (validating, or rebuilding and warning) a sealed segment's
