@@ -110,7 +110,8 @@ class Broker:
         return self.log_size() > since
 
     # --- lifecycle ------------------------------------------------------------
-    def start(self, timeout=START_TIMEOUT):
+    def spawn(self):
+        """Start the process and return at once, without waiting for it to serve."""
         if self.alive():
             raise RuntimeError("broker already running")
         if not self.bin.exists():
@@ -131,6 +132,9 @@ class Broker:
                                          env=env, cwd=str(self.data_dir.parent))
         finally:
             logf.close()
+
+    def start(self, timeout=START_TIMEOUT):
+        self.spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             log = self.run_log()
@@ -185,6 +189,14 @@ class Broker:
                 raise AssertionError(f"broker pid {self.proc.pid} did not exit within {timeout}s after {sig!r}")
         self.exit_codes.append(self.proc.returncode)
         self._wait_port_released()
+        return self.proc.returncode
+
+    def reap(self, sig):
+        """Send `sig` and wait (bounded) for the process to exit, nothing more:
+        unlike stop() and kill9(), do not wait for the kernel to release the port."""
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        self.exit_codes.append(self.proc.returncode)
         return self.proc.returncode
 
     def kill9(self):

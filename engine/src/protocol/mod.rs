@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
     DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
@@ -40,27 +40,25 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use crate::shard::Shard;
+use crate::shard::{Listener, Shard};
 use crate::storage::Records;
 
 /// Smallest valid request: api key, api version, correlation id.
 const REQUEST_HEADER_MIN_BYTES: usize = 8;
 
 /// Accepts connections until the shard stops; each connection is its own task.
-pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
+pub async fn serve(shard: Rc<Shard>, listener: Rc<Listener>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) if shard.is_stopping() => return,
             Err(e) => {
                 tracing::warn!(shard = shard.id, "accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into());
+        let peer = peer.to_string();
         if !shard.try_open_connection() {
             tracing::warn!(shard = shard.id, %peer, "max.connections reached; closing the new connection");
             continue;

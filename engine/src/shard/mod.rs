@@ -14,6 +14,8 @@
 //! produce requests (~2.5k/s at disk speed) that is noise. The bytes of a
 //! forwarded produce are a refcounted `Bytes` slice, never copied.
 
+mod listener;
+pub use listener::Listener;
 mod ops;
 
 use std::cell::{Cell, RefCell};
@@ -453,7 +455,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     }
     // Every shard binds with SO_REUSEPORT, which would silently share the port
     // with another process of this user: check it is free first.
-    wait_for_port(config.listen_addr)
+    listener::wait_for_port(config.listen_addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
     let shutdown = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
@@ -461,7 +463,9 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let channel_capacity = config.shard_channel_capacity;
-    let io_threads = config.num_io_threads + 1;
+    // `num.io.threads` for zero-copy sends, one for glommio's own blocking
+    // file operations, one waiting in the listener's accept.
+    let io_threads = config.num_io_threads + 2;
     let startup = Startup {
         config: Arc::new(config),
         image: Arc::new(image),
@@ -481,9 +485,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         let startup = startup.clone();
         // Zero-copy fetch sends block in sendfile(2) (page-cache misses,
         // full socket buffers), so they run on this pool, never on the
-        // executor; unbound so the kernel can run them on an idle core. One
-        // thread more than `num.io.threads` stays free for glommio's own
-        // blocking file operations (opens, renames, removes).
+        // executor; unbound so the kernel can run them on an idle core.
         let handle = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(io_threads))
@@ -513,45 +515,6 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("shutdown was not clean; the next start runs recovery")
     }
-}
-
-/// How long startup waits for the port of a just-killed predecessor: the
-/// kernel releases an io_uring process's sockets a few ms after it exits.
-const PORT_WAIT_MS: u64 = 3_000;
-
-/// Binds (SO_REUSEADDR, no SO_REUSEPORT) and releases the address: fails
-/// if anything still listens there after `PORT_WAIT_MS`; connections
-/// lingering in TIME_WAIT do not count.
-fn wait_for_port(addr: std::net::SocketAddr) -> std::io::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_millis(PORT_WAIT_MS);
-    loop {
-        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        match socket.bind(&addr.into()) {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// The shard's listening socket: SO_REUSEPORT so every shard accepts on the
-/// port, SO_REUSEADDR so a restart is not refused by TIME_WAIT connections
-/// of the previous process (glommio's own `bind` sets only the first).
-fn listen(addr: std::net::SocketAddr, backlog: i32) -> std::io::Result<glommio::net::TcpListener> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    // SAFETY: the fd is a bound, listening TCP socket that we own and hand over.
-    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Result<bool> {
@@ -620,7 +583,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         .detach();
     }
 
-    let listener = listen(config.listen_addr, config.socket_listen_backlog_size);
+    let listener = listener::Listener::bind(config.listen_addr, config.socket_listen_backlog_size);
     if listener.is_err() {
         startup.startup_failed.store(true, Ordering::SeqCst);
     }
@@ -649,7 +612,8 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         );
     }
 
-    let accept = glommio::spawn_local(crate::protocol::serve(shard.clone(), listener));
+    let listener = Rc::new(listener);
+    let accept = glommio::spawn_local(crate::protocol::serve(shard.clone(), listener.clone()));
     let group_timers = crate::group::spawn_timers(&shard);
     let retention = {
         let shard = shard.clone();
@@ -697,6 +661,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         glommio::timer::sleep(Duration::from_millis(100)).await;
     }
     shard.stopping.set(true);
+    listener.close();
     drop(accept);
     drop(group_timers);
     drop(retention);
