@@ -49,4 +49,20 @@ if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests: treating as a failure" >&2
     exit 1
 fi
-exit "$rc"
+[ "$rc" -eq 0 ] || exit "$rc"
+
+# --- memory-safety stress under AddressSanitizer ------------------------------------
+# The broker and glommio carry `unsafe` code (sockets, io_uring, task reference
+# counts); a short stress run of a build under AddressSanitizer guards it
+# (issue 9). The foreign-waker regression test runs under the sanitizer too.
+# A longer campaign: STRESS_SECONDS=600 python3 -m pytest tests/test_stress.py with SHARDLOG_BIN set.
+ASAN_TARGET="$(rustc -vV | sed -n 's/^host: //p')"
+ASAN_ENV=(env RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address")
+log "AddressSanitizer build (nightly, $ASAN_TARGET)"
+"${ASAN_ENV[@]}" cargo +nightly build --release -p shardlog --target "$ASAN_TARGET" --target-dir target/asan
+log "AddressSanitizer: foreign waker drop test"
+"${ASAN_ENV[@]}" cargo +nightly test --release -p shardlog --target "$ASAN_TARGET" --target-dir target/asan \
+    --test foreign_waker_drop
+log "AddressSanitizer: broker stress (${STRESS_SECONDS:-60} s)"
+ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" SHARDLOG_BIN="$REPO/target/asan/$ASAN_TARGET/release/shardlog" \
+    STRESS_SECONDS="${STRESS_SECONDS:-60}" "$PYTHON" -m pytest -v tests/test_stress.py
