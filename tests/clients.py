@@ -85,6 +85,22 @@ def confluent_produce(bootstrap, topic, records, compression="none", timeout=180
     return delivered
 
 
+def confluent_delivery_errors(bootstrap, topic, records, partition=0, timeout=60.0, **conf):
+    """Produce records [(key, value)] and return the error code of each failed
+    delivery report (KafkaError codes), in report order."""
+    p = confluent_producer(bootstrap, **conf)
+    codes = []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            codes.append(err.code())
+
+    for k, v in records:
+        p.produce(topic, value=v, key=k, partition=partition, on_delivery=on_delivery)
+    assert p.flush(timeout) == 0, f"delivery reports missing after {timeout}s"
+    return codes
+
+
 def confluent_consumer(bootstrap, **conf):
     c = {
         "bootstrap.servers": bootstrap,

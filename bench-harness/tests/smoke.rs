@@ -1,6 +1,6 @@
-//! Whole-tool smoke tests: `sink-test` and `limits` always; against the
-//! release broker (SHARDLOG_BIN or `target/release/shardlog`; skipped, with
-//! a message, when missing): a tiny e2e run, tiny workloads through `run`,
+//! Whole-tool smoke tests: `sink-test` and `limits`; against the release
+//! broker (SHARDLOG_BIN or `target/release/shardlog`; a missing or stale
+//! binary fails the test): a tiny e2e run, tiny workloads through `run`,
 //! a tiny `capacity` sweep followed by `plan`, and consumer-group runs. Everything binds
 //! 127.0.0.1. No timing assertions: counts and report completeness only.
 
@@ -90,12 +90,51 @@ impl Drop for Broker {
     }
 }
 
-/// SHARDLOG_BIN, or the workspace's release build.
-fn broker_binary() -> Option<PathBuf> {
+/// SHARDLOG_BIN, or the workspace's release build; fails when it is missing
+/// or older than the engine's sources (a stale build would be tested).
+fn broker_binary() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = std::env::var_os("SHARDLOG_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/shardlog"));
-    bin.exists().then_some(bin)
+        .unwrap_or_else(|| workspace.join("target/release/shardlog"));
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| {
+            panic!(
+                "no broker binary at {} ({e}): cargo build --release -p shardlog first (scripts/test.sh does)",
+                bin.display()
+            )
+        });
+    let sources = [
+        workspace.join("engine/src"),
+        workspace.join("engine/vendor"),
+        workspace.join("engine/Cargo.toml"),
+        workspace.join("Cargo.lock"),
+    ];
+    if let Some(newer) = sources.iter().find_map(|path| newer_than(path, built)) {
+        panic!(
+            "{} is older than {}: cargo build --release -p shardlog first",
+            bin.display(),
+            newer.display()
+        );
+    }
+    bin
+}
+
+/// A file under `path` (or `path` itself) modified after `time`.
+fn newer_than(path: &Path, time: std::time::SystemTime) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta
+            .modified()
+            .ok()
+            .filter(|m| *m > time)
+            .map(|_| path.to_path_buf());
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|entry| newer_than(&entry.path(), time))
 }
 
 fn start_broker(bin: &Path) -> (Broker, String) {
@@ -132,10 +171,7 @@ fn start_broker_with(bin: &Path, settings: &[&str]) -> (Broker, String) {
 
 #[test]
 fn tiny_e2e_against_release_broker_counts_match() {
-    let Some(bin) = broker_binary() else {
-        println!("skipped: no target/release/shardlog (cargo build --release -p shardlog)");
-        return;
-    };
+    let bin = broker_binary();
     let (broker, addr) = start_broker(&bin);
     let json = broker.dir.join("e2e.json");
     let stdout = run_bench(&[
@@ -232,10 +268,7 @@ fn limits_reports_loopback_and_direct_writes() {
 
 #[test]
 fn workloads_run_against_release_broker_and_report_every_step() {
-    let Some(bin) = broker_binary() else {
-        println!("skipped: no target/release/shardlog (cargo build --release -p shardlog)");
-        return;
-    };
+    let bin = broker_binary();
     let (broker, addr) = start_broker(&bin);
     // Every producer knob at once: two topics, zstd, Zipf keys, varying record sizes.
     let e2e = broker.dir.join("tiny-e2e.toml");
@@ -315,10 +348,7 @@ fn workloads_run_against_release_broker_and_report_every_step() {
 
 #[test]
 fn tiny_capacity_sweep_writes_json_markdown_charts_and_plans() {
-    let Some(bin) = broker_binary() else {
-        println!("skipped: no target/release/shardlog (cargo build --release -p shardlog)");
-        return;
-    };
+    let bin = broker_binary();
     let dir = temp_dir("capacity");
     let out = dir.join("out");
     run_bench(&[
@@ -391,10 +421,7 @@ fn tiny_capacity_sweep_writes_json_markdown_charts_and_plans() {
 
 #[test]
 fn group_consumers_share_partitions_commit_and_resume() {
-    let Some(bin) = broker_binary() else {
-        println!("skipped: no target/release/shardlog (cargo build --release -p shardlog)");
-        return;
-    };
+    let bin = broker_binary();
     // No initial delay: the second member's join is a real rebalance.
     let (broker, addr) = start_broker_with(&bin, &["group.initial.rebalance.delay.ms=0"]);
     let group_flags = [
