@@ -4,6 +4,7 @@
 
 #![deny(clippy::await_holding_refcell_ref, clippy::await_holding_lock)]
 
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod fifo;

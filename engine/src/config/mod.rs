@@ -1,6 +1,9 @@
 //! Broker configuration: Kafka's names and defaults, from a TOML file plus
 //! command-line overrides. Built once in `main` before any shard starts and
-//! shared read-only (`Arc<BrokerConfig>`) by every shard.
+//! shared read-only (`Arc<BrokerConfig>`) by every shard. `topic`: per-topic
+//! overrides (Kafka's topic config names), their validation and effective values.
+
+pub mod topic;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -309,7 +312,7 @@ impl BrokerConfig {
                 self.log_message_timestamp_type = v.to_string();
             }
             "log.cleanup.policy" => {
-                let Some((delete, compact)) = crate::controller::topic_config::parse_cleanup_policy(v) else {
+                let Some((delete, compact)) = topic::parse_cleanup_policy(v) else {
                     return Err(invalid(key, v, "must be delete, compact or compact,delete"));
                 };
                 (self.log.cleanup_delete, self.log.cleanup_compact) = (delete, compact);

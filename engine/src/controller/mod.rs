@@ -8,15 +8,13 @@
 //! shard keeps a full copy of the latest image (`Arc`, read-only) so routing
 //! never crosses a shard. A later issue replaces the file with a raft log.
 
-pub mod topic_config;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kafka_protocol::ResponseError;
 
-use crate::config::BrokerConfig;
+use crate::config::{topic, BrokerConfig};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -335,7 +333,7 @@ fn check_new_topic(
     let mut configs = BTreeMap::new();
     for (key, value) in &t.configs {
         let Some(value) = value else { continue };
-        topic_config::validate(key, value).map_err(|m| (ResponseError::InvalidConfig, m))?;
+        topic::validate(key, value).map_err(|m| (ResponseError::InvalidConfig, m))?;
         configs.insert(key.clone(), value.trim().to_string());
     }
     Ok((partitions, rf, configs))
@@ -505,13 +503,13 @@ fn altered_overrides(
             (CONFIG_OP_DELETE, _) | (CONFIG_OP_SET, None) => None,
             (CONFIG_OP_SET, Some(v)) => Some(v.trim().to_string()),
             (CONFIG_OP_APPEND | CONFIG_OP_SUBTRACT, Some(v)) => {
-                if topic_config::config_type(name) != topic_config::CONFIG_TYPE_LIST {
+                if topic::config_type(name) != topic::CONFIG_TYPE_LIST {
                     return Err((
                         ResponseError::InvalidConfig,
                         format!("Config value append/subtract is not allowed for config key {name}"),
                     ));
                 }
-                let (base, _) = topic_config::effective(name, current, broker);
+                let (base, _) = topic::effective(name, current, broker);
                 let mut items = list(current.get(name).unwrap_or(&base));
                 for item in list(v) {
                     if *op == CONFIG_OP_APPEND {
@@ -536,11 +534,11 @@ fn altered_overrides(
         };
         match new_value {
             Some(v) => {
-                topic_config::validate(name, &v).map_err(|m| (ResponseError::InvalidConfig, m))?;
+                topic::validate(name, &v).map_err(|m| (ResponseError::InvalidConfig, m))?;
                 next.insert(name.clone(), v);
             }
             None => {
-                if !topic_config::TOPIC_KEYS.contains(&name.as_str()) {
+                if !topic::TOPIC_KEYS.contains(&name.as_str()) {
                     return Err((
                         ResponseError::InvalidConfig,
                         format!("Unknown topic config name: {name}"),

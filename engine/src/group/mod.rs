@@ -40,10 +40,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
+use crate::clock::now_ms;
 use crate::config::GroupConfig;
 use crate::controller::MetadataImage;
 use crate::protocol::str_bytes;
-use crate::shard::{now_ms, Shard};
+use crate::shard::Shard;
 use records::{OffsetValue, RecordKey};
 use state::{Group, GroupState, JoinOutcome, JoinParams, Limits, SyncOutcome, SyncParams};
 

@@ -243,7 +243,7 @@ impl Partition {
             header,
             result.base_offset,
             result.last_offset,
-            crate::shard::now_ms(),
+            crate::clock::now_ms(),
         );
         Ok(result)
     }

@@ -23,7 +23,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
-use crate::controller::{topic_config, ConfigAlteration, NewTopic, TopicOutcome, CONFIG_OP_SET};
+use crate::config::topic as topic_config;
+use crate::controller::{ConfigAlteration, NewTopic, TopicOutcome, CONFIG_OP_SET};
 use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply};
 
 const RESOURCE_TOPIC: i8 = 2;

@@ -19,7 +19,7 @@ fn min_insync_replicas(
     overrides: &std::collections::BTreeMap<String, String>,
     broker: &crate::config::BrokerConfig,
 ) -> i32 {
-    crate::controller::topic_config::effective("min.insync.replicas", overrides, broker)
+    crate::config::topic::effective("min.insync.replicas", overrides, broker)
         .0
         .parse()
         .unwrap_or(broker.min_insync_replicas)

@@ -31,6 +31,7 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::sync::Semaphore;
 
+use crate::clock::now_ms;
 use crate::config::BrokerConfig;
 use crate::controller::{self, MetadataImage};
 use crate::partition::Partition;
@@ -210,7 +211,7 @@ impl Shard {
         mode: RecoveryMode,
     ) -> Result<Rc<Partition>, crate::storage::StorageError> {
         let dir = controller::partition_dir(&self.config.data_dir, &topic.name, index);
-        let log_config = controller::topic_config::log_config(&topic.configs, &self.config);
+        let log_config = crate::config::topic::log_config(&topic.configs, &self.config);
         let log = crate::storage::Log::open(&dir, log_config, mode, self.file_cache.clone()).await?;
         let report = log.recovery_report();
         if report.segments_scanned > 0 || report.bytes_truncated > 0 || report.indexes_rebuilt > 0 {
@@ -223,7 +224,7 @@ impl Shard {
                 report.indexes_rebuilt
             );
         }
-        let policy = controller::topic_config::partition_policy(&topic.configs, &self.config);
+        let policy = crate::config::topic::partition_policy(&topic.configs, &self.config);
         let epoch = topic.partitions[index as usize].leader_epoch;
         let partition = Partition::open(
             topic.name.clone(),
@@ -298,13 +299,13 @@ impl Shard {
     /// Applies a topic's new settings live; a retention change takes effect
     /// now rather than at the next `log.retention.check.interval.ms` sweep.
     fn reconfigure(&self, partition: &Rc<Partition>, topic: &controller::TopicMeta) {
-        partition.set_policy(controller::topic_config::partition_policy(
+        partition.set_policy(crate::config::topic::partition_policy(
             &topic.configs,
             &self.config,
         ));
         partition
             .log()
-            .set_config(controller::topic_config::log_config(&topic.configs, &self.config));
+            .set_config(crate::config::topic::log_config(&topic.configs, &self.config));
         let p = partition.clone();
         glommio::spawn_local(async move {
             if let Err(e) = p.log().enforce_retention(now_ms()).await {
@@ -415,13 +416,6 @@ impl Shard {
         }
         clean
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Starts one executor per shard, runs the broker until SIGTERM/SIGINT, and

@@ -16,11 +16,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use glommio::io::DmaFile;
+
+use crate::clock::now_ms;
 
 use super::batch::{self, BatchError};
 use super::cleaner;
@@ -274,13 +276,6 @@ pub struct Log {
     cache: Rc<FileCache>,
     state: RefCell<State>,
     log_start_offset_writing: Cell<bool>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn mtime_ms(metadata: &std::fs::Metadata) -> i64 {

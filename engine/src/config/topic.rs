@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::BrokerConfig;
+use super::BrokerConfig;
 use crate::partition::PartitionPolicy;
 use crate::storage::LogConfig;
 
