@@ -11,5 +11,6 @@ pub mod fifo;
 pub mod group;
 pub mod partition;
 pub mod protocol;
+pub mod server;
 pub mod shard;
 pub mod storage;

@@ -66,7 +66,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         broker.shards = n;
     }
     raise_open_files_limit();
-    shardlog::shard::run(broker)
+    shardlog::server::run(broker)
 }
 
 /// Raises the soft open-files limit to the hard one, as Kafka's deployment

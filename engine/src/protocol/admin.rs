@@ -25,7 +25,7 @@ use kafka_protocol::ResponseError;
 use super::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 use crate::config::topic as topic_config;
 use crate::controller::{ConfigAlteration, NewTopic, TopicOutcome, CONFIG_OP_SET};
-use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply};
+use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -37,7 +37,7 @@ const DELETE_TOPICS_IDS_VERSION: i16 = 6;
 
 /// Runs a metadata change on the controller shard.
 async fn control(shard: &Rc<Shard>, op: ControlOp) -> Option<Vec<TopicOutcome>> {
-    match shard.call(0, ShardOp::Control(op)).await {
+    match shard.call(CONTROLLER_SHARD, ShardOp::Control(op)).await {
         ShardReply::Control(ControlReply::Topics(outcomes)) => Some(outcomes),
         _ => None,
     }
@@ -375,7 +375,7 @@ async fn alter_resources(
         changes,
         validate_only,
     };
-    let outcomes = match shard.call(0, ShardOp::Control(op)).await {
+    let outcomes = match shard.call(CONTROLLER_SHARD, ShardOp::Control(op)).await {
         ShardReply::Control(ControlReply::Altered(outcomes)) => outcomes,
         _ => vec![
             Some((ResponseError::NotController, "controller unavailable".to_string()));

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 use crate::controller::{validate_topic_name, MetadataImage, NewTopic, TopicMeta};
-use crate::shard::{ControlOp, Shard, ShardOp};
+use crate::shard::{ControlOp, Shard, ShardOp, CONTROLLER_SHARD};
 
 /// Metadata v4 added the client's say on auto-creation; before it, it was implied.
 const ALLOW_AUTO_CREATE_VERSION: i16 = 4;
@@ -52,7 +52,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                 topics: missing,
                 validate_only: false,
             };
-            shard.call(0, ShardOp::Control(op)).await;
+            shard.call(CONTROLLER_SHARD, ShardOp::Control(op)).await;
             image = shard.image();
         }
     }

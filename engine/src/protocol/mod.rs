@@ -40,39 +40,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
-use crate::shard::{Listener, Shard};
+use crate::shard::Shard;
 use crate::storage::Records;
 
 /// Smallest valid request: api key, api version, correlation id.
 const REQUEST_HEADER_MIN_BYTES: usize = 8;
-
-/// Accepts connections until the shard stops; each connection is its own task.
-pub async fn serve(shard: Rc<Shard>, listener: Rc<Listener>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) if shard.is_stopping() => return,
-            Err(e) => {
-                tracing::warn!(shard = shard.id, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let peer = peer.to_string();
-        if !shard.try_open_connection() {
-            tracing::warn!(shard = shard.id, %peer, "max.connections reached; closing the new connection");
-            continue;
-        }
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = connection(&shard, stream, &peer).await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-            shard.close_connection();
-        })
-        .detach();
-    }
-}
 
 /// What to do after one request.
 enum Outcome {
@@ -96,7 +68,7 @@ enum Outcome {
 /// Every other request waits until everything before it is answered, and
 /// nothing after it starts until it is answered: Kafka's one-at-a-time
 /// semantics, which long-polls (Fetch, JoinGroup) and admin requests keep.
-async fn connection(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> std::io::Result<()> {
+pub async fn connection(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_millis(shard.config.connections_max_idle_ms)))?;
     set_send_timeout(&stream, shard.config.socket_send_timeout_ms)?;

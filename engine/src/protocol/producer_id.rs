@@ -11,7 +11,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
-use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply};
+use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
 
 pub async fn init_producer_id(shard: &Rc<Shard>, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let response = InitProducerIdResponse::default()
@@ -22,7 +22,7 @@ pub async fn init_producer_id(shard: &Rc<Shard>, req: InitProducerIdRequest) -> 
         return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
     match shard
-        .call(0, ShardOp::Control(ControlOp::AllocateProducerId))
+        .call(CONTROLLER_SHARD, ShardOp::Control(ControlOp::AllocateProducerId))
         .await
     {
         ShardReply::Control(ControlReply::ProducerId(Ok(id))) => {

@@ -330,7 +330,11 @@ impl Shard {
     /// persisted before any shard sees it, then applied on every shard in
     /// order before the client gets its answer.
     async fn control(self: &Rc<Self>, op: ControlOp) -> ControlReply {
-        assert_eq!(self.id, 0, "control ops run on shard 0");
+        assert_eq!(
+            self.id,
+            super::CONTROLLER_SHARD,
+            "control ops run on the controller shard"
+        );
         let Ok(_permit) = self.control_lock.acquire_permit(1).await else {
             return ControlReply::Unavailable;
         };

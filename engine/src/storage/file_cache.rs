@@ -2,7 +2,7 @@
 //! descriptor.
 //!
 //! - **Lives on:** every shard, one per shard (`Rc<FileCache>`, `!Send`),
-//!   built by `shard_main` from `log.fd.cache.size`; touched only by that
+//!   built by `Shard::new` from `log.fd.cache.size`; touched only by that
 //!   shard's executor. Shared by all of the shard's `Log`s.
 //! - **Called by:** `Log` on every write, read, roll and close; `Log::close`
 //!   and `Log::delete` call `forget(dir)`, retention calls `remove(path)`.
