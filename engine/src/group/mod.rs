@@ -21,7 +21,7 @@ pub mod state;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
@@ -43,8 +43,8 @@ use kafka_protocol::ResponseError;
 use crate::clock::now_ms;
 use crate::config::GroupConfig;
 use crate::controller::MetadataImage;
-use crate::protocol::str_bytes;
-use crate::shard::Shard;
+use crate::partition::Partition;
+use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 use records::{OffsetValue, RecordKey};
 use state::{Group, GroupState, JoinOutcome, JoinParams, Limits, SyncOutcome, SyncParams};
 
@@ -146,6 +146,25 @@ pub struct FetchedOffsets {
     pub topics: Vec<(String, Vec<FetchedOffset>)>,
 }
 
+/// What the coordinator needs of the shard it runs on: the metadata view,
+/// whether it still owns a group, its `__consumer_offsets` partitions (the
+/// coordinator appends records to them and replays them at start), and a
+/// wake-up for fetches long-polling those partitions. `shard::Shard`
+/// implements it; the coordinator never reaches into the shard otherwise.
+pub trait GroupStore {
+    fn shard_id(&self) -> usize;
+    fn image(&self) -> Arc<MetadataImage>;
+    /// Whether this shard still coordinates `group_id` (the image may have
+    /// moved its partition since the request was routed).
+    fn owns_group(&self, group_id: &str) -> bool {
+        coordinator_shard(&self.image(), group_id) == Some(self.shard_id())
+    }
+    /// This shard's `__consumer_offsets` partition `index`, if it owns it.
+    fn offsets_partition(&self, index: i32) -> Option<Rc<Partition>>;
+    /// A group record was appended: wake this shard's waiting fetches (Burrow).
+    fn notify_appended(&self);
+}
+
 /// The groups of one shard. Exists on every shard; touched only by it.
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
@@ -188,11 +207,12 @@ fn store_error(code: ResponseError, commit: bool) -> ResponseError {
     }
 }
 
-impl Shard {
+impl Coordinator {
     /// Appends coordinator records to this shard's `__consumer_offsets`
     /// partition of `group_id`; acknowledged once the write completed.
-    async fn append_group_records(
-        self: &Rc<Self>,
+    async fn append_group_records<S: GroupStore>(
+        &self,
+        store: &S,
         group_id: &str,
         records: Vec<(Bytes, Option<Bytes>)>,
         commit: bool,
@@ -200,18 +220,18 @@ impl Shard {
         if records.is_empty() {
             return Ok(());
         }
-        let image = self.image();
+        let image = store.image();
         let partitions = image
             .topic(OFFSETS_TOPIC)
             .map_or(0, |t| t.partitions.len() as i32);
         let index = partition_for(group_id, partitions);
-        let Some(partition) = self.partition(OFFSETS_TOPIC, index) else {
+        let Some(partition) = store.offsets_partition(index) else {
             return Err(ResponseError::NotCoordinator);
         };
         let batch = records::encode_batch(&records, now_ms());
         match partition.append(&batch).await {
             Ok(_) => {
-                self.notify_group_append();
+                store.notify_appended();
                 Ok(())
             }
             Err(e) => {
@@ -225,8 +245,9 @@ impl Shard {
         }
     }
 
-    async fn persist_group(
-        self: &Rc<Self>,
+    async fn persist_group<S: GroupStore>(
+        &self,
+        store: &S,
         group_id: &str,
         value: &records::GroupValue,
     ) -> Result<(), ResponseError> {
@@ -234,64 +255,61 @@ impl Shard {
             group: group_id.to_string(),
         });
         let value = records::encode_group_value(value);
-        self.append_group_records(group_id, vec![(key, Some(value))], false)
+        self.append_group_records(store, group_id, vec![(key, Some(value))], false)
             .await
     }
 
     /// Writes the metadata of groups that just became Empty (a later start
     /// sees their new generation). Failures are logged: the group state in
     /// memory is right and the next change writes it again.
-    async fn persist_emptied(self: &Rc<Self>, emptied: Vec<(String, records::GroupValue)>) {
+    async fn persist_emptied<S: GroupStore>(&self, store: &S, emptied: Vec<(String, records::GroupValue)>) {
         for (group_id, value) in emptied {
-            if let Err(e) = self.persist_group(&group_id, &value).await {
+            if let Err(e) = self.persist_group(store, &group_id, &value).await {
                 tracing::warn!(group = %group_id, "cannot persist empty group: {e:?}");
             }
         }
     }
 
-    /// Whether this shard still coordinates `group_id` (the image may have
-    /// moved the partition since the request was routed).
-    fn coordinates(&self, group_id: &str) -> bool {
-        coordinator_shard(&self.image(), group_id) == Some(self.id)
-    }
-
-    pub(crate) async fn execute_group(self: &Rc<Self>, op: GroupOp) -> GroupReply {
+    pub async fn execute<S: GroupStore>(&self, store: &S, op: GroupOp) -> GroupReply {
         match op {
             GroupOp::Join {
                 req,
                 version,
                 client_id,
                 client_host,
-            } => GroupReply::Join(self.join_group(req, version, client_id, client_host).await),
-            GroupOp::Sync { req } => GroupReply::Sync(self.sync_group(req).await),
-            GroupOp::Heartbeat { req } => GroupReply::Heartbeat(self.heartbeat(req)),
-            GroupOp::Leave { req, version } => GroupReply::Leave(self.leave_group(req, version).await),
-            GroupOp::Commit { req } => GroupReply::Commit(self.commit_offsets(req).await),
-            GroupOp::Fetch { group_id, topics } => GroupReply::Fetch(self.fetch_offsets(&group_id, topics)),
+            } => GroupReply::Join(self.join_group(store, req, version, client_id, client_host).await),
+            GroupOp::Sync { req } => GroupReply::Sync(self.sync_group(store, req).await),
+            GroupOp::Heartbeat { req } => GroupReply::Heartbeat(self.heartbeat(store, req)),
+            GroupOp::Leave { req, version } => GroupReply::Leave(self.leave_group(store, req, version).await),
+            GroupOp::Commit { req } => GroupReply::Commit(self.commit_offsets(store, req).await),
+            GroupOp::Fetch { group_id, topics } => {
+                GroupReply::Fetch(self.fetch_offsets(store, &group_id, topics))
+            }
             GroupOp::Describe { group_id, version } => {
-                GroupReply::Describe(self.describe_group(&group_id, version))
+                GroupReply::Describe(self.describe_group(store, &group_id, version))
             }
             GroupOp::List => GroupReply::List(self.list_groups()),
-            GroupOp::Delete { group_id } => GroupReply::Delete(self.delete_group(&group_id).await),
-            GroupOp::OffsetDelete { req } => GroupReply::OffsetDelete(self.delete_offsets(req).await),
+            GroupOp::Delete { group_id } => GroupReply::Delete(self.delete_group(store, &group_id).await),
+            GroupOp::OffsetDelete { req } => GroupReply::OffsetDelete(self.delete_offsets(store, req).await),
         }
     }
 
-    async fn join_group(
-        self: &Rc<Self>,
+    async fn join_group<S: GroupStore>(
+        &self,
+        store: &S,
         req: JoinGroupRequest,
         version: i16,
         client_id: String,
         client_host: String,
     ) -> JoinGroupResponse {
-        let cfg = &self.groups.config;
+        let cfg = &self.config;
         let group_id = req.group_id.to_string();
         let member_id = req.member_id.to_string();
         let err = |code| state::join_error(code, &member_id);
         if group_id.is_empty() {
             return err(ResponseError::InvalidGroupId);
         }
-        if !self.coordinates(&group_id) {
+        if !store.owns_group(&group_id) {
             return err(ResponseError::NotCoordinator);
         }
         if req.session_timeout_ms < cfg.min_session_timeout_ms
@@ -333,9 +351,9 @@ impl Shard {
             require_known_member_id: version >= 4,
         };
         let new_member_id = format!("{client_id}-{}", uuid::Uuid::new_v4());
-        let limits = self.groups.limits();
+        let limits = self.limits();
         let outcome = {
-            let mut groups = self.groups.groups.borrow_mut();
+            let mut groups = self.groups.borrow_mut();
             if !groups.contains_key(&group_id) {
                 if !member_id.is_empty() {
                     return err(ResponseError::UnknownMemberId);
@@ -356,12 +374,11 @@ impl Shard {
                 // restart knows the new member id.
                 let value = self
                     .groups
-                    .groups
                     .borrow()
                     .get(&group_id)
                     .map(|g| g.to_value(None, now_ms()));
                 if let Some(value) = value {
-                    if let Err(code) = self.persist_group(&group_id, &value).await {
+                    if let Err(code) = self.persist_group(store, &group_id, &value).await {
                         return err(code);
                     }
                 }
@@ -379,9 +396,9 @@ impl Shard {
         resp
     }
 
-    async fn sync_group(self: &Rc<Self>, req: SyncGroupRequest) -> SyncGroupResponse {
+    async fn sync_group<S: GroupStore>(&self, store: &S, req: SyncGroupRequest) -> SyncGroupResponse {
         let group_id = req.group_id.to_string();
-        if !self.coordinates(&group_id) {
+        if !store.owns_group(&group_id) {
             return state::sync_error(ResponseError::NotCoordinator);
         }
         let assignments = req
@@ -390,7 +407,7 @@ impl Shard {
             .map(|a| (a.member_id.to_string(), a.assignment.clone()))
             .collect();
         let outcome = {
-            let mut groups = self.groups.groups.borrow_mut();
+            let mut groups = self.groups.borrow_mut();
             let Some(group) = groups.get_mut(&group_id) else {
                 return state::sync_error(ResponseError::UnknownMemberId);
             };
@@ -414,9 +431,9 @@ impl Shard {
                 assignments,
                 waiter,
             } => {
-                let persisted = self.persist_group(&group_id, &value).await;
-                let limits = self.groups.limits();
-                if let Some(group) = self.groups.groups.borrow_mut().get_mut(&group_id) {
+                let persisted = self.persist_group(store, &group_id, &value).await;
+                let limits = self.limits();
+                if let Some(group) = self.groups.borrow_mut().get_mut(&group_id) {
                     group.complete_sync(generation, assignments, persisted, &limits, now_ms());
                 }
                 waiter.await.unwrap_or_else(|_| cancelled())
@@ -424,12 +441,12 @@ impl Shard {
         }
     }
 
-    fn heartbeat(self: &Rc<Self>, req: HeartbeatRequest) -> Option<ResponseError> {
+    fn heartbeat<S: GroupStore>(&self, store: &S, req: HeartbeatRequest) -> Option<ResponseError> {
         let group_id = req.group_id.to_string();
-        if !self.coordinates(&group_id) {
+        if !store.owns_group(&group_id) {
             return Some(ResponseError::NotCoordinator);
         }
-        let mut groups = self.groups.groups.borrow_mut();
+        let mut groups = self.groups.borrow_mut();
         match groups.get_mut(&group_id) {
             None => Some(ResponseError::UnknownMemberId),
             Some(g) => g.heartbeat(
@@ -441,7 +458,12 @@ impl Shard {
         }
     }
 
-    async fn leave_group(self: &Rc<Self>, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    async fn leave_group<S: GroupStore>(
+        &self,
+        store: &S,
+        req: LeaveGroupRequest,
+        version: i16,
+    ) -> LeaveGroupResponse {
         let group_id = req.group_id.to_string();
         // v0-2 name one member; v3+ a batch (KIP-345).
         let members: Vec<(String, Option<String>)> = if version < 3 {
@@ -459,11 +481,11 @@ impl Shard {
         };
         let mut results = Vec::with_capacity(members.len());
         let mut emptied = Vec::new();
-        let top = if !self.coordinates(&group_id) {
+        let top = if !store.owns_group(&group_id) {
             Some(ResponseError::NotCoordinator)
         } else {
-            let limits = self.groups.limits();
-            let mut groups = self.groups.groups.borrow_mut();
+            let limits = self.limits();
+            let mut groups = self.groups.borrow_mut();
             for (member_id, instance) in &members {
                 let code = match groups.get_mut(&group_id) {
                     None => Some(ResponseError::UnknownMemberId),
@@ -484,7 +506,7 @@ impl Shard {
             }
             None
         };
-        self.persist_emptied(emptied).await;
+        self.persist_emptied(store, emptied).await;
         // v0-2 carry the one member's error at the top level.
         let top_code = match (top, version < 3) {
             (Some(code), _) => code.code(),
@@ -496,9 +518,13 @@ impl Shard {
             .with_members(if version >= 3 { results } else { Vec::new() })
     }
 
-    async fn commit_offsets(self: &Rc<Self>, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    async fn commit_offsets<S: GroupStore>(
+        &self,
+        store: &S,
+        req: OffsetCommitRequest,
+    ) -> OffsetCommitResponse {
         let group_id = req.group_id.to_string();
-        let cfg = &self.groups.config;
+        let cfg = &self.config;
         let answer = |f: &dyn Fn(&str, i32) -> Option<ResponseError>| {
             OffsetCommitResponse::default().with_topics(
                 req.topics
@@ -525,10 +551,10 @@ impl Shard {
         };
         let group_error = if group_id.is_empty() {
             Some(ResponseError::InvalidGroupId)
-        } else if !self.coordinates(&group_id) {
+        } else if !store.owns_group(&group_id) {
             Some(ResponseError::NotCoordinator)
         } else {
-            let mut groups = self.groups.groups.borrow_mut();
+            let mut groups = self.groups.borrow_mut();
             let generation = req.generation_id_or_member_epoch;
             match groups.get(&group_id) {
                 None if generation >= 0 => Some(ResponseError::IllegalGeneration),
@@ -549,7 +575,7 @@ impl Shard {
             return answer(&|_, _| group_error);
         }
         let now = now_ms();
-        let image = self.image();
+        let image = store.image();
         let mut values: BTreeMap<(String, i32), OffsetValue> = BTreeMap::new();
         let mut refused: HashMap<(String, i32), ResponseError> = HashMap::new();
         let mut records = Vec::new();
@@ -586,9 +612,9 @@ impl Shard {
                 values.insert((t.name.to_string(), p.partition_index), value);
             }
         }
-        let written = self.append_group_records(&group_id, records, true).await;
+        let written = self.append_group_records(store, &group_id, records, true).await;
         if written.is_ok() {
-            if let Some(g) = self.groups.groups.borrow_mut().get_mut(&group_id) {
+            if let Some(g) = self.groups.borrow_mut().get_mut(&group_id) {
                 for (k, v) in &values {
                     g.offsets.insert(k.clone(), v.clone());
                 }
@@ -602,18 +628,19 @@ impl Shard {
         )
     }
 
-    fn fetch_offsets(
-        self: &Rc<Self>,
+    fn fetch_offsets<S: GroupStore>(
+        &self,
+        store: &S,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
     ) -> FetchedOffsets {
-        if !self.coordinates(group_id) {
+        if !store.owns_group(group_id) {
             return FetchedOffsets {
                 error: Some(ResponseError::NotCoordinator),
                 topics: Vec::new(),
             };
         }
-        let groups = self.groups.groups.borrow();
+        let groups = self.groups.borrow();
         let offsets = groups.get(group_id).map(|g| &g.offsets);
         let lookup = |topic: &str, partition: i32| {
             let v = offsets.and_then(|o| o.get(&(topic.to_string(), partition)));
@@ -650,14 +677,14 @@ impl Shard {
         FetchedOffsets { error: None, topics }
     }
 
-    fn describe_group(self: &Rc<Self>, group_id: &str, version: i16) -> DescribedGroup {
+    fn describe_group<S: GroupStore>(&self, store: &S, group_id: &str, version: i16) -> DescribedGroup {
         let base = DescribedGroup::default()
             .with_group_id(GroupId(str_bytes(group_id)))
-            .with_authorized_operations(crate::protocol::AUTHORIZED_OPERATIONS_OMITTED);
-        if !self.coordinates(group_id) {
+            .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+        if !store.owns_group(group_id) {
             return base.with_error_code(ResponseError::NotCoordinator.code());
         }
-        let groups = self.groups.groups.borrow();
+        let groups = self.groups.borrow();
         let Some(g) = groups.get(group_id).filter(|g| g.state != GroupState::Dead) else {
             // Kafka answers an unknown group as Dead; v6+ with GROUP_ID_NOT_FOUND.
             let code = if version >= 6 {
@@ -700,9 +727,8 @@ impl Shard {
             .with_members(members)
     }
 
-    fn list_groups(self: &Rc<Self>) -> Vec<ListedGroup> {
+    fn list_groups(&self) -> Vec<ListedGroup> {
         self.groups
-            .groups
             .borrow()
             .values()
             .filter(|g| g.state != GroupState::Dead)
@@ -716,12 +742,12 @@ impl Shard {
             .collect()
     }
 
-    async fn delete_group(self: &Rc<Self>, group_id: &str) -> Option<ResponseError> {
-        if !self.coordinates(group_id) {
+    async fn delete_group<S: GroupStore>(&self, store: &S, group_id: &str) -> Option<ResponseError> {
+        if !store.owns_group(group_id) {
             return Some(ResponseError::NotCoordinator);
         }
         let tombstones = {
-            let groups = self.groups.groups.borrow();
+            let groups = self.groups.borrow();
             match groups.get(group_id) {
                 None => return Some(ResponseError::GroupIdNotFound),
                 Some(g) if g.state == GroupState::Dead => return Some(ResponseError::GroupIdNotFound),
@@ -729,10 +755,13 @@ impl Shard {
                 Some(g) => group_tombstones(g),
             }
         };
-        if let Err(code) = self.append_group_records(group_id, tombstones, false).await {
+        if let Err(code) = self
+            .append_group_records(store, group_id, tombstones, false)
+            .await
+        {
             return Some(code);
         }
-        let mut groups = self.groups.groups.borrow_mut();
+        let mut groups = self.groups.borrow_mut();
         // A member may have joined while the tombstones were written; Kafka
         // checks once, before the write, too. The group is gone either way.
         if let Some(mut g) = groups.remove(group_id) {
@@ -741,17 +770,21 @@ impl Shard {
         None
     }
 
-    async fn delete_offsets(self: &Rc<Self>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    async fn delete_offsets<S: GroupStore>(
+        &self,
+        store: &S,
+        req: OffsetDeleteRequest,
+    ) -> OffsetDeleteResponse {
         let group_id = req.group_id.to_string();
         let top = |code: ResponseError| OffsetDeleteResponse::default().with_error_code(code.code());
-        if !self.coordinates(&group_id) {
+        if !store.owns_group(&group_id) {
             return top(ResponseError::NotCoordinator);
         }
         let mut results: Vec<(TopicName, Vec<PartitionOutcome>)> = Vec::new();
         let mut records = Vec::new();
         let mut deleted = Vec::new();
         {
-            let groups = self.groups.groups.borrow();
+            let groups = self.groups.borrow();
             let Some(g) = groups.get(&group_id).filter(|g| g.state != GroupState::Dead) else {
                 return top(ResponseError::GroupIdNotFound);
             };
@@ -782,11 +815,11 @@ impl Shard {
                 results.push((t.name.clone(), parts));
             }
         }
-        let written = self.append_group_records(&group_id, records, true).await;
+        let written = self.append_group_records(store, &group_id, records, true).await;
         if let Err(code) = written {
             return top(code);
         }
-        if let Some(g) = self.groups.groups.borrow_mut().get_mut(&group_id) {
+        if let Some(g) = self.groups.borrow_mut().get_mut(&group_id) {
             for key in &deleted {
                 g.offsets.remove(key);
             }
@@ -813,11 +846,11 @@ impl Shard {
     }
 
     /// Session timeouts and rebalance deadlines of this shard's groups.
-    pub(crate) async fn tick_groups(self: &Rc<Self>) {
-        let limits = self.groups.limits();
+    pub async fn tick<S: GroupStore>(&self, store: &S) {
+        let limits = self.limits();
         let now = now_ms();
         let emptied: Vec<(String, records::GroupValue)> = {
-            let mut groups = self.groups.groups.borrow_mut();
+            let mut groups = self.groups.borrow_mut();
             groups
                 .values_mut()
                 .filter_map(|g| {
@@ -826,18 +859,18 @@ impl Shard {
                 })
                 .collect()
         };
-        self.persist_emptied(emptied).await;
+        self.persist_emptied(store, emptied).await;
     }
 
     /// `offsets.retention.minutes`: offsets of Empty groups expire (Kafka
     /// 2.1+: counted from when the group became empty, or from the commit
     /// for groups that never had members); an Empty group left without
     /// offsets is deleted. Tombstones are written first.
-    pub(crate) async fn expire_offsets(self: &Rc<Self>) {
-        let retention_ms = self.groups.config.offsets_retention_ms;
+    pub async fn expire_offsets<S: GroupStore>(&self, store: &S) {
+        let retention_ms = self.config.offsets_retention_ms;
         let now = now_ms();
         let work: Vec<Expiry> = {
-            let groups = self.groups.groups.borrow();
+            let groups = self.groups.borrow();
             groups
                 .values()
                 .filter(|g| g.state == GroupState::Empty)
@@ -873,11 +906,14 @@ impl Shard {
                 };
                 tombstones.push((records::encode_key(&key), None));
             }
-            if let Err(e) = self.append_group_records(&group_id, tombstones, false).await {
+            if let Err(e) = self
+                .append_group_records(store, &group_id, tombstones, false)
+                .await
+            {
                 tracing::warn!(group = %group_id, "cannot expire offsets: {e:?}");
                 continue;
             }
-            let mut groups = self.groups.groups.borrow_mut();
+            let mut groups = self.groups.borrow_mut();
             let Some(g) = groups.get_mut(&group_id) else {
                 continue;
             };
@@ -895,7 +931,12 @@ impl Shard {
     /// (tombstones), so a topic re-created under the same name starts
     /// without the old topic's positions. Runs on every shard after it
     /// applied an image that removed or re-created topics.
-    pub(crate) async fn forget_deleted_topics(self: &Rc<Self>, old: &MetadataImage, new: &MetadataImage) {
+    pub async fn forget_deleted_topics<S: GroupStore>(
+        &self,
+        store: &S,
+        old: &MetadataImage,
+        new: &MetadataImage,
+    ) {
         let deleted: Vec<&str> = old
             .topics
             .values()
@@ -906,7 +947,7 @@ impl Shard {
             return;
         }
         let work: Vec<(String, Vec<(String, i32)>)> = {
-            let groups = self.groups.groups.borrow();
+            let groups = self.groups.borrow();
             groups
                 .values()
                 .filter_map(|g| {
@@ -925,11 +966,14 @@ impl Shard {
                 .iter()
                 .map(|(t, p)| offset_tombstone(&group_id, t, *p))
                 .collect();
-            if let Err(e) = self.append_group_records(&group_id, tombstones, false).await {
+            if let Err(e) = self
+                .append_group_records(store, &group_id, tombstones, false)
+                .await
+            {
                 tracing::warn!(group = %group_id, "cannot delete offsets of deleted topics: {e:?}");
                 continue;
             }
-            if let Some(g) = self.groups.groups.borrow_mut().get_mut(&group_id) {
+            if let Some(g) = self.groups.borrow_mut().get_mut(&group_id) {
                 for key in &gone {
                     g.offsets.remove(key);
                 }
@@ -939,15 +983,15 @@ impl Shard {
 
     /// Rebuilds this shard's groups and offsets from its `__consumer_offsets`
     /// partitions: last record per key wins, tombstones delete.
-    pub(crate) async fn load_groups(self: &Rc<Self>) {
-        let image = self.image();
+    pub async fn load<S: GroupStore>(&self, store: &S) {
+        let image = store.image();
         let Some(topic) = image.topic(OFFSETS_TOPIC) else {
             return;
         };
         let mut latest: BTreeMap<RecordKey, Option<Bytes>> = BTreeMap::new();
         let mut records_read = 0usize;
         for index in 0..topic.partitions.len() as i32 {
-            let Some(partition) = self.partition(OFFSETS_TOPIC, index) else {
+            let Some(partition) = store.offsets_partition(index) else {
                 continue;
             };
             let mut offset = partition.log_start_offset();
@@ -1002,7 +1046,7 @@ impl Shard {
             }
         }
         let now = now_ms();
-        let mut groups = self.groups.groups.borrow_mut();
+        let mut groups = self.groups.borrow_mut();
         for (key, value) in latest {
             let Some(value) = value else { continue };
             match key {
@@ -1035,7 +1079,7 @@ impl Shard {
         }
         if records_read > 0 {
             tracing::info!(
-                shard = self.id,
+                shard = store.shard_id(),
                 "loaded {} groups from {records_read} {OFFSETS_TOPIC} records",
                 groups.len()
             );
@@ -1071,30 +1115,6 @@ fn group_tombstones(g: &Group) -> Vec<(Bytes, Option<Bytes>)> {
         None,
     ));
     out
-}
-
-/// The ticker and retention sweeper a shard runs for its groups.
-pub fn spawn_timers(shard: &Rc<Shard>) -> Vec<glommio::Task<()>> {
-    let ticker = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(Duration::from_millis(GROUP_TICK_MS)).await;
-                shard.tick_groups().await;
-            }
-        })
-    };
-    let retention = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let every = Duration::from_millis(shard.groups.config.offsets_retention_check_interval_ms);
-            loop {
-                glommio::timer::sleep(every).await;
-                shard.expire_offsets().await;
-            }
-        })
-    };
-    vec![ticker, retention]
 }
 
 #[cfg(test)]

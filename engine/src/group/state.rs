@@ -17,7 +17,7 @@ use kafka_protocol::messages::{JoinGroupResponse, SyncGroupResponse};
 use kafka_protocol::ResponseError;
 
 use super::records::{GroupValue, MemberValue, OffsetValue};
-use crate::protocol::str_bytes;
+use crate::wire::str_bytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {

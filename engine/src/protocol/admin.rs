@@ -22,10 +22,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
-use super::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 use crate::config::topic as topic_config;
 use crate::controller::{ConfigAlteration, NewTopic, TopicOutcome, CONFIG_OP_SET};
 use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
+use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;

@@ -22,10 +22,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use super::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 use crate::group::state::code_of;
 use crate::group::{self, FetchedOffsets, GroupOp, GroupReply};
 use crate::shard::{Shard, ShardOp, ShardReply};
+use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 
 /// FindCoordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;

@@ -103,7 +103,7 @@ pub async fn handle_v0(shard: &Rc<Shard>, body: &[u8]) -> Result<bytes::Bytes, S
         }
         topics.push(
             ListOffsetsTopic::default()
-                .with_name(TopicName(super::str_bytes(&name)))
+                .with_name(TopicName(crate::wire::str_bytes(&name)))
                 .with_partitions(partitions),
         );
     }

@@ -9,9 +9,9 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 use crate::controller::{validate_topic_name, MetadataImage, NewTopic, TopicMeta};
 use crate::shard::{ControlOp, Shard, ShardOp, CONTROLLER_SHARD};
+use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 
 /// Metadata v4 added the client's say on auto-creation; before it, it was implied.
 const ALLOW_AUTO_CREATE_VERSION: i16 = 4;

@@ -511,10 +511,3 @@ fn client_host(peer: &str) -> String {
     let ip = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
     format!("/{}", ip.trim_start_matches('[').trim_end_matches(']'))
 }
-
-/// Kafka's "no authorized operations requested" sentinel.
-pub(crate) const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
-
-pub(crate) fn str_bytes(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
-}

@@ -6,9 +6,9 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
-use super::str_bytes;
 use crate::controller::validate_topic_name;
 use crate::shard::{ProduceOutcome, ProducePart, Shard, ShardOp, ShardReply};
+use crate::wire::str_bytes;
 
 const PRODUCE_TOPIC_IDS_VERSION: i16 = 13;
 /// Single node: every partition has exactly one replica, the leader.

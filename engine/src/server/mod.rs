@@ -162,7 +162,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     shard.apply(startup.image.clone(), mode).await;
     // Groups are rebuilt before the port opens, so no request ever sees a
     // half-loaded coordinator (Kafka's COORDINATOR_LOAD_IN_PROGRESS).
-    shard.load_groups().await;
+    shard.groups.load(&*shard).await;
 
     shard.serve_mesh(receivers);
 
@@ -197,7 +197,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
 
     let listener = Rc::new(listener);
     let accept = glommio::spawn_local(serve(shard.clone(), listener.clone()));
-    let group_timers = crate::group::spawn_timers(&shard);
+    let group_timers = spawn_group_timers(&shard);
     let retention = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -288,4 +288,29 @@ async fn serve(shard: Rc<Shard>, listener: Rc<Listener>) {
         })
         .detach();
     }
+}
+
+/// The ticker (session timeouts, rebalance deadlines) and the offset
+/// retention sweep of the groups a shard coordinates.
+fn spawn_group_timers(shard: &Rc<Shard>) -> Vec<glommio::Task<()>> {
+    let ticker = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(crate::group::GROUP_TICK_MS)).await;
+                shard.groups.tick(&*shard).await;
+            }
+        })
+    };
+    let sweeper = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let every = Duration::from_millis(shard.config.group.offsets_retention_check_interval_ms);
+            loop {
+                glommio::timer::sleep(every).await;
+                shard.groups.expire_offsets(&*shard).await;
+            }
+        })
+    };
+    vec![ticker, sweeper]
 }

@@ -235,11 +235,6 @@ impl Shard {
         self.appended.notify(usize::MAX);
     }
 
-    /// The coordinator appended to `__consumer_offsets`: wake its fetchers (Burrow).
-    pub(crate) fn notify_group_append(&self) {
-        self.notify_appended();
-    }
-
     async fn open_partition(
         &self,
         topic: &controller::TopicMeta,
@@ -488,5 +483,24 @@ impl Shard {
             .enumerate()
             .filter(|(_, v)| !v.is_empty())
             .collect()
+    }
+}
+
+/// The consumer-group coordinator's view of its shard.
+impl crate::group::GroupStore for Shard {
+    fn shard_id(&self) -> usize {
+        self.id
+    }
+
+    fn image(&self) -> Arc<MetadataImage> {
+        Shard::image(self)
+    }
+
+    fn offsets_partition(&self, index: i32) -> Option<Rc<Partition>> {
+        self.partition(crate::group::OFFSETS_TOPIC, index)
+    }
+
+    fn notify_appended(&self) {
+        Shard::notify_appended(self)
     }
 }

@@ -176,11 +176,14 @@ impl Shard {
                 // Offsets of deleted topics go in the background: the
                 // metadata change does not wait for coordinator writes.
                 let shard = self.clone();
-                glommio::spawn_local(async move { shard.forget_deleted_topics(&old, &image).await }).detach();
+                glommio::spawn_local(async move {
+                    shard.groups.forget_deleted_topics(&*shard, &old, &image).await
+                })
+                .detach();
                 ShardReply::Applied
             }
             ShardOp::Control(op) => ShardReply::Control(self.control(op).await),
-            ShardOp::Group(op) => ShardReply::Group(self.execute_group(*op).await),
+            ShardOp::Group(op) => ShardReply::Group(self.groups.execute(&**self, *op).await),
         }
     }
 
