@@ -32,8 +32,8 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
 
 use super::batch::{self, BATCH_OVERHEAD_BYTES};
+use super::error::StorageError;
 use super::index::SegmentIndex;
-use super::log::StorageError;
 use super::segment::{file_name, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 
 /// Suffix of a cleaned file waiting to replace its original.

@@ -27,7 +27,7 @@ use std::rc::Rc;
 
 use glommio::io::DmaFile;
 
-use super::log::StorageError;
+use super::error::StorageError;
 use super::segment::{open_existing, open_for_write};
 
 /// How a cached file was opened. A `ReadWrite` file also serves reads.

@@ -3,17 +3,19 @@
 
 pub mod batch;
 pub mod cleaner;
+mod error;
 mod file_cache;
 pub mod index;
 pub mod log;
+mod log_config;
 mod records;
 mod segment;
 #[cfg(test)]
 pub mod testutil;
 
 pub use batch::{parse_header, split_validated, validate, BatchError, BatchHeader};
+pub use error::StorageError;
 pub use file_cache::{FileCache, FileCacheStats, FileMode};
-pub use log::{
-    detect_recovery_mode, AppendResult, Log, LogConfig, RecoveryMode, RecoveryReport, StorageError,
-};
+pub use log::{detect_recovery_mode, AppendResult, Log, RecoveryMode, RecoveryReport};
+pub use log_config::LogConfig;
 pub use records::{FileSlice, Records};

@@ -1,9 +1,10 @@
 //! One segment's files and the I/O that reads, scans and writes them.
 //!
 //! A segment is `<20-digit base offset>.log` plus `.index` and `.timeindex`
-//! (see `index.rs`). The active segment's writer lives in `log.rs`; this file
-//! holds what both sealed and active segments need: naming, scanning (for
-//! recovery and index rebuilds), windowed batch reads, and small-file writes.
+//! (see `index.rs`). The active segment's writer lives in `log/writer.rs`;
+//! this file holds what both sealed and active segments need: naming,
+//! scanning (for recovery and index rebuilds), windowed batch reads, and
+//! small-file writes.
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +13,8 @@ use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 use glommio::GlommioError;
 
 use super::batch::{self, BatchError, BatchHeader, BATCH_HEADER_BYTES, BATCH_OVERHEAD_BYTES};
+use super::error::StorageError;
 use super::index::{IndexBounds, OffsetIndex, SegmentIndex, TimeIndex};
-use super::log::StorageError;
 
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";

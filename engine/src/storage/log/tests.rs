@@ -5,7 +5,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::*;
-use crate::storage::batch::{split_validated, validate};
+use crate::storage::batch::{split_validated, validate, BatchError};
 use crate::storage::testutil::make_batch;
 
 fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {

@@ -1,0 +1,488 @@
+//! One partition's log: segments, the O_DIRECT group-commit writer, reads,
+//! retention and recovery. See `README.md` in the storage directory.
+//!
+//! This file is the core every other part leans on: the `Log` and its state,
+//! open, close and the accessors. The rest of `impl Log` is split by concern
+//! so that each part's invariants can be read in one place: `writer.rs`
+//! (appends, rolls, flushes), `reads.rs`, `recovery.rs` (what open does to
+//! the files it finds) and `retention.rs` (retention, DeleteRecords,
+//! compaction).
+//!
+//! Back of envelope (PERFORMANCE.md machine, 2 cores): one write per group
+//! commit, each rewriting at most one partial 4 KiB block already written, so
+//! write amplification is <= 4 KiB per group commit (< 7% at 64 KiB batches,
+//! ~0 at 1 MiB). Memory per partition: one < 4 KiB tail block, the active
+//! segment's in-memory index (8 + 12 bytes per 4 KiB of log: <= 5 MiB for a
+//! full 1 GiB segment), and sealed segments' indexes only once read. Files
+//! open per partition: none of its own; every `.log` it writes or reads comes
+//! from the shard's `FileCache` (an LRU of `log.fd.cache.size` files), so an
+//! idle partition holds no file descriptor.
+
+mod reads;
+mod recovery;
+mod retention;
+mod writer;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::UNIX_EPOCH;
+
+use futures::channel::oneshot;
+
+use crate::clock::now_ms;
+
+use super::cleaner;
+pub use super::error::StorageError;
+use super::file_cache::{FileCache, FileMode};
+use super::index::SegmentIndex;
+pub use super::log_config::LogConfig;
+use super::segment::{self, file_path, LOG_SUFFIX};
+
+pub use self::recovery::{detect_recovery_mode, RecoveryMode, RecoveryReport};
+use self::recovery::{recover_clean, recover_unclean};
+use self::writer::PendingAppend;
+
+/// O_DIRECT block size the writer aligns to. Every write starts at a multiple
+/// of it and is a multiple of it long (the device's logical block size, which
+/// glommio reports as `DmaFile::alignment`, must divide it).
+pub const BLOCK_BYTES: u64 = 4096;
+/// Upper bound of one group-commit write (callers beyond it go in the next
+/// write; a single caller larger than it is still written in one piece).
+pub const WRITE_BYTES_MAX: u64 = 8 << 20;
+/// Text file: the decimal offset below which everything is fdatasynced.
+pub const RECOVERY_POINT_FILE: &str = "recovery-point";
+/// Text file: the decimal log start offset set by DeleteRecords.
+pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
+/// Empty marker written by a clean close, removed by open.
+pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// Broker wall-clock time of the write.
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+/// Boxed values: a B-tree leaf has 11 slots, so a one-segment log (the usual
+/// idle partition) pays 11 x 16 bytes instead of 11 x 136.
+type Segments = BTreeMap<i64, Box<Segment>>;
+
+struct Segment {
+    base_offset: i64,
+    /// Logical size: bytes of whole batches (the file may be longer by
+    /// O_DIRECT zero padding while the segment is active).
+    size_bytes: u64,
+    /// Broker time of the last write (file mtime after a restart).
+    last_modified_ms: i64,
+    /// Broker time of the first append in this process (segment.ms).
+    first_append_ms: Option<i64>,
+    /// Always loaded for the active segment; loaded lazily for sealed ones.
+    index: Option<SegmentIndex>,
+    /// Bumped when compaction replaces the files: positions taken from an
+    /// older generation's index are not valid in the new file.
+    generation: u64,
+}
+
+/// The active segment's write side. Its file comes from the shard's
+/// `FileCache` at each write (reopened after an eviction); the partial tail
+/// block is kept here, so a reopen reads nothing back.
+struct Writer {
+    /// Bytes of the last, partial block: `[align_down(size), size)`.
+    tail: Vec<u8>,
+}
+
+struct State {
+    config: LogConfig,
+    /// By base offset; the last one is the active segment.
+    segments: Segments,
+    /// None once closed.
+    writer: Option<Writer>,
+    log_start_offset: i64,
+    log_end_offset: i64,
+    recovery_point: i64,
+    report: RecoveryReport,
+    pending: VecDeque<(PendingAppend, oneshot::Sender<Result<AppendResult, StorageError>>)>,
+    writer_running: bool,
+    idle_waiters: Vec<oneshot::Sender<()>>,
+    closed: bool,
+    messages_since_flush: u64,
+    last_flush_ms: i64,
+    /// Group-commit writes completed (each may carry many appends).
+    writes_completed: u64,
+    /// Offsets below this were compacted by an earlier pass (in memory: the
+    /// first pass after a restart compacts everything once more).
+    cleaned_up_to_offset: i64,
+}
+
+impl State {
+    fn active_base(&self) -> i64 {
+        // Invariant: a log always has at least its active segment.
+        self.segments.keys().next_back().copied().unwrap_or(0)
+    }
+
+    fn active(&self) -> Option<&Segment> {
+        self.segments.values().next_back().map(|s| &**s)
+    }
+
+    fn active_mut(&mut self) -> Option<&mut Segment> {
+        self.segments.values_mut().next_back().map(|s| &mut **s)
+    }
+
+    fn next_base_after(&self, base: i64) -> Option<i64> {
+        self.segments.range(base + 1..).next().map(|(b, _)| *b)
+    }
+
+    fn out_of_range(&self, requested: i64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            requested,
+            log_start_offset: self.log_start_offset,
+            log_end_offset: self.log_end_offset,
+        }
+    }
+}
+
+/// One partition's log.
+///
+/// Shard-local: it exists only on the shard that owns the partition and is
+/// touched only by that shard's executor (`!Send`, used through `Rc<Log>`).
+/// Called by the partition layer. All state is in one `RefCell`, borrowed
+/// briefly and never across an `.await`.
+pub struct Log {
+    dir: PathBuf,
+    this: Weak<Log>,
+    /// The shard's open segment files; the log holds none of its own.
+    cache: Rc<FileCache>,
+    state: RefCell<State>,
+    log_start_offset_writing: Cell<bool>,
+}
+
+fn mtime_ms(metadata: &std::fs::Metadata) -> i64 {
+    metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn align_down(value: u64) -> u64 {
+    value / BLOCK_BYTES * BLOCK_BYTES
+}
+
+fn align_up(value: u64) -> u64 {
+    value.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+}
+
+async fn read_offset_file(dir: &Path, name: &str) -> Result<Option<i64>, StorageError> {
+    let Some(bytes) = segment::read_small_file(&dir.join(name)).await? else {
+        return Ok(None);
+    };
+    let parsed = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok());
+    if parsed.is_none() {
+        tracing::warn!(dir = %dir.display(), file = name, "ignoring unreadable offset file");
+    }
+    Ok(parsed)
+}
+
+async fn write_offset_file(dir: &Path, name: &str, offset: i64) -> Result<(), StorageError> {
+    segment::write_file_atomic(dir, name, format!("{offset}\n").into_bytes()).await
+}
+
+impl Log {
+    /// Opens (creating `dir` if missing) the log in `dir`.
+    ///
+    /// Clean: indexes are trusted and loaded lazily; only the last segment is
+    /// read, from its last index entry to its end, to find the log end offset.
+    /// Unclean: every segment from the one holding the recovery point on is
+    /// scanned and CRC-checked, its indexes rebuilt, and the log truncated at
+    /// the first torn or invalid batch (zero padding included).
+    ///
+    /// Segment files come from `cache` (the shard's), and the log keeps none
+    /// open of its own: once this returns, its only open file is the active
+    /// segment's, in the cache, evictable like any other.
+    pub async fn open(
+        dir: &Path,
+        config: LogConfig,
+        mode: RecoveryMode,
+        cache: Rc<FileCache>,
+    ) -> Result<Rc<Log>, StorageError> {
+        // Files cached for this directory belong to an earlier Log dropped
+        // without close (or to a failed open): they may be stale.
+        cache.forget(dir);
+        let opened = Self::open_in(dir, config, mode, &cache).await;
+        if opened.is_err() {
+            cache.forget(dir);
+        }
+        opened
+    }
+
+    async fn open_in(
+        dir: &Path,
+        config: LogConfig,
+        mode: RecoveryMode,
+        cache: &Rc<FileCache>,
+    ) -> Result<Rc<Log>, StorageError> {
+        // Startup only: std::fs metadata calls are brief and bounded by the
+        // partition's segment count.
+        std::fs::create_dir_all(dir)?;
+        segment::prime_iopoll_probe(dir).await?;
+        // A compaction pass cut short leaves `.cleaned` files: the originals
+        // are still whole, so the leftovers go.
+        cleaner::remove_cleaned_files(dir)?;
+        let mut files_changed = false;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                segment::remove_if_exists(&entry.path()).await?;
+            } else if let Some(base) = segment::parse_log_file_name(name) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let recovery_point = read_offset_file(dir, RECOVERY_POINT_FILE).await?;
+        let stored_log_start_offset = read_offset_file(dir, LOG_START_OFFSET_FILE).await?;
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        // Only the directory changes: it is synced below, and the segments'
+        // data was synced by the close that wrote the marker.
+        let marker_removed = marker.exists();
+        if marker_removed {
+            segment::remove_if_exists(&marker).await?;
+        }
+
+        let mut segments = Segments::new();
+        for base in bases {
+            let metadata = std::fs::metadata(file_path(dir, base, LOG_SUFFIX))?;
+            segments.insert(
+                base,
+                Box::new(Segment {
+                    base_offset: base,
+                    size_bytes: metadata.len(),
+                    last_modified_ms: mtime_ms(&metadata),
+                    first_append_ms: None,
+                    index: None,
+                    generation: 0,
+                }),
+            );
+        }
+        if segments.is_empty() {
+            segments.insert(
+                0,
+                Box::new(Segment {
+                    base_offset: 0,
+                    size_bytes: 0,
+                    last_modified_ms: now_ms(),
+                    first_append_ms: None,
+                    index: Some(SegmentIndex::new(0)),
+                    generation: 0,
+                }),
+            );
+            files_changed = true;
+        }
+
+        let recovered = match mode {
+            RecoveryMode::Clean => recover_clean(dir, &mut segments, &config).await?,
+            RecoveryMode::Unclean => {
+                recover_unclean(dir, &mut segments, recovery_point.unwrap_or(i64::MIN), &config).await?
+            }
+        };
+        files_changed |= recovered.files_changed;
+        let log_end_offset = recovered.log_end_offset;
+
+        // The last segment becomes the active one.
+        let (active_base, active_size) = match segments.values().next_back() {
+            Some(s) => (s.base_offset, s.size_bytes),
+            None => return Err(StorageError::Corrupt("no active segment".into())),
+        };
+        let file = cache
+            .get(&file_path(dir, active_base, LOG_SUFFIX), FileMode::ReadWrite)
+            .await?;
+        if !BLOCK_BYTES.is_multiple_of(file.alignment()) {
+            return Err(StorageError::Corrupt(format!(
+                "device alignment {} does not divide the {BLOCK_BYTES}-byte block",
+                file.alignment()
+            )));
+        }
+        if file.file_size().await? != active_size {
+            // Cuts O_DIRECT padding or a torn tail.
+            file.truncate(active_size).await?;
+            files_changed = true;
+        }
+        if mode == RecoveryMode::Unclean || files_changed {
+            // Recovered bytes may sit in the device cache only; sync before
+            // the recovery point moves past them.
+            file.fdatasync().await?;
+        }
+        let tail_start = align_down(active_size);
+        let tail = if active_size > tail_start {
+            let read = file
+                .read_at(tail_start, (active_size - tail_start) as usize)
+                .await?;
+            if read.len() as u64 != active_size - tail_start {
+                return Err(StorageError::Corrupt(
+                    "short read of the active segment's tail".into(),
+                ));
+            }
+            read.to_vec()
+        } else {
+            Vec::new()
+        };
+
+        let first_base = segments.keys().next().copied().unwrap_or(0);
+        let log_start_offset = stored_log_start_offset
+            .unwrap_or(first_base)
+            .clamp(first_base, log_end_offset.max(first_base));
+        if recovery_point != Some(log_end_offset) {
+            write_offset_file(dir, RECOVERY_POINT_FILE, log_end_offset).await?;
+            files_changed = true;
+        }
+        if files_changed || marker_removed {
+            segment::sync_dir(dir).await?;
+        }
+        tracing::debug!(
+            dir = %dir.display(),
+            segments = segments.len(),
+            log_start_offset,
+            log_end_offset,
+            "log opened"
+        );
+        let state = State {
+            config,
+            segments,
+            writer: Some(Writer { tail }),
+            log_start_offset,
+            log_end_offset,
+            recovery_point: log_end_offset,
+            report: recovered.report,
+            pending: VecDeque::new(),
+            writer_running: false,
+            idle_waiters: Vec::new(),
+            closed: false,
+            messages_since_flush: 0,
+            last_flush_ms: now_ms(),
+            writes_completed: 0,
+            cleaned_up_to_offset: log_start_offset,
+        };
+        drop(file);
+        Ok(Rc::new_cyclic(|this| Log {
+            dir: dir.to_path_buf(),
+            this: this.clone(),
+            cache: cache.clone(),
+            state: RefCell::new(state),
+            log_start_offset_writing: Cell::new(false),
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.borrow().log_start_offset
+    }
+
+    /// Next offset to assign; every offset below it has a completed write and
+    /// is readable.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.borrow().log_end_offset
+    }
+
+    /// Sum of the segments' logical sizes.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.values().map(|s| s.size_bytes).sum()
+    }
+
+    /// Base offset of the active segment (moves at every roll).
+    pub fn active_base_offset(&self) -> i64 {
+        self.state.borrow().active_base()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.state.borrow().report.clone()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        self.state.borrow_mut().config = config;
+    }
+
+    /// Clean close: waits for in-flight appends, trims the O_DIRECT padding,
+    /// fdatasyncs, writes the indexes, the recovery point (= LEO) and the
+    /// clean-shutdown marker. Appends afterwards fail with `Closed`; reads
+    /// keep working (with files of their own). Releases the log's cached
+    /// files, whether or not the close succeeded.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let closed = self.close_in().await;
+        self.cache.forget(&self.dir);
+        closed
+    }
+
+    async fn close_in(&self) -> Result<(), StorageError> {
+        self.state.borrow_mut().closed = true;
+        loop {
+            let idle = {
+                let mut state = self.state.borrow_mut();
+                if !state.writer_running {
+                    break;
+                }
+                let (tx, rx) = oneshot::channel();
+                state.idle_waiters.push(tx);
+                rx
+            };
+            let _ = idle.await;
+        }
+        if self.state.borrow().writer.is_none() {
+            return Ok(());
+        }
+        let file = self.active_file().await?;
+        let (size, index, log_end_offset) = {
+            let mut state = self.state.borrow_mut();
+            if state.writer.take().is_none() {
+                // A concurrent close got here first.
+                return Ok(());
+            }
+            let log_end_offset = state.log_end_offset;
+            let active = state.active_mut().ok_or(StorageError::Closed)?;
+            let index = active
+                .index
+                .get_or_insert_with(|| SegmentIndex::new(active.base_offset));
+            index.seal();
+            (active.size_bytes, index.clone(), log_end_offset)
+        };
+        file.truncate(size).await?;
+        file.fdatasync().await?;
+        drop(file);
+        segment::write_indexes(&self.dir, &index).await?;
+        write_offset_file(&self.dir, RECOVERY_POINT_FILE, log_end_offset).await?;
+        segment::write_file_atomic(&self.dir, CLEAN_SHUTDOWN_FILE, Vec::new()).await?;
+        segment::sync_dir(&self.dir).await?;
+        self.state.borrow_mut().recovery_point = log_end_offset;
+        tracing::debug!(dir = %self.dir.display(), log_end_offset, "log closed");
+        Ok(())
+    }
+
+    /// Closes the log and removes its directory (topic deletion).
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        self.close().await?;
+        self.state.borrow_mut().segments.clear();
+        for entry in std::fs::read_dir(&self.dir)? {
+            segment::remove_if_exists(&entry?.path()).await?;
+        }
+        std::fs::remove_dir(&self.dir)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

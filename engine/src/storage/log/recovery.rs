@@ -1,0 +1,232 @@
+//! What `Log::open` does to the files it finds: choose clean or unclean
+//! recovery, find the log end offset, truncate torn tails and rebuild
+//! indexes. It runs before the log serves anything, so it works on the bare
+//! segment map rather than on a `Log`.
+
+use std::path::Path;
+
+use crate::storage::index::{IndexBounds, SegmentIndex};
+use crate::storage::segment::{self, file_name, file_path, is_not_found, open_for_read, LOG_SUFFIX};
+
+use super::{LogConfig, Segments, StorageError, CLEAN_SHUTDOWN_FILE};
+
+/// How `Log::open` treats the files it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// After a clean close: trust indexes, probe only the last segment's tail.
+    Clean,
+    /// After a crash: CRC-check everything from the recovery point on.
+    Unclean,
+}
+
+/// What `Log::open` (and later lazy index loads) had to do.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    /// Segments scanned from their start (unclean recovery, index rebuilds).
+    pub segments_scanned: u32,
+    /// Batches read and checked, including the clean-open probe of the last
+    /// segment's tail (the batches after its last index entry).
+    pub batches_scanned: u64,
+    /// Bytes cut off torn or invalid tails (O_DIRECT zero padding included).
+    pub bytes_truncated: u64,
+    /// Indexes rebuilt from the log because they were missing or invalid.
+    pub indexes_rebuilt: u32,
+}
+
+/// Clean if the last close left its marker (or there is no log yet).
+pub fn detect_recovery_mode(dir: &Path) -> RecoveryMode {
+    if dir.join(CLEAN_SHUTDOWN_FILE).exists() {
+        return RecoveryMode::Clean;
+    }
+    let has_segments = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.filter_map(Result::ok).any(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(segment::parse_log_file_name)
+                    .is_some()
+            })
+        })
+        .unwrap_or(false);
+    if has_segments {
+        RecoveryMode::Unclean
+    } else {
+        RecoveryMode::Clean
+    }
+}
+
+/// Result of recovering the segments found at open.
+pub(super) struct Recovered {
+    pub(super) report: RecoveryReport,
+    pub(super) log_end_offset: i64,
+    pub(super) files_changed: bool,
+}
+
+/// Clean open: trust the sealed segments; find the end of the last one by
+/// scanning from its last index entry (or rebuild its index if unusable).
+pub(super) async fn recover_clean(
+    dir: &Path,
+    segments: &mut Segments,
+    config: &LogConfig,
+) -> Result<Recovered, StorageError> {
+    let mut report = RecoveryReport::default();
+    let Some(last) = segments.values_mut().next_back() else {
+        return Err(StorageError::Corrupt("no segment".into()));
+    };
+    let base = last.base_offset;
+    let path = file_path(dir, base, LOG_SUFFIX);
+    let file = match open_for_read(&path).await {
+        Ok(file) => file,
+        // A brand-new log: nothing to recover (the writer creates the file).
+        Err(e) if is_not_found(&e) => {
+            return Ok(Recovered {
+                report,
+                log_end_offset: base,
+                files_changed: true,
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let file_bytes = file.file_size().await?;
+    let bounds = IndexBounds {
+        base_offset: base,
+        next_offset: i64::MAX,
+        log_bytes: file_bytes,
+    };
+    let (mut index, position, expected_offset) = match segment::load_indexes(dir, &file, bounds).await? {
+        Ok(mut index) => {
+            let (position, offset) = index.resume_point();
+            (index, position, offset)
+        }
+        Err(reason) => {
+            tracing::warn!(dir = %dir.display(), base, %reason, "rebuilding active segment index");
+            report.segments_scanned += 1;
+            report.indexes_rebuilt += 1;
+            (SegmentIndex::new(base), 0, base)
+        }
+    };
+    let outcome = segment::scan(
+        &file,
+        file_bytes,
+        position,
+        expected_offset,
+        i64::MAX,
+        &mut index,
+        config.index_interval_bytes,
+    )
+    .await?;
+    report.batches_scanned += outcome.batches;
+    let truncated = file_bytes - outcome.valid_bytes;
+    if truncated > 0 {
+        warn_truncation(dir, base, &outcome, truncated);
+        report.bytes_truncated += truncated;
+    }
+    last.size_bytes = outcome.valid_bytes;
+    last.index = Some(index);
+    let _ = file.close().await;
+    Ok(Recovered {
+        report,
+        log_end_offset: outcome.next_offset,
+        files_changed: truncated > 0,
+    })
+}
+
+fn warn_truncation(dir: &Path, base: i64, outcome: &segment::ScanOutcome, truncated: u64) {
+    let reason = outcome.stop.as_ref().map_or("", |s| s.reason.as_str());
+    tracing::warn!(
+        dir = %dir.display(),
+        segment = %file_name(base, LOG_SUFFIX),
+        position = outcome.valid_bytes,
+        bytes = truncated,
+        %reason,
+        "truncating log at the first torn or invalid batch"
+    );
+}
+
+/// Unclean open: scan every segment from the one holding the recovery point,
+/// rebuild their indexes, truncate at the first torn or invalid batch and
+/// delete the segments after it.
+pub(super) async fn recover_unclean(
+    dir: &Path,
+    segments: &mut Segments,
+    recovery_point: i64,
+    config: &LogConfig,
+) -> Result<Recovered, StorageError> {
+    let mut report = RecoveryReport::default();
+    let mut files_changed = false;
+    let first_base = segments.keys().next().copied().unwrap_or(0);
+    let start_base = segments
+        .range(..=recovery_point)
+        .next_back()
+        .map_or(first_base, |(b, _)| *b);
+    let bases: Vec<i64> = segments.range(start_base..).map(|(b, _)| *b).collect();
+    let mut log_end_offset = bases.first().copied().unwrap_or(0);
+    tracing::warn!(
+        dir = %dir.display(),
+        recovery_point,
+        segments = bases.len(),
+        "unclean open: scanning segments from the recovery point"
+    );
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        let offset_limit = bases.get(i + 1).copied().unwrap_or(i64::MAX);
+        let path = file_path(dir, base, LOG_SUFFIX);
+        let file = match open_for_read(&path).await {
+            Ok(file) => file,
+            Err(e) if is_not_found(&e) && is_last => {
+                log_end_offset = base;
+                files_changed = true;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let file_bytes = file.file_size().await?;
+        let mut index = SegmentIndex::new(base);
+        let outcome = segment::scan(
+            &file,
+            file_bytes,
+            0,
+            base,
+            offset_limit,
+            &mut index,
+            config.index_interval_bytes,
+        )
+        .await?;
+        let _ = file.close().await;
+        report.segments_scanned += 1;
+        report.indexes_rebuilt += 1;
+        report.batches_scanned += outcome.batches;
+        log_end_offset = outcome.next_offset;
+        let truncated = file_bytes - outcome.valid_bytes;
+        let Some(segment) = segments.get_mut(&base) else {
+            return Err(StorageError::Corrupt(format!("segment {base} vanished")));
+        };
+        segment.size_bytes = outcome.valid_bytes;
+        if truncated > 0 || is_last {
+            if truncated > 0 {
+                warn_truncation(dir, base, &outcome, truncated);
+                report.bytes_truncated += truncated;
+                files_changed = true;
+            }
+            segment.index = Some(index);
+            // Everything after a bad batch is lost: it was never acknowledged
+            // as durable past the recovery point, and offsets must stay dense.
+            for &later in &bases[i + 1..] {
+                if let Some(removed) = segments.remove(&later) {
+                    report.bytes_truncated += removed.size_bytes;
+                    tracing::warn!(dir = %dir.display(), base = later, "deleting segment after truncation point");
+                }
+                segment::remove_segment_files(dir, later).await?;
+            }
+            break;
+        }
+        index.seal();
+        segment::write_indexes(dir, &index).await?;
+        files_changed = true;
+    }
+    Ok(Recovered {
+        report,
+        log_end_offset,
+        files_changed,
+    })
+}
