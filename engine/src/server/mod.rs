@@ -197,38 +197,31 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
 
     let listener = Rc::new(listener);
     let accept = glommio::spawn_local(serve(shard.clone(), listener.clone()));
-    let group_timers = spawn_group_timers(&shard);
-    let retention = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let every = Duration::from_millis(shard.config.log_retention_check_interval_ms);
-            loop {
-                glommio::timer::sleep(every).await;
-                shard.enforce_retention().await;
-            }
-        })
-    };
-    let checkpoint = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let every = Duration::from_millis(shard.config.log_flush_offset_checkpoint_interval_ms);
-            loop {
-                glommio::timer::sleep(every).await;
-                shard.checkpoint_producers().await;
-            }
-        })
-    };
-    // Compaction of `cleanup.policy=compact` logs, one at a time.
-    let cleaner = config.log_cleaner_enable.then(|| {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let every = Duration::from_millis(shard.config.log_cleaner_backoff_ms);
-            loop {
-                glommio::timer::sleep(every).await;
-                shard.compact_logs().await;
-            }
-        })
-    });
+    let c = &config;
+    let mut timers = vec![
+        every(&shard, crate::group::GROUP_TICK_MS, |s| async move {
+            s.groups.tick(&*s).await
+        }),
+        every(
+            &shard,
+            c.group.offsets_retention_check_interval_ms,
+            |s| async move { s.groups.expire_offsets(&*s).await },
+        ),
+        every(&shard, c.log_retention_check_interval_ms, |s| async move {
+            s.enforce_retention().await
+        }),
+        every(
+            &shard,
+            c.log_flush_offset_checkpoint_interval_ms,
+            |s| async move { s.checkpoint_producers().await },
+        ),
+    ];
+    if c.log_cleaner_enable {
+        // Compaction of `cleanup.policy=compact` logs, one at a time.
+        timers.push(every(&shard, c.log_cleaner_backoff_ms, |s| async move {
+            s.compact_logs().await
+        }));
+    }
     // `flush.ms` / `log.flush.interval.ms` on a timer (default: never due).
     let flusher = {
         let shard = shard.clone();
@@ -240,17 +233,14 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
             }
         })
     };
+    timers.push(flusher);
     while !startup.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
     }
     shard.stop();
     listener.close();
     drop(accept);
-    drop(group_timers);
-    drop(retention);
-    drop(checkpoint);
-    drop(flusher);
-    drop(cleaner);
+    drop(timers);
     let budget = Duration::from_millis(config.shutdown_timeout_ms);
     let clean = futures_lite::future::or(shard.close_all(), async {
         glommio::timer::sleep(budget).await;
@@ -290,27 +280,17 @@ async fn serve(shard: Rc<Shard>, listener: Rc<Listener>) {
     }
 }
 
-/// The ticker (session timeouts, rebalance deadlines) and the offset
-/// retention sweep of the groups a shard coordinates.
-fn spawn_group_timers(shard: &Rc<Shard>) -> Vec<glommio::Task<()>> {
-    let ticker = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(Duration::from_millis(crate::group::GROUP_TICK_MS)).await;
-                shard.groups.tick(&*shard).await;
-            }
-        })
-    };
-    let sweeper = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let every = Duration::from_millis(shard.config.group.offsets_retention_check_interval_ms);
-            loop {
-                glommio::timer::sleep(every).await;
-                shard.groups.expire_offsets(&*shard).await;
-            }
-        })
-    };
-    vec![ticker, sweeper]
+/// Runs `work` every `period_ms` on this shard until the task is dropped.
+fn every<F, Fut>(shard: &Rc<Shard>, period_ms: u64, work: F) -> glommio::Task<()>
+where
+    F: Fn(Rc<Shard>) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(period_ms)).await;
+            work(shard.clone()).await;
+        }
+    })
 }
