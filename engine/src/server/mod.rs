@@ -8,6 +8,7 @@
 //! connection).
 
 mod listener;
+mod meta_properties;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -52,6 +53,8 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     let data_dir: PathBuf = config.data_dir.clone();
     let nr_shards = config.shards.max(1);
     let mut image = MetadataImage::load(&data_dir, nr_shards)?;
+    meta_properties::check_or_write(&data_dir, &image.cluster_id, config.node_id)
+        .map_err(anyhow::Error::msg)?;
     let marker = data_dir.join(CLEAN_SHUTDOWN_MARKER);
     let clean = marker.exists() || image.topics.is_empty();
     // Kafka creates `__consumer_offsets` on the first FindCoordinator; here it
