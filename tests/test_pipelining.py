@@ -3,7 +3,7 @@ appended in request order, and any other request waits for them (and they
 for it), as Kafka's one-request-at-a-time semantics promise."""
 
 import kafka_raw
-from conftest import create_topic, unique_topic
+from conftest import create_topic, unique_topic, wait_until
 
 PRODUCE, METADATA = 0, 3
 
@@ -67,3 +67,37 @@ def test_a_bad_request_in_a_pipeline_closes_after_the_earlier_answers(broker):
         assert kafka_raw.wait_closed(conn.sock, timeout=10)
     with kafka_raw.Conn(broker.bootstrap) as conn:
         assert conn.metadata([topic])["topics"][topic]["error_code"] == 0
+
+
+def test_clients_that_pipeline_past_the_limit_and_leave_do_not_use_up_max_connections(broker_factory):
+    # 10 connections per shard. Each client sends more Produce requests than
+    # connection.max.inflight.requests (5) lets run, then closes without
+    # reading: the broker must end every such connection (it once waited
+    # forever to queue the 7th request, and leaked the connection's slot).
+    broker = broker_factory(shards=2, sets={"max.connections": 20, "connection.max.inflight.requests": 5})
+    topic = unique_topic("pipe-leave")
+    create_topic(broker.bootstrap, topic, 2)
+    batch = kafka_raw.record_batch([(None, b"x" * 100) for _ in range(10)])
+    for i in range(100):
+        conn = kafka_raw.Conn(broker.bootstrap, timeout=10)
+        try:
+            for _ in range(12):
+                body = kafka_raw.encode_produce_v3(topic, i % 2, batch, acks=1)
+                conn.send_raw(kafka_raw.encode_request(PRODUCE, 3, conn.next_corr(), body))
+        except OSError:
+            pass  # refused while earlier connections were still ending
+        finally:
+            conn.close()
+
+    def twenty_clients_served():
+        for _ in range(20):
+            try:
+                with kafka_raw.Conn(broker.bootstrap, timeout=10) as conn:
+                    if conn.metadata([topic])["topics"][topic]["error_code"] != 0:
+                        return False
+            except (OSError, kafka_raw.ConnectionClosed):
+                return False
+        return True
+
+    # Slots free as the connections end; leaked ones never would.
+    wait_until(twenty_clients_served, 20, interval=0.5, what="20 new clients served after the pipelining clients left")

@@ -326,7 +326,10 @@ impl<T> State<T> {
     }
 
     fn wait_for_room(&mut self) -> PollResult<()> {
-        if !self.is_full() {
+        // shardlog patch: a dropped receiver leaves its items queued, so a
+        // full channel stays full; without the second test a sender waiting
+        // for room would wait forever instead of getting `Closed`.
+        if !self.is_full() || self.recv_waiters.is_none() {
             PollResult::Ready(())
         } else {
             PollResult::Pending(WaiterKind::Sender)
