@@ -54,13 +54,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|s| config::parse_override(s))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(listen) = args.listen {
-        overrides.push(("listeners".into(), format!("PLAINTEXT://{listen}")));
-    }
     if let Some(dir) = args.data_dir {
         overrides.push(("log.dirs".into(), dir.display().to_string()));
     }
     let mut broker = BrokerConfig::load(args.config.as_deref(), &overrides)?;
+    // `--listen` is the PLAINTEXT shorthand: it leaves a CONTROLLER listener alone.
+    if let Some(listen) = args.listen {
+        let addr = config::resolve_listen(&listen)?;
+        broker.set_plaintext_listener(addr);
+    }
     if let Some(n) = args.shards {
         anyhow::ensure!(n > 0, "--shards must be at least 1");
         broker.shards = n;

@@ -3,6 +3,7 @@
 //! shared read-only (`Arc<BrokerConfig>`) by every shard. `topic`: per-topic
 //! overrides (Kafka's topic config names), their validation and effective values.
 
+pub mod cluster;
 pub mod topic;
 
 use std::collections::BTreeMap;
@@ -121,6 +122,8 @@ pub struct BrokerConfig {
     pub shard_channel_capacity: usize,
     /// Consumer-group coordinator settings (`offsets.*`, `group.*`).
     pub group: GroupConfig,
+    /// Roles, quorum voters, the CONTROLLER listener, rack, broker session.
+    pub cluster: cluster::ClusterConfig,
 }
 
 /// Consumer-group coordinator settings, Kafka's names and defaults where
@@ -211,6 +214,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             shard_channel_capacity: 1024,
             group: GroupConfig::default(),
+            cluster: cluster::ClusterConfig::default(),
         }
     }
 }
@@ -231,6 +235,7 @@ impl BrokerConfig {
         for (key, value) in overrides {
             config.set(key, value)?;
         }
+        config.cluster.validate(config.node_id)?;
         Ok(config)
     }
 
@@ -240,15 +245,23 @@ impl BrokerConfig {
         match key {
             "node.id" | "broker.id" => self.node_id = parse(key, v)?,
             "listeners" => {
-                let (host, port) = parse_listener(key, v)?;
-                self.listen_addr = format!("{host}:{port}").parse().map_err(|e| invalid(key, v, e))?;
-                self.advertised_host = host;
-                self.advertised_port = port;
+                for (name, host, port) in cluster::parse_listeners(key, v)? {
+                    let addr: SocketAddr =
+                        format!("{host}:{port}").parse().map_err(|e| invalid(key, v, e))?;
+                    if name == "CONTROLLER" {
+                        self.cluster.controller_listen = Some(addr);
+                    } else {
+                        self.set_plaintext_listener(addr);
+                    }
+                }
             }
             "advertised.listeners" => {
-                let (host, port) = parse_listener(key, v)?;
-                self.advertised_host = host;
-                self.advertised_port = port;
+                for (name, host, port) in cluster::parse_listeners(key, v)? {
+                    if name == "PLAINTEXT" {
+                        self.advertised_host = host;
+                        self.advertised_port = port;
+                    }
+                }
             }
             "log.dirs" | "log.dir" => {
                 let first = v.split(',').next().unwrap_or(v).trim();
@@ -354,12 +367,21 @@ impl BrokerConfig {
                 self.group.member_metadata_max_bytes = parse_positive(key, v)?
             }
             "shard.groups.max" => self.group.shard_groups_max = parse_positive(key, v)?,
+            _ if self.cluster.set(key, v)? => {}
             _ => tracing::warn!(
                 key,
                 "the configuration {key:?} was supplied but isn't a known config"
             ),
         }
         Ok(())
+    }
+
+    /// The PLAINTEXT listener (`--listen`): where clients connect, and what
+    /// they are told unless `advertised.listeners` says otherwise.
+    pub fn set_plaintext_listener(&mut self, addr: SocketAddr) {
+        self.listen_addr = addr;
+        self.advertised_host = addr.ip().to_string();
+        self.advertised_port = addr.port();
     }
 
     /// Broker-level entries DescribeConfigs reports: (name, value, is_default).
@@ -660,15 +682,15 @@ fn parse_retention(key: &str, v: &str, unit: i64) -> Result<i64, ConfigError> {
 }
 
 /// `PLAINTEXT://host:port` or `host:port`.
-fn parse_listener(key: &str, v: &str) -> Result<(String, u16), ConfigError> {
-    let first = v.split(',').next().unwrap_or(v).trim();
-    let addr = first.split_once("://").map(|(_, rest)| rest).unwrap_or(first);
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(key, v, "expected host:port"))?;
-    let port: u16 = port.parse().map_err(|e| invalid(key, v, e))?;
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
-    Ok((host.to_string(), port))
+/// `--listen HOST:PORT` (or `PLAINTEXT://HOST:PORT`) as an address.
+pub fn resolve_listen(v: &str) -> Result<SocketAddr, ConfigError> {
+    let key = "--listen";
+    match cluster::parse_listeners(key, v)?.as_slice() {
+        [(name, host, port)] if name == "PLAINTEXT" => {
+            format!("{host}:{port}").parse().map_err(|e| invalid(key, v, e))
+        }
+        _ => Err(invalid(key, v, "expected one HOST:PORT")),
+    }
 }
 
 /// Reads a TOML file into dotted Kafka keys: `log.segment.bytes = 1` (a nested

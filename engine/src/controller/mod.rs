@@ -8,9 +8,15 @@
 //! shard keeps a full copy of the latest image (`Arc`, read-only) so routing
 //! never crosses a shard. A later issue replaces the file with a raft log.
 
+pub mod metadata_log;
+pub mod placement;
+pub mod quorum;
+pub mod records;
+pub mod transport;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
 
@@ -28,12 +34,25 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_TOPIC_SEGMENT_BYTES: u64 = 104_857_600;
 pub const TOPIC_NAME_MAX_CHARS: usize = 249;
 
+/// One partition's place in the cluster. (Which core of its node holds
+/// it is that node's own business: `placement::Placement`.)
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PartitionMeta {
-    /// The shard (core) that owns the partition on this node.
-    pub shard: u32,
+    /// Broker ids holding a replica; the first is the preferred leader.
+    #[serde(default)]
+    pub replicas: Vec<i32>,
+    /// The broker leading it, or -1 while none can (its broker is fenced).
+    #[serde(default = "no_leader")]
+    pub leader: i32,
     pub leader_epoch: i32,
 }
+
+fn no_leader() -> i32 {
+    NO_LEADER
+}
+
+/// Kafka's "no leader" broker id.
+pub const NO_LEADER: i32 = -1;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TopicMeta {
@@ -44,14 +63,36 @@ pub struct TopicMeta {
     pub configs: BTreeMap<String, String>,
 }
 
+/// A registered broker, as the controller knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BrokerMeta {
+    pub id: i32,
+    /// Changes at every start of the broker's process, so the controller
+    /// tells a restart from a heartbeat.
+    pub incarnation: Uuid,
+    /// The advertised PLAINTEXT listener.
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    /// Partitions it takes: its shards x `shard.partitions.max`.
+    pub partitions_max: usize,
+    /// Missed `broker.session.timeout.ms`: it leads nothing until it returns.
+    pub fenced: bool,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct MetadataImage {
     /// Increases with every change; shards assert they never apply an older image.
     pub epoch: u64,
+    /// The metadata-log index of the last record in this image (0: none yet).
+    #[serde(default)]
+    pub offset: u64,
     pub cluster_id: String,
+    #[serde(default)]
+    pub brokers: BTreeMap<i32, BrokerMeta>,
     pub topics: BTreeMap<String, TopicMeta>,
-    /// Producer ids below this were handed to shard 0's allocator and are
-    /// never given out again, across restarts.
+    /// Producer ids below this were handed out in blocks and are never
+    /// given out again, across restarts and nodes.
     #[serde(default)]
     pub producer_ids_reserved: i64,
     #[serde(skip)]
@@ -66,7 +107,7 @@ impl MetadataImage {
         }
     }
 
-    fn reindex(&mut self) {
+    pub(crate) fn reindex(&mut self) {
         self.ids = self.topics.values().map(|t| (t.id, t.name.clone())).collect();
     }
 
@@ -78,76 +119,86 @@ impl MetadataImage {
         self.ids.get(id).and_then(|n| self.topics.get(n))
     }
 
-    /// The shard owning `topic`/`partition`, if it exists.
-    pub fn owner(&self, topic: &str, partition: i32) -> Option<usize> {
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionMeta> {
         let t = self.topics.get(topic)?;
-        let p = t.partitions.get(usize::try_from(partition).ok()?)?;
-        Some(p.shard as usize)
+        t.partitions.get(usize::try_from(partition).ok()?)
     }
 
-    /// Partitions per shard, for balanced placement of new partitions.
-    fn load_per_shard(&self, nr_shards: usize) -> Vec<usize> {
-        let mut load = vec![0usize; nr_shards];
-        for t in self.topics.values() {
+    /// Brokers that may lead partitions now, by id.
+    pub fn live_brokers(&self) -> Vec<&BrokerMeta> {
+        self.brokers.values().filter(|b| !b.fenced).collect()
+    }
+
+    /// Partitions each broker holds (`internal`: also the broker's own topics).
+    fn load_per_broker(&self, internal: bool) -> BTreeMap<i32, usize> {
+        let mut load: BTreeMap<i32, usize> = self.brokers.keys().map(|id| (*id, 0)).collect();
+        for t in self.topics.values().filter(|t| internal || !is_internal(&t.name)) {
             for p in &t.partitions {
-                load[p.shard as usize % nr_shards] += 1;
+                for r in &p.replicas {
+                    *load.entry(*r).or_default() += 1;
+                }
             }
         }
         load
     }
 
-    /// Refuses `count` more partitions when they would push a shard past its
-    /// budget (`shard.partitions.max`). Placement fills the least-loaded
-    /// shard first, so the total room is what matters.
-    pub fn check_partition_budget(
-        &self,
-        count: usize,
-        nr_shards: usize,
-        per_shard_max: usize,
-    ) -> Result<(), Refusal> {
-        // Internal topics are the broker's own and sized by its config, so
-        // they do not count against the budget clients' topics share.
-        let mut load = vec![0usize; nr_shards];
-        for t in self.topics.values().filter(|t| !is_internal(&t.name)) {
-            for p in &t.partitions {
-                load[p.shard as usize % nr_shards] += 1;
-            }
-        }
-        let room: usize = load.iter().map(|l| per_shard_max.saturating_sub(*l)).sum();
-        if count > room {
+    /// Places `count` new partitions of one topic (`rf` replicas each) over
+    /// the live brokers: round-robin, starting at the least-loaded, so a
+    /// topic spreads evenly (12 over 3 brokers: 4 each) and topics even out
+    /// the brokers between them. Refuses a factor above the live brokers and
+    /// partitions past a broker's budget (its shards x `shard.partitions.max`).
+    pub fn place(&self, count: usize, rf: i16) -> Result<Vec<PartitionMeta>, Refusal> {
+        let load = self.load_per_broker(true);
+        let mut live = self.live_brokers();
+        if rf as usize > live.len() || live.is_empty() {
             return Err((
-                ResponseError::PolicyViolation,
+                ResponseError::InvalidReplicationFactor,
                 format!(
-                    "{count} more partitions exceed this broker's budget: {nr_shards} shards x shard.partitions.max {per_shard_max}, {} already placed",
-                    load.iter().sum::<usize>()
+                    "Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only {} broker(s) are registered.",
+                    live.len()
                 ),
             ));
         }
-        Ok(())
-    }
-
-    /// Places `count` new partitions on the least-loaded shards (by partition count).
-    pub fn place(&self, count: usize, nr_shards: usize) -> Vec<PartitionMeta> {
-        let mut load = self.load_per_shard(nr_shards);
-        (0..count)
-            .map(|_| {
-                let (shard, _) = load
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(i, l)| (**l, *i))
-                    .expect("at least one shard");
-                load[shard] += 1;
+        live.sort_by_key(|b| (load.get(&b.id).copied().unwrap_or(0), b.id));
+        let placed: Vec<PartitionMeta> = (0..count)
+            .map(|i| {
+                let replicas: Vec<i32> = (0..rf as usize).map(|r| live[(i + r) % live.len()].id).collect();
                 PartitionMeta {
-                    shard: shard as u32,
+                    leader: replicas[0],
+                    replicas,
                     leader_epoch: 0,
                 }
             })
-            .collect()
+            .collect();
+        // Internal topics are the broker's own and sized by its config, so
+        // they do not count against the budget clients' topics share.
+        let mut budget_load = self.load_per_broker(false);
+        for p in &placed {
+            for r in &p.replicas {
+                *budget_load.entry(*r).or_default() += 1;
+            }
+        }
+        for b in &live {
+            let after = budget_load.get(&b.id).copied().unwrap_or(0);
+            if after > b.partitions_max {
+                return Err((
+                    ResponseError::PolicyViolation,
+                    format!(
+                        "{count} more partitions exceed broker {}'s budget: {} partitions (its shards x shard.partitions.max), {} already placed",
+                        b.id,
+                        b.partitions_max,
+                        after - placed.iter().filter(|p| p.replicas.contains(&b.id)).count()
+                    ),
+                ));
+            }
+        }
+        Ok(placed)
     }
 
     /// The image with `__consumer_offsets` added (`partitions` partitions,
-    /// compacted, never deleted by time or size), or None when it exists.
-    pub fn with_offsets_topic(&self, partitions: i32, nr_shards: usize) -> Option<MetadataImage> {
+    /// compacted, never deleted by time or size), or None when it exists or
+    /// no broker can take it yet.
+    pub fn with_offsets_topic(&self, partitions: i32, rf: i16) -> Option<MetadataImage> {
         if self.topics.contains_key(OFFSETS_TOPIC) {
             return None;
         }
@@ -162,10 +213,11 @@ impl MetadataImage {
             "segment.bytes".to_string(),
             OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
         );
+        let partitions = self.place(partitions.max(1) as usize, rf).ok()?;
         Some(self.with_topic(TopicMeta {
             name: OFFSETS_TOPIC.to_string(),
             id: Uuid::new_v4(),
-            partitions: self.place(partitions.max(1) as usize, nr_shards),
+            partitions,
             configs,
         }))
     }
@@ -175,6 +227,13 @@ impl MetadataImage {
         next.epoch += 1;
         next.topics.insert(topic.name.clone(), topic);
         next.reindex();
+        next
+    }
+
+    pub fn with_broker(&self, broker: BrokerMeta) -> MetadataImage {
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.brokers.insert(broker.id, broker);
         next
     }
 
@@ -195,47 +254,104 @@ impl MetadataImage {
         next
     }
 
-    /// Loads the image, or a fresh one with a new cluster id. Placement on a
-    /// shard that no longer exists (fewer `--shards` than before) moves to
-    /// `shard % nr_shards`, since each partition's files are shard-agnostic.
-    pub fn load(data_dir: &Path, nr_shards: usize) -> std::io::Result<MetadataImage> {
+    /// Leadership after broker `id` is fenced (`fenced`) or returns: the
+    /// partitions it leads lose their leader, those it is the first live
+    /// replica of regain one; each change bumps the leader epoch.
+    pub fn with_broker_fenced(&self, id: i32, fenced: bool) -> MetadataImage {
+        let mut next = self.clone();
+        next.epoch += 1;
+        if let Some(b) = next.brokers.get_mut(&id) {
+            b.fenced = fenced;
+        }
+        let live: std::collections::HashSet<i32> = next.live_brokers().iter().map(|b| b.id).collect();
+        for t in next.topics.values_mut() {
+            for p in &mut t.partitions {
+                if !p.replicas.contains(&id) {
+                    continue;
+                }
+                let leader = if live.contains(&p.leader) {
+                    p.leader
+                } else {
+                    p.replicas
+                        .iter()
+                        .copied()
+                        .find(|r| live.contains(r))
+                        .unwrap_or(NO_LEADER)
+                };
+                if leader != p.leader {
+                    p.leader = leader;
+                    p.leader_epoch += 1;
+                }
+            }
+        }
+        next
+    }
+
+    /// Reads the single-node metadata file of earlier releases (None when
+    /// there is none). Its partitions all live on `node_id`, which leads them.
+    pub fn load_legacy(data_dir: &Path, node_id: i32) -> std::io::Result<Option<MetadataImage>> {
         let path = data_dir.join(METADATA_FILE);
         let mut image = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<MetadataImage>(&bytes).map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path:?}: {e}"))
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataImage::new(random_cluster_id()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         for t in image.topics.values_mut() {
             for p in &mut t.partitions {
-                if p.shard as usize >= nr_shards {
-                    tracing::info!(topic = %t.name, "partition moves from shard {} (no longer running)", p.shard);
-                    p.shard %= nr_shards as u32;
+                if p.replicas.is_empty() {
+                    p.replicas = vec![node_id];
+                    p.leader = node_id;
                 }
             }
         }
         image.reindex();
-        Ok(image)
+        Ok(Some(image))
+    }
+}
+
+/// What a shard routes by: the cluster image and where this node keeps its
+/// replicas. Shipped as one `Arc` to every shard with each change.
+#[derive(Clone, Debug, Default)]
+pub struct NodeView {
+    pub node_id: i32,
+    /// The active controller's node id as this node last heard (-1: none).
+    pub controller_id: i32,
+    pub image: Arc<MetadataImage>,
+    pub placement: placement::Placement,
+}
+
+impl NodeView {
+    /// The shard of this node that leads `topic`/`partition`: Kafka's
+    /// UNKNOWN_TOPIC_OR_PARTITION when it does not exist, and
+    /// NOT_LEADER_OR_FOLLOWER when another node (or none) leads it.
+    pub fn owner(&self, topic: &str, partition: i32) -> Result<usize, ResponseError> {
+        let t = self
+            .image
+            .topic(topic)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let p = usize::try_from(partition)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        if p.leader != self.node_id {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        self.placement
+            .shard(&t.id, partition)
+            .ok_or(ResponseError::NotLeaderOrFollower)
     }
 
-    /// Durable replace: write a temp file, fsync it, rename over, fsync the directory.
-    pub fn persist(&self, data_dir: &Path) -> std::io::Result<()> {
-        let path = data_dir.join(METADATA_FILE);
-        let tmp: PathBuf = data_dir.join(format!("{METADATA_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(data_dir)?.sync_all()
+    /// The shard holding this node's replica of `topic`/`partition`, led here or not.
+    pub fn replica_shard(&self, topic: &str, partition: i32) -> Option<usize> {
+        let t = self.image.topic(topic)?;
+        self.placement.shard(&t.id, partition)
     }
 }
 
 /// A CreateTopics entry, already decoded from the wire.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewTopic {
     pub name: String,
     /// -1: `num.partitions`.
@@ -248,9 +364,10 @@ pub struct NewTopic {
 }
 
 /// The answer for one topic of a create/delete/create-partitions request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TopicOutcome {
     pub name: String,
+    #[serde(with = "wire_refusal")]
     pub error: Option<Refusal>,
     pub topic_id: Uuid,
     pub num_partitions: i32,
@@ -259,6 +376,10 @@ pub struct TopicOutcome {
 }
 
 impl TopicOutcome {
+    pub fn refused(name: String, (code, message): Refusal) -> Self {
+        TopicOutcome::err(name, code, message)
+    }
+
     fn err(name: String, code: ResponseError, message: impl Into<String>) -> Self {
         TopicOutcome {
             name,
@@ -275,7 +396,6 @@ fn check_new_topic(
     image: &MetadataImage,
     t: &NewTopic,
     config: &BrokerConfig,
-    nr_shards: usize,
 ) -> Result<(i32, i16, BTreeMap<String, String>), Refusal> {
     validate_topic_name(&t.name)?;
     if image.topics.contains_key(&t.name) {
@@ -303,13 +423,30 @@ fn check_new_topic(
                 "Both numPartitions or replicationFactor and replicasAssignments were set.".into(),
             ));
         }
-        if t.assignments.iter().any(|r| r.as_slice() != [config.node_id]) {
-            return Err((
-                ResponseError::InvalidReplicaAssignment,
-                format!("Only broker {} exists in this cluster.", config.node_id),
-            ));
+        let rf = t.assignments.first().map_or(0, |r| r.len());
+        for replicas in &t.assignments {
+            if replicas.len() != rf || replicas.is_empty() {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    "All partitions should have the same number of replicas.".into(),
+                ));
+            }
+            for (i, r) in replicas.iter().enumerate() {
+                if replicas[..i].contains(r) {
+                    return Err((
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("Duplicate broker {r} in a replica assignment."),
+                    ));
+                }
+                if image.brokers.get(r).is_none_or(|b| b.fenced) {
+                    return Err((
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("Broker {r} is not a live broker of this cluster."),
+                    ));
+                }
+            }
         }
-        (t.assignments.len() as i32, 1)
+        (t.assignments.len() as i32, rf as i16)
     };
     if partitions <= 0 {
         return Err((
@@ -324,12 +461,13 @@ fn check_new_topic(
         ));
     }
     if rf > 1 {
+        // Followers copying a leader arrive with replication; until then a
+        // factor above 1 would promise copies that do not exist.
         return Err((
             ResponseError::InvalidReplicationFactor,
-            format!("Replication factor: {rf} larger than available brokers: 1."),
+            format!("Replication factor: {rf} is not supported yet: this release keeps one replica per partition."),
         ));
     }
-    image.check_partition_budget(partitions as usize, nr_shards, config.shard_partitions_max)?;
     let mut configs = BTreeMap::new();
     for (key, value) in &t.configs {
         let Some(value) = value else { continue };
@@ -344,7 +482,6 @@ pub fn create_topics(
     image: &MetadataImage,
     topics: Vec<NewTopic>,
     config: &BrokerConfig,
-    nr_shards: usize,
 ) -> (MetadataImage, Vec<TopicOutcome>) {
     let mut next = image.clone();
     let mut outcomes = Vec::with_capacity(topics.len());
@@ -358,20 +495,35 @@ pub fn create_topics(
             ));
             continue;
         }
-        match check_new_topic(&next, &t, config, nr_shards) {
+        let checked = check_new_topic(&next, &t, config).and_then(|(partitions, rf, configs)| {
+            let placed = if t.assignments.is_empty() {
+                next.place(partitions as usize, rf)?
+            } else {
+                t.assignments
+                    .iter()
+                    .map(|replicas| PartitionMeta {
+                        replicas: replicas.clone(),
+                        leader: replicas[0],
+                        leader_epoch: 0,
+                    })
+                    .collect()
+            };
+            Ok((placed, rf, configs))
+        });
+        match checked {
             Err((code, message)) => outcomes.push(TopicOutcome::err(t.name, code, message)),
-            Ok((partitions, rf, configs)) => {
+            Ok((placed, rf, configs)) => {
                 let meta = TopicMeta {
                     name: t.name.clone(),
                     id: Uuid::new_v4(),
-                    partitions: next.place(partitions as usize, nr_shards),
+                    partitions: placed,
                     configs: configs.clone(),
                 };
                 outcomes.push(TopicOutcome {
                     name: t.name,
                     error: None,
                     topic_id: meta.id,
-                    num_partitions: partitions,
+                    num_partitions: meta.partitions.len() as i32,
                     replication_factor: rf,
                     configs,
                 });
@@ -408,8 +560,6 @@ pub fn delete_topics(image: &MetadataImage, names: Vec<String>) -> (MetadataImag
 pub fn create_partitions(
     image: &MetadataImage,
     topics: Vec<(String, i32)>,
-    config: &BrokerConfig,
-    nr_shards: usize,
 ) -> (MetadataImage, Vec<TopicOutcome>) {
     let mut next = image.clone();
     let mut outcomes = Vec::with_capacity(topics.len());
@@ -434,23 +584,22 @@ pub fn create_partitions(
             outcomes.push(TopicOutcome::err(name, ResponseError::InvalidPartitions, message));
             continue;
         }
-        let added = (count - current) as usize;
-        if let Err((code, message)) =
-            next.check_partition_budget(added, nr_shards, config.shard_partitions_max)
-        {
-            outcomes.push(TopicOutcome::err(name, code, message));
-            continue;
-        }
+        let rf = meta.partitions.first().map_or(1, |p| p.replicas.len().max(1)) as i16;
+        let added = match next.place((count - current) as usize, rf) {
+            Ok(added) => added,
+            Err((code, message)) => {
+                outcomes.push(TopicOutcome::err(name, code, message));
+                continue;
+            }
+        };
         let mut grown = meta.clone();
-        grown
-            .partitions
-            .extend(next.place((count - current) as usize, nr_shards));
+        grown.partitions.extend(added);
         outcomes.push(TopicOutcome {
             name,
             error: None,
             topic_id: grown.id,
             num_partitions: count,
-            replication_factor: 1,
+            replication_factor: rf,
             configs: grown.configs.clone(),
         });
         next = next.with_topic(grown);
@@ -464,9 +613,37 @@ pub const CONFIG_OP_DELETE: i8 = 1;
 pub const CONFIG_OP_APPEND: i8 = 2;
 pub const CONFIG_OP_SUBTRACT: i8 = 3;
 
+/// A refusal between nodes: the Kafka error code and its message.
+pub type WireRefusal = (i16, String);
+
+pub fn refusal_to_wire((code, message): &Refusal) -> WireRefusal {
+    (code.code(), message.clone())
+}
+
+pub fn refusal_from_wire((code, message): WireRefusal) -> Refusal {
+    (
+        ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError),
+        message,
+    )
+}
+
+/// serde for `Option<Refusal>` (kafka-protocol's error type has none).
+pub mod wire_refusal {
+    use super::{refusal_from_wire, refusal_to_wire, Refusal, WireRefusal};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &Option<Refusal>, s: S) -> Result<S::Ok, S::Error> {
+        r.as_ref().map(refusal_to_wire).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Refusal>, D::Error> {
+        Ok(Option::<WireRefusal>::deserialize(d)?.map(refusal_from_wire))
+    }
+}
+
 /// One topic's config change from AlterConfigs (`incremental: false`: the
 /// listed values replace every override) or IncrementalAlterConfigs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConfigAlteration {
     pub topic: String,
     pub incremental: bool,
@@ -581,7 +758,7 @@ pub fn alter_configs(
 }
 
 /// Kafka's cluster ids are 22-character url-safe base64 of a UUID; any unique string works for clients.
-fn random_cluster_id() -> String {
+pub fn random_cluster_id() -> String {
     Uuid::new_v4().simple().to_string()[..22].to_string()
 }
 
@@ -635,12 +812,24 @@ mod tests {
         assert!(validate_topic_name(&"a".repeat(250)).is_err());
     }
 
+    fn one_broker(partitions_max: usize) -> MetadataImage {
+        MetadataImage::new("c".into()).with_broker(BrokerMeta {
+            id: 1,
+            incarnation: Uuid::new_v4(),
+            host: "127.0.0.1".into(),
+            port: 9092,
+            rack: None,
+            partitions_max,
+            fenced: false,
+        })
+    }
+
     fn image_with_topic() -> MetadataImage {
-        let image = MetadataImage::new("c".into());
+        let image = one_broker(100);
         let topic = TopicMeta {
             name: "t".into(),
             id: Uuid::new_v4(),
-            partitions: image.place(1, 1),
+            partitions: image.place(1, 1).unwrap(),
             configs: BTreeMap::new(),
         };
         image.with_topic(topic)
@@ -722,11 +911,8 @@ mod tests {
     }
 
     #[test]
-    fn partitions_beyond_the_shard_budget_are_refused() {
-        let config = BrokerConfig {
-            shard_partitions_max: 4,
-            ..BrokerConfig::default()
-        };
+    fn partitions_beyond_a_brokers_budget_are_refused() {
+        let config = BrokerConfig::default();
         let topic = |name: &str, n| NewTopic {
             name: name.into(),
             num_partitions: n,
@@ -734,45 +920,72 @@ mod tests {
             assignments: Vec::new(),
             configs: Vec::new(),
         };
-        let image = MetadataImage::new("c".into());
-        let (image, out) = create_topics(&image, vec![topic("a", 6)], &config, 2);
+        // One broker of 2 shards x shard.partitions.max 4.
+        let image = one_broker(8);
+        let (image, out) = create_topics(&image, vec![topic("a", 6)], &config);
         assert!(out[0].error.is_none());
-        let (image, out) = create_topics(&image, vec![topic("b", 3)], &config, 2);
+        let (image, out) = create_topics(&image, vec![topic("b", 3)], &config);
         assert_eq!(out[0].error.as_ref().unwrap().0, ResponseError::PolicyViolation);
         assert!(image.topic("b").is_none());
-        let (image, out) = create_partitions(&image, vec![("a".into(), 9)], &config, 2);
+        let (image, out) = create_partitions(&image, vec![("a".into(), 9)]);
         assert_eq!(out[0].error.as_ref().unwrap().0, ResponseError::PolicyViolation);
-        let (image, out) = create_partitions(&image, vec![("a".into(), 8)], &config, 2);
+        let (image, out) = create_partitions(&image, vec![("a".into(), 8)]);
         assert!(out[0].error.is_none());
         assert_eq!(image.topic("a").unwrap().partitions.len(), 8);
     }
 
     #[test]
-    fn placement_balances_by_partition_count() {
-        let image = MetadataImage::new("c".into());
-        let placed = image.place(6, 4);
-        let shards: Vec<u32> = placed.iter().map(|p| p.shard).collect();
-        assert_eq!(shards, vec![0, 1, 2, 3, 0, 1]);
+    fn replication_factor_above_the_live_brokers_or_one_is_refused() {
+        let config = BrokerConfig::default();
+        let image = one_broker(100);
+        let topic = NewTopic {
+            name: "r".into(),
+            num_partitions: 1,
+            replication_factor: 2,
+            assignments: Vec::new(),
+            configs: Vec::new(),
+        };
+        let (_, out) = create_topics(&image, vec![topic], &config);
+        assert_eq!(
+            out[0].error.as_ref().unwrap().0,
+            ResponseError::InvalidReplicationFactor
+        );
+        let (_, out) = create_topics(
+            &MetadataImage::new("c".into()),
+            vec![NewTopic {
+                name: "n".into(),
+                num_partitions: 1,
+                replication_factor: 1,
+                assignments: Vec::new(),
+                configs: Vec::new(),
+            }],
+            &config,
+        );
+        assert_eq!(
+            out[0].error.as_ref().unwrap().0,
+            ResponseError::InvalidReplicationFactor,
+            "no live broker"
+        );
     }
 
     #[test]
-    fn image_survives_persist_and_load() {
+    fn a_legacy_metadata_file_is_taken_over_with_this_node_leading() {
         let dir = tempfile::tempdir().unwrap();
-        let image = MetadataImage::new("cluster".into());
-        let topic = TopicMeta {
-            name: "t".into(),
-            id: Uuid::new_v4(),
-            partitions: image.place(3, 2),
-            configs: BTreeMap::new(),
-        };
-        let id = topic.id;
-        let image = image.with_topic(topic);
-        image.persist(dir.path()).unwrap();
-        let loaded = MetadataImage::load(dir.path(), 2).unwrap();
-        assert_eq!(loaded.topic("t").unwrap().partitions.len(), 3);
-        assert_eq!(loaded.topic_by_id(&id).unwrap().name, "t");
-        assert_eq!(loaded.epoch, image.epoch);
-        let fewer = MetadataImage::load(dir.path(), 1).unwrap();
-        assert!(fewer.topic("t").unwrap().partitions.iter().all(|p| p.shard == 0));
+        let legacy = r#"{"epoch":7,"cluster_id":"old","topics":{"t":{"name":"t","id":"6f0c2a5e-4b8e-4a49-9a43-0d2f1f7c9b11","partitions":[{"shard":1,"leader_epoch":0},{"shard":0,"leader_epoch":2}],"configs":{}}},"producer_ids_reserved":2000}"#;
+        std::fs::write(dir.path().join(METADATA_FILE), legacy).unwrap();
+        let image = MetadataImage::load_legacy(dir.path(), 4).unwrap().unwrap();
+        let t = image.topic("t").unwrap();
+        assert!(t
+            .partitions
+            .iter()
+            .all(|p| p.replicas == vec![4] && p.leader == 4));
+        assert_eq!(t.partitions[1].leader_epoch, 2);
+        assert_eq!(
+            (image.cluster_id.as_str(), image.producer_ids_reserved),
+            ("old", 2000)
+        );
+        assert!(MetadataImage::load_legacy(tempfile::tempdir().unwrap().path(), 4)
+            .unwrap()
+            .is_none());
     }
 }

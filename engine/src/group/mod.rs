@@ -42,7 +42,7 @@ use kafka_protocol::ResponseError;
 
 use crate::clock::now_ms;
 use crate::config::GroupConfig;
-use crate::controller::MetadataImage;
+use crate::controller::{MetadataImage, NodeView};
 use crate::partition::Partition;
 use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 use records::{OffsetValue, RecordKey};
@@ -73,11 +73,17 @@ pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
     abs % partitions.max(1)
 }
 
-/// The shard coordinating `group_id`, if `__consumer_offsets` exists.
-pub fn coordinator_shard(image: &MetadataImage, group_id: &str) -> Option<usize> {
+/// The `__consumer_offsets` partition holding `group_id`, if the topic exists.
+pub fn offsets_partition_of(image: &MetadataImage, group_id: &str) -> Option<i32> {
     let topic = image.topic(OFFSETS_TOPIC)?;
-    let partition = partition_for(group_id, topic.partitions.len() as i32);
-    image.owner(OFFSETS_TOPIC, partition)
+    Some(partition_for(group_id, topic.partitions.len() as i32))
+}
+
+/// The shard of this node coordinating `group_id`: the one leading its
+/// `__consumer_offsets` partition, when this node leads it.
+pub fn coordinator_shard(view: &NodeView, group_id: &str) -> Option<usize> {
+    let partition = offsets_partition_of(&view.image, group_id)?;
+    view.owner(OFFSETS_TOPIC, partition).ok()
 }
 
 /// A group request forwarded to its coordinator shard.
@@ -154,10 +160,11 @@ pub struct FetchedOffsets {
 pub trait GroupStore {
     fn shard_id(&self) -> usize;
     fn image(&self) -> Arc<MetadataImage>;
+    fn view(&self) -> Arc<NodeView>;
     /// Whether this shard still coordinates `group_id` (the image may have
     /// moved its partition since the request was routed).
     fn owns_group(&self, group_id: &str) -> bool {
-        coordinator_shard(&self.image(), group_id) == Some(self.shard_id())
+        coordinator_shard(&self.view(), group_id) == Some(self.shard_id())
     }
     /// This shard's `__consumer_offsets` partition `index`, if it owns it.
     fn offsets_partition(&self, index: i32) -> Option<Rc<Partition>>;
@@ -584,7 +591,7 @@ impl Coordinator {
                 let key = (t.name.to_string(), p.partition_index);
                 // As Kafka: only existing partitions, which also bounds a
                 // group's offsets by the partitions of the cluster.
-                if image.owner(&key.0, key.1).is_none() {
+                if image.partition(&key.0, key.1).is_none() {
                     refused.insert(key, ResponseError::UnknownTopicOrPartition);
                     continue;
                 }

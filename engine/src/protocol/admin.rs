@@ -310,17 +310,22 @@ pub fn describe_cluster(
     req: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
-    let config = &shard.config;
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(config.node_id))
-        .with_host(str_bytes(&config.advertised_host))
-        .with_port(config.advertised_port as i32);
+    let brokers = super::metadata::live_brokers(shard)
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port as i32)
+                .with_rack(b.rack.as_deref().map(str_bytes))
+        })
+        .collect();
     DescribeClusterResponse::default()
         // v0 has no endpoint type; the field must stay at its default there.
         .with_endpoint_type(if version >= 1 { req.endpoint_type } else { 1 })
         .with_cluster_id(str_bytes(&shard.image().cluster_id))
-        .with_controller_id(BrokerId(config.node_id))
-        .with_brokers(vec![broker])
+        .with_controller_id(BrokerId(shard.view().controller_id))
+        .with_brokers(brokers)
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
 

@@ -36,7 +36,8 @@ struct Slot {
 /// with sendfile (see `zero_copy`); those have empty `records` in it.
 pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> (FetchResponse, FileParts) {
     let started = Instant::now();
-    let image = shard.image();
+    let view = shard.view();
+    let image = &view.image;
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
     let mut slots: Vec<Slot> = Vec::new();
     for (topic_index, topic) in req.topics.into_iter().enumerate() {
@@ -65,16 +66,17 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> (Fetc
             if req.isolation_level == READ_COMMITTED {
                 response.aborted_transactions = Some(Vec::new());
             }
-            let owner = image.owner(&name, p.partition);
+            let owner = view.owner(&name, p.partition);
             if meta.is_none() {
                 response.error_code = if version >= FETCH_TOPIC_IDS_VERSION {
                     ResponseError::UnknownTopicId.code()
                 } else {
                     ResponseError::UnknownTopicOrPartition.code()
                 };
-            } else if owner.is_none() {
-                response.error_code = ResponseError::UnknownTopicOrPartition.code();
+            } else if let Err(code) = owner {
+                response.error_code = code.code();
             }
+            let owner = owner.ok();
             slots.push(Slot {
                 topic_index,
                 topic: name.clone(),

@@ -24,7 +24,7 @@ use kafka_protocol::ResponseError;
 
 use crate::group::state::code_of;
 use crate::group::{self, FetchedOffsets, GroupOp, GroupReply};
-use crate::shard::{Shard, ShardOp, ShardReply};
+use crate::shard::{ControlOp, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
 use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 
 /// FindCoordinator key types.
@@ -36,7 +36,7 @@ const BATCHED_KEYS_VERSION: i16 = 4;
 /// Runs `op` on the coordinator shard of `group_id`; None when there is none
 /// (no `__consumer_offsets`, or the shard is shutting down).
 async fn call_group(shard: &Rc<Shard>, group_id: &str, op: GroupOp) -> Option<GroupReply> {
-    let target = group::coordinator_shard(&shard.image(), group_id)?;
+    let target = group::coordinator_shard(&shard.view(), group_id)?;
     match shard.call(target, ShardOp::Group(Box::new(op))).await {
         ShardReply::Group(reply) => Some(reply),
         _ => None,
@@ -48,12 +48,29 @@ pub fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let config = &shard.config;
-    let has_offsets_topic = shard.image().topic(group::OFFSETS_TOPIC).is_some();
+    let image = shard.image();
+    if image.topic(group::OFFSETS_TOPIC).is_none() && req.key_type == KEY_TYPE_GROUP {
+        // Kafka creates the topic at the first FindCoordinator; the client
+        // retries on COORDINATOR_NOT_AVAILABLE until it exists.
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            shard
+                .call(CONTROLLER_SHARD, ShardOp::Control(ControlOp::CreateOffsetsTopic))
+                .await;
+        })
+        .detach();
+    }
+    let brokers = super::metadata::live_brokers(shard);
     let answer = |key: &StrBytes| -> Coordinator {
+        let leader = group::offsets_partition_of(&image, key.as_str())
+            .and_then(|p| image.partition(group::OFFSETS_TOPIC, p))
+            .and_then(|p| brokers.iter().find(|b| b.id == p.leader));
         let error = match req.key_type {
-            KEY_TYPE_GROUP if has_offsets_topic => None,
-            KEY_TYPE_GROUP => Some((ResponseError::CoordinatorNotAvailable, "no __consumer_offsets")),
+            KEY_TYPE_GROUP if leader.is_some() => None,
+            KEY_TYPE_GROUP => Some((
+                ResponseError::CoordinatorNotAvailable,
+                "the group's __consumer_offsets partition has no live leader",
+            )),
             KEY_TYPE_TRANSACTION => Some((
                 ResponseError::CoordinatorNotAvailable,
                 "transactions are not supported by this broker",
@@ -62,11 +79,13 @@ pub fn find_coordinator(
         };
         let c = Coordinator::default().with_key(key.clone());
         match error {
-            None => c
-                .with_error_code(0)
-                .with_node_id(BrokerId(config.node_id))
-                .with_host(str_bytes(&config.advertised_host))
-                .with_port(i32::from(config.advertised_port)),
+            None => {
+                let b = leader.expect("a group key with no error has a leader");
+                c.with_error_code(0)
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(str_bytes(&b.host))
+                    .with_port(i32::from(b.port))
+            }
             Some((code, message)) => c
                 .with_error_code(code.code())
                 .with_error_message(Some(str_bytes(message)))

@@ -7,7 +7,6 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicName};
-use kafka_protocol::ResponseError;
 
 use crate::shard::{OffsetsPart, Shard, ShardOp, ShardReply};
 
@@ -15,7 +14,7 @@ use crate::shard::{OffsetsPart, Shard, ShardOp, ShardReply};
 const LEADER_EPOCH_VERSION: i16 = 4;
 
 pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
-    let image = shard.image();
+    let view = shard.view();
     let mut slots: Vec<(usize, ListOffsetsPartitionResponse)> = Vec::new();
     let mut topics = Vec::with_capacity(req.topics.len());
     let mut work = Vec::new();
@@ -28,9 +27,9 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                 .with_offset(-1)
                 .with_timestamp(-1)
                 .with_leader_epoch(-1);
-            match image.owner(&name, p.partition_index) {
-                None => response.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(owner) => work.push((
+            match view.owner(&name, p.partition_index) {
+                Err(code) => response.error_code = code.code(),
+                Ok(owner) => work.push((
                     owner,
                     OffsetsPart {
                         slot: slots.len(),

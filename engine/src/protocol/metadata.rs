@@ -9,7 +9,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use crate::controller::{validate_topic_name, MetadataImage, NewTopic, TopicMeta};
+use crate::controller::{validate_topic_name, BrokerMeta, MetadataImage, NewTopic, TopicMeta, NO_LEADER};
 use crate::shard::{ControlOp, Shard, ShardOp, CONTROLLER_SHARD};
 use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 
@@ -58,7 +58,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     }
 
     let topics: Vec<MetadataResponseTopic> = match requested {
-        None => image.topics.values().map(|t| topic_response(shard, t)).collect(),
+        None => image.topics.values().map(|t| topic_response(&image, t)).collect(),
         Some(list) => list
             .into_iter()
             .map(|(name, id)| {
@@ -67,22 +67,53 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                     None => image.topic_by_id(&id),
                 };
                 match meta {
-                    Some(t) => topic_response(shard, t),
+                    Some(t) => topic_response(&image, t),
                     None => missing_topic(&image, name, id),
                 }
             })
             .collect(),
     };
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(config.node_id))
-        .with_host(str_bytes(&config.advertised_host))
-        .with_port(config.advertised_port as i32);
+    let view = shard.view();
+    let brokers = live_brokers(shard)
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port as i32)
+                .with_rack(b.rack.as_deref().map(str_bytes))
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(&image.cluster_id)))
-        .with_controller_id(BrokerId(config.node_id))
+        .with_controller_id(BrokerId(view.controller_id))
         .with_topics(topics)
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}
+
+/// The brokers clients may use: every unfenced registered broker, this one
+/// as its own configuration says (it may have registered moments ago).
+pub fn live_brokers(shard: &Shard) -> Vec<BrokerMeta> {
+    let config = &shard.config;
+    let image = shard.image();
+    let mut brokers: Vec<BrokerMeta> = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced && b.id != config.node_id)
+        .cloned()
+        .collect();
+    brokers.push(BrokerMeta {
+        id: config.node_id,
+        incarnation: Uuid::nil(),
+        host: config.advertised_host.clone(),
+        port: config.advertised_port,
+        rack: config.cluster.rack.clone(),
+        partitions_max: 0,
+        fenced: false,
+    });
+    brokers.sort_by_key(|b| b.id);
+    brokers
 }
 
 fn missing_topic(_image: &MetadataImage, name: Option<String>, id: Uuid) -> MetadataResponseTopic {
@@ -98,19 +129,29 @@ fn missing_topic(_image: &MetadataImage, name: Option<String>, id: Uuid) -> Meta
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
 
-fn topic_response(shard: &Shard, t: &TopicMeta) -> MetadataResponseTopic {
-    let node = BrokerId(shard.config.node_id);
+fn topic_response(image: &MetadataImage, t: &TopicMeta) -> MetadataResponseTopic {
+    let live = |id: &i32| image.brokers.get(id).is_some_and(|b| !b.fenced);
     let partitions = t
         .partitions
         .iter()
         .enumerate()
         .map(|(i, p)| {
+            let ids = |f: &dyn Fn(&i32) -> bool| -> Vec<BrokerId> {
+                p.replicas.iter().filter(|r| f(r)).map(|r| BrokerId(*r)).collect()
+            };
+            let error = if p.leader == NO_LEADER {
+                ResponseError::LeaderNotAvailable.code()
+            } else {
+                0
+            };
             MetadataResponsePartition::default()
+                .with_error_code(error)
                 .with_partition_index(i as i32)
-                .with_leader_id(node)
+                .with_leader_id(BrokerId(p.leader))
                 .with_leader_epoch(p.leader_epoch)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_replica_nodes(ids(&|_| true))
+                .with_isr_nodes(ids(&|r| live(r)))
+                .with_offline_replicas(ids(&|r| !live(r)))
         })
         .collect();
     MetadataResponseTopic::default()

@@ -12,12 +12,11 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{
     DeleteRecordsRequest, DeleteRecordsResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
-use kafka_protocol::ResponseError;
 
 use crate::shard::{DeleteRecordsPart, EpochPart, Shard, ShardOp, ShardReply};
 
 pub async fn delete_records(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
-    let image = shard.image();
+    let view = shard.view();
     let mut topics = Vec::with_capacity(req.topics.len());
     let mut slots: Vec<(usize, DeleteRecordsPartitionResult)> = Vec::new();
     let mut work = Vec::new();
@@ -28,9 +27,9 @@ pub async fn delete_records(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> Del
             let mut r = DeleteRecordsPartitionResult::default()
                 .with_partition_index(p.partition_index)
                 .with_low_watermark(-1);
-            match image.owner(&name, p.partition_index) {
-                None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(owner) => work.push((
+            match view.owner(&name, p.partition_index) {
+                Err(code) => r.error_code = code.code(),
+                Ok(owner) => work.push((
                     owner,
                     DeleteRecordsPart {
                         slot: slots.len(),
@@ -73,7 +72,7 @@ pub async fn offset_for_leader_epoch(
     shard: &Rc<Shard>,
     req: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
-    let image = shard.image();
+    let view = shard.view();
     let mut topics = Vec::with_capacity(req.topics.len());
     let mut slots: Vec<(usize, EpochEndOffset)> = Vec::new();
     let mut work = Vec::new();
@@ -85,9 +84,9 @@ pub async fn offset_for_leader_epoch(
                 .with_partition(p.partition)
                 .with_leader_epoch(-1)
                 .with_end_offset(-1);
-            match image.owner(&name, p.partition) {
-                None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(owner) => work.push((
+            match view.owner(&name, p.partition) {
+                Err(code) => r.error_code = code.code(),
+                Ok(owner) => work.push((
                     owner,
                     EpochPart {
                         slot: slots.len(),

@@ -27,7 +27,8 @@ fn min_insync_replicas(
 
 /// Returns None for acks=0 (no response is sent).
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
-    let image = shard.image();
+    let view = shard.view();
+    let image = &view.image;
     let acks = req.acks;
     let acks_valid = matches!(acks, -1..=1);
     // Request order is kept in `slots`; work is grouped by owner shard.
@@ -86,12 +87,13 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                     ),
                 ))
             } else {
-                match image.owner(&name, data.index) {
-                    None => Some((
-                        ResponseError::UnknownTopicOrPartition,
-                        "This server does not host this topic-partition.".into(),
+                match view.owner(&name, data.index) {
+                    Err(ResponseError::NotLeaderOrFollower) => Some((
+                        ResponseError::NotLeaderOrFollower,
+                        "This server is not the leader for that topic-partition.".into(),
                     )),
-                    Some(owner) => match data.records {
+                    Err(code) => Some((code, "This server does not host this topic-partition.".into())),
+                    Ok(owner) => match data.records {
                         None => Some((ResponseError::CorruptMessage, "no records".into())),
                         Some(records) => {
                             work.push((
@@ -109,7 +111,12 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                 }
             };
             if let Some((code, message)) = error {
-                tracing::warn!("produce to {name}-{} refused: {message}", data.index);
+                if code == ResponseError::NotLeaderOrFollower {
+                    // Routine after a leader move: the client refreshes its metadata.
+                    tracing::debug!("produce to {name}-{} refused: {message}", data.index);
+                } else {
+                    tracing::warn!("produce to {name}-{} refused: {message}", data.index);
+                }
                 p.error_code = code.code();
                 p.error_message = Some(str_bytes(&message));
             }

@@ -8,7 +8,6 @@
 //! Lives on: the main thread, in `server::run`, before any shard starts.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 pub const META_PROPERTIES_FILE: &str = "meta.properties";
@@ -84,25 +83,17 @@ pub fn check_or_write(data_dir: &Path, cluster_id: &str, node_id: i32) -> Result
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_durably(data_dir, &expected.to_text()).map_err(|e| format!("{}: {e}", path.display()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::storage::durable::replace_file(
+            data_dir,
+            META_PROPERTIES_FILE,
+            expected.to_text().as_bytes(),
+        )
+        .map_err(|e| format!("{}: {e}", path.display())),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
 /// Write a temp file, fsync it, rename it over, fsync the directory.
-fn write_durably(data_dir: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = data_dir.join(format!("{META_PROPERTIES_FILE}.tmp"));
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, data_dir.join(META_PROPERTIES_FILE))?;
-    std::fs::File::open(data_dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,9 @@
 mod listener;
 mod meta_properties;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -19,8 +21,11 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::MeshBuilder;
 
 use crate::config::BrokerConfig;
-use crate::controller::{self, MetadataImage};
-use crate::shard::{Shard, ShardMsg};
+use crate::controller::metadata_log::MetadataLog;
+use crate::controller::placement::Placement;
+use crate::controller::quorum::{apply_entry, raft_id, Quorum, QuorumSettings};
+use crate::controller::{self, transport, BrokerMeta, MetadataImage, NodeView};
+use crate::shard::{ControlPlane, Shard, ShardMsg, CONTROLLER_SHARD};
 use crate::storage::RecoveryMode;
 
 pub use listener::Listener;
@@ -32,7 +37,13 @@ pub const CLEAN_SHUTDOWN_MARKER: &str = ".kafka_cleanshutdown";
 #[derive(Clone)]
 pub struct Startup {
     pub config: Arc<BrokerConfig>,
-    pub image: Arc<MetadataImage>,
+    pub view: Arc<NodeView>,
+    /// Taken by the controller shard, which drives the quorum over it.
+    pub metadata_log: Arc<Mutex<Option<MetadataLog>>>,
+    /// The quorum's voters and their CONTROLLER listeners (empty for a quorum of one).
+    pub voter_addrs: BTreeMap<i32, SocketAddr>,
+    pub voters: Vec<i32>,
+    pub controller_listener: Option<(Arc<Listener>, SocketAddr)>,
     pub recovery_mode_clean: bool,
     pub mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     /// shard id -> mesh peer id (mesh ids follow join order, not shard ids).
@@ -52,28 +63,74 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     config.data_dir = config.data_dir.canonicalize()?;
     let data_dir: PathBuf = config.data_dir.clone();
     let nr_shards = config.shards.max(1);
-    let mut image = MetadataImage::load(&data_dir, nr_shards)?;
+    anyhow::ensure!(
+        config.cluster.roles.controller,
+        "process.roles={}: a broker without the controller role is not supported yet; give it broker,controller",
+        config.cluster.roles_text()
+    );
+    let node_id = config.node_id;
+    let mut voter_addrs = BTreeMap::new();
+    for v in &config.cluster.voters {
+        voter_addrs.insert(v.id, v.addr()?);
+    }
+    let voters: Vec<i32> = if voter_addrs.is_empty() {
+        vec![node_id]
+    } else {
+        voter_addrs.keys().copied().collect()
+    };
+    let voter_ids: Vec<u64> = voters.iter().map(|v| raft_id(*v)).collect();
+    // A data dir with neither metadata log nor the old metadata file is new:
+    // nothing to recover.
+    let fresh = !data_dir.join(controller::metadata_log::METADATA_LOG_DIR).exists()
+        && !data_dir.join(controller::METADATA_FILE).exists();
+    let (metadata_log, recovered) = MetadataLog::open(&data_dir, &voter_ids, || {
+        bootstrap_image(&config, &data_dir, voters.len() == 1, nr_shards)
+    })?;
+    let mut image = recovered.image;
+    for entry in &recovered.committed {
+        if let Some(next) = apply_entry(&image, entry) {
+            image = next.map_err(|e| anyhow::anyhow!("metadata log entry {}: {e}", entry.index))?;
+        }
+    }
+    tracing::info!(
+        "metadata: {} topics, {} brokers at offset {} (cluster {})",
+        image.topics.len(),
+        image.brokers.len(),
+        image.offset,
+        image.cluster_id
+    );
     meta_properties::check_or_write(&data_dir, &image.cluster_id, config.node_id)
         .map_err(anyhow::Error::msg)?;
     let marker = data_dir.join(CLEAN_SHUTDOWN_MARKER);
-    let clean = marker.exists() || image.topics.is_empty();
-    // Kafka creates `__consumer_offsets` on the first FindCoordinator; here it
-    // exists from the first start so every shard knows its groups' partitions.
-    if let Some(next) = image.with_offsets_topic(config.group.offsets_topic_num_partitions, nr_shards) {
-        next.persist(&data_dir)?;
-        tracing::info!(
-            "created {} with {} partitions",
-            controller::OFFSETS_TOPIC,
-            config.group.offsets_topic_num_partitions
-        );
-        image = next;
-    }
+    let clean = marker.exists() || fresh;
     if !clean {
         tracing::warn!(
             "no clean-shutdown marker in {}: running log recovery",
             data_dir.display()
         );
     }
+    let controller_addr = config
+        .cluster
+        .controller_listen
+        .or_else(|| voter_addrs.get(&node_id).copied());
+    let controller_listener = match controller_addr {
+        Some(addr) if voters.len() > 1 || config.cluster.controller_listen.is_some() => {
+            listener::wait_for_port(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (CONTROLLER): {e}"))?;
+            let l = Listener::bind(addr, config.socket_listen_backlog_size)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (CONTROLLER): {e}"))?;
+            Some((Arc::new(l), addr))
+        }
+        _ => None,
+    };
+    let controller_id = if voters.len() == 1 { node_id } else { -1 };
+    let view = ControlPlane::view_for(
+        node_id,
+        controller_id,
+        Arc::new(image),
+        &Placement::default(),
+        nr_shards,
+    );
     // Every shard binds with SO_REUSEPORT, which would silently share the port
     // with another process of this user: check it is free first.
     listener::wait_for_port(config.listen_addr)
@@ -85,11 +142,16 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let channel_capacity = config.shard_channel_capacity;
     // `num.io.threads` for zero-copy sends, one for glommio's own blocking
-    // file operations, one waiting in the listener's accept.
-    let io_threads = config.num_io_threads + 2;
+    // file operations, one waiting in the listener's accept, one in the
+    // CONTROLLER listener's.
+    let io_threads = config.num_io_threads + 3;
     let startup = Startup {
         config: Arc::new(config),
-        image: Arc::new(image),
+        view: Arc::new(view),
+        metadata_log: Arc::new(Mutex::new(Some(metadata_log))),
+        voter_addrs,
+        voters,
+        controller_listener,
         recovery_mode_clean: clean,
         mesh: MeshBuilder::full(nr_shards, channel_capacity),
         peer_of_shard: Arc::new(Mutex::new(vec![usize::MAX; nr_shards])),
@@ -142,6 +204,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     let config = startup.config.clone();
     let (senders, receivers) = startup
         .mesh
+        .clone()
         .join()
         .await
         .map_err(|_| anyhow::anyhow!("shard {id}: joining the channel mesh failed"))?;
@@ -162,7 +225,8 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     } else {
         RecoveryMode::Unclean
     };
-    shard.apply(startup.image.clone(), mode).await;
+    shard.open_mode.set(mode);
+    shard.apply(startup.view.clone(), mode).await;
     // Groups are rebuilt before the port opens, so no request ever sees a
     // half-loaded coordinator (Kafka's COORDINATOR_LOAD_IN_PROGRESS).
     shard.groups.load(&*shard).await;
@@ -200,6 +264,11 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
 
     let listener = Rc::new(listener);
     let accept = glommio::spawn_local(serve(shard.clone(), listener.clone()));
+    let quorum = if id == CONTROLLER_SHARD {
+        Some(start_control_plane(&shard, &startup)?)
+    } else {
+        None
+    };
     let c = &config;
     let mut timers = vec![
         every(&shard, crate::group::GROUP_TICK_MS, |s| async move {
@@ -242,6 +311,14 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     }
     shard.stop();
     listener.close();
+    if let Some(quorum) = quorum {
+        quorum.stop();
+    }
+    if let Some((l, _)) = &startup.controller_listener {
+        if id == CONTROLLER_SHARD {
+            l.close();
+        }
+    }
     drop(accept);
     drop(timers);
     let budget = Duration::from_millis(config.shutdown_timeout_ms);
@@ -253,6 +330,154 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     .await;
     tracing::info!(shard = id, clean, "shard stopped");
     Ok(clean)
+}
+
+/// The first image of a data dir: the previous single-node release's
+/// metadata file if there is one, else an empty cluster. A quorum of one
+/// also registers its own broker and `__consumer_offsets` in it, so a
+/// single node serves from its first second as it always did.
+fn bootstrap_image(
+    config: &BrokerConfig,
+    data_dir: &Path,
+    quorum_of_one: bool,
+    nr_shards: usize,
+) -> std::io::Result<MetadataImage> {
+    let mut image = match MetadataImage::load_legacy(data_dir, config.node_id)? {
+        Some(legacy) => {
+            tracing::info!(
+                "metadata: taking over {} ({} topics) from the single-node release",
+                controller::METADATA_FILE,
+                legacy.topics.len()
+            );
+            legacy
+        }
+        None => MetadataImage::new(
+            config
+                .cluster
+                .cluster_id
+                .clone()
+                .unwrap_or_else(|| cluster_id_for(config, quorum_of_one)),
+        ),
+    };
+    image.offset = 0;
+    if quorum_of_one {
+        image = image.with_broker(BrokerMeta {
+            id: config.node_id,
+            incarnation: uuid::Uuid::new_v4(),
+            host: config.advertised_host.clone(),
+            port: config.advertised_port,
+            rack: config.cluster.rack.clone(),
+            partitions_max: nr_shards * config.shard_partitions_max,
+            fenced: false,
+        });
+        if let Some(next) = image.with_offsets_topic(
+            config.group.offsets_topic_num_partitions,
+            config.cluster.offsets_topic_replication_factor,
+        ) {
+            tracing::info!(
+                "created {} with {} partitions",
+                controller::OFFSETS_TOPIC,
+                config.group.offsets_topic_num_partitions
+            );
+            image = next;
+        }
+    }
+    Ok(image)
+}
+
+/// A cluster id when none is configured: random for a single node; for a
+/// quorum, derived from `controller.quorum.voters` so every node agrees.
+fn cluster_id_for(config: &BrokerConfig, quorum_of_one: bool) -> String {
+    if quorum_of_one {
+        return controller::random_cluster_id();
+    }
+    let text: String = config
+        .cluster
+        .voters
+        .iter()
+        .map(|v| format!("{}@{}:{},", v.id, v.host, v.port))
+        .collect();
+    let a = crc32c::crc32c(text.as_bytes());
+    let b = crc32c::crc32c_append(a, text.as_bytes());
+    let c = crc32c::crc32c_append(b, text.as_bytes());
+    format!("{a:08x}{b:08x}{c:08x}")[..22].to_string()
+}
+
+/// The controller shard's part: the raft quorum, the control plane, the
+/// CONTROLLER listener, heartbeats and the publisher of images to shards.
+fn start_control_plane(shard: &Rc<Shard>, startup: &Startup) -> anyhow::Result<Rc<Quorum>> {
+    let config = startup.config.clone();
+    let log = startup
+        .metadata_log
+        .lock()
+        .map_err(|_| anyhow::anyhow!("metadata log lock poisoned"))?
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("metadata log already taken"))?;
+    let peers = startup
+        .voter_addrs
+        .iter()
+        .filter(|(id, _)| **id != config.node_id)
+        .map(|(id, addr)| (raft_id(*id), transport::Peer::start(*id, *addr)))
+        .collect();
+    let settings = QuorumSettings {
+        node_id: config.node_id,
+        voters: startup.voters.clone(),
+        election_timeout_ms: config.cluster.election_timeout_ms,
+        request_timeout_ms: config.cluster.quorum_request_timeout_ms,
+        snapshot_interval_bytes: config.cluster.metadata_snapshot_interval_bytes,
+    };
+    let quorum = Quorum::new(settings, log, startup.view.image.as_ref().clone(), peers)
+        .map_err(|e| anyhow::anyhow!("cannot start the controller quorum: {e}"))?;
+    let plane = ControlPlane::new(
+        config.clone(),
+        shard.nr_shards,
+        quorum.clone(),
+        startup.voter_addrs.clone(),
+        startup.view.clone(),
+    );
+    if shard.control_plane.set(plane.clone()).is_err() {
+        anyhow::bail!("control plane started twice");
+    }
+    glommio::spawn_local(quorum.clone().run()).detach();
+    glommio::spawn_local(plane.clone().publish_loop(shard.clone())).detach();
+    glommio::spawn_local(plane.clone().leader_loop(shard.clone())).detach();
+    if config.cluster.roles.broker {
+        glommio::spawn_local(plane.clone().heartbeat_loop(shard.clone())).detach();
+    }
+    if let Some((listener, addr)) = startup.controller_listener.clone() {
+        tracing::info!(
+            "controller listening on {addr} (node {}, voters {:?})",
+            config.node_id,
+            startup.voters
+        );
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let (stream, _) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(_) if shard.is_stopping() => return,
+                    Err(e) => {
+                        tracing::warn!("controller accept failed: {e}");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let plane = plane.clone();
+                let frame_max_bytes = shard.config.socket_request_max_bytes;
+                glommio::spawn_local(async move {
+                    let quorum = plane.quorum().clone();
+                    let handler: transport::RequestHandler = Rc::new(move |request| {
+                        let plane = plane.clone();
+                        Box::pin(async move { plane.handle_request(request).await })
+                    });
+                    transport::serve_connection(stream, |m| quorum.step(m), handler, frame_max_bytes).await;
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+    Ok(quorum)
 }
 
 /// Accepts connections until the shard stops; each connection is its own task.

@@ -14,6 +14,7 @@
 //! produce requests (~2.5k/s at disk speed) that is noise. The bytes of a
 //! forwarded produce are a refcounted `Bytes` slice, never copied.
 
+mod control;
 mod ops;
 
 use std::cell::{Cell, RefCell};
@@ -28,10 +29,11 @@ use glommio::sync::Semaphore;
 
 use crate::clock::now_ms;
 use crate::config::BrokerConfig;
-use crate::controller::{self, MetadataImage};
+use crate::controller::{self, MetadataImage, NodeView};
 use crate::partition::Partition;
 use crate::storage::RecoveryMode;
 
+pub use control::{ControlPlane, PRODUCER_ID_BLOCK};
 pub use ops::{
     ControlOp, ControlReply, DeleteRecordsOutcome, DeleteRecordsPart, EpochOutcome, EpochPart, FetchOutcome,
     FetchPart, OffsetsOutcome, OffsetsPart, ProduceOutcome, ProducePart, WaitPart,
@@ -65,9 +67,10 @@ pub enum ShardOp {
     LeaderEpochs {
         parts: Vec<EpochPart>,
     },
-    /// A new metadata image from the controller (shard 0); applied in order.
+    /// A new metadata image (with this node's placement) from the
+    /// controller shard; applied in order.
     Apply {
-        image: Arc<MetadataImage>,
+        view: Arc<NodeView>,
     },
     /// Metadata changes, executed on shard 0 only.
     Control(ControlOp),
@@ -101,14 +104,12 @@ pub struct Shard {
     pub id: usize,
     pub nr_shards: usize,
     pub config: Arc<BrokerConfig>,
-    image: RefCell<Arc<MetadataImage>>,
+    view: RefCell<Arc<NodeView>>,
     partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
     senders: Senders<ShardMsg>,
     peer_of_shard: Vec<usize>,
-    /// Serialises metadata changes (used on shard 0 only).
-    control_lock: Semaphore,
-    /// (next, end) of the producer-id block being handed out (shard 0 only).
-    producer_ids: Cell<(i64, i64)>,
+    /// The node's control plane (on `CONTROLLER_SHARD` only).
+    pub control_plane: std::cell::OnceCell<Rc<ControlPlane>>,
     /// This shard's open segment files, shared by its logs (`log.fd.cache.size`).
     file_cache: Rc<crate::storage::FileCache>,
     /// The tail-cache budget shared by this shard's partitions (`log.cache.bytes`).
@@ -125,6 +126,10 @@ pub struct Shard {
     /// `__consumer_offsets` partitions).
     pub(crate) groups: crate::group::Coordinator,
     stopping: Cell<bool>,
+    /// How this process opens a log for the first time: after an unclean
+    /// stop, every log runs recovery, also those a metadata change (replayed
+    /// by the quorum after start) opens later.
+    pub(crate) open_mode: Cell<RecoveryMode>,
 }
 
 impl Shard {
@@ -140,12 +145,11 @@ impl Shard {
             id,
             nr_shards,
             config: config.clone(),
-            image: RefCell::new(Arc::new(MetadataImage::default())),
+            view: RefCell::new(Arc::new(NodeView::default())),
             partitions: RefCell::new(HashMap::new()),
             senders,
             peer_of_shard,
-            control_lock: Semaphore::new(1),
-            producer_ids: Cell::new((0, 0)),
+            control_plane: std::cell::OnceCell::new(),
             file_cache: crate::storage::FileCache::new(config.log_fd_cache_size),
             tail_cache: crate::partition::tail_cache::CacheBudget::new(config.log_cache_bytes),
             appended: Event::new(),
@@ -154,6 +158,7 @@ impl Shard {
             connections: Cell::new(0),
             connections_max: config.max_connections.div_ceil(nr_shards),
             stopping: Cell::new(false),
+            open_mode: Cell::new(RecoveryMode::Clean),
             groups: crate::group::Coordinator::new(config.group.clone()),
         }
     }
@@ -183,7 +188,12 @@ impl Shard {
     }
 
     pub fn image(&self) -> Arc<MetadataImage> {
-        self.image.borrow().clone()
+        self.view.borrow().image.clone()
+    }
+
+    /// The image and this node's placement, as of the last applied change.
+    pub fn view(&self) -> Arc<NodeView> {
+        self.view.borrow().clone()
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
@@ -272,10 +282,11 @@ impl Shard {
 
     /// Brings this shard's partitions in line with `image`: opens the new ones,
     /// deletes the removed ones, updates settings of the rest.
-    pub(crate) async fn apply(&self, image: Arc<MetadataImage>, mode: RecoveryMode) {
+    pub(crate) async fn apply(&self, view: Arc<NodeView>, mode: RecoveryMode) {
         let old = self.image();
+        let image = view.image.clone();
         assert!(image.epoch >= old.epoch, "metadata epoch went back");
-        *self.image.borrow_mut() = image.clone();
+        *self.view.borrow_mut() = view.clone();
         // Deleted, moved or re-created (new id) partitions go first, so a
         // re-created topic never opens over its predecessor's files.
         let gone: Vec<(String, i32)> = self
@@ -283,7 +294,8 @@ impl Shard {
             .borrow()
             .iter()
             .filter(|((t, i), p)| {
-                image.owner(t, *i) != Some(self.id) || image.topic(t).map(|m| m.id) != Some(p.topic_id())
+                view.replica_shard(t, *i) != Some(self.id)
+                    || image.topic(t).map(|m| m.id) != Some(p.topic_id())
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -303,14 +315,17 @@ impl Shard {
         }
         for topic in image.topics.values() {
             for (index, meta) in topic.partitions.iter().enumerate() {
-                if meta.shard as usize != self.id {
+                let index = index as i32;
+                if view.placement.shard(&topic.id, index) != Some(self.id) {
                     continue;
                 }
-                let index = index as i32;
                 let key = (topic.name.clone(), index);
                 let existing = self.partitions.borrow().get(&key).cloned();
                 match existing {
                     Some(p) if p.topic_id() == topic.id => {
+                        if meta.leader_epoch > p.leader_epoch() {
+                            p.set_leader_epoch(meta.leader_epoch);
+                        }
                         let changed = old.topic(&topic.name).is_none_or(|t| t.configs != topic.configs);
                         if changed {
                             self.reconfigure(&p, topic);
@@ -494,6 +509,10 @@ impl crate::group::GroupStore for Shard {
 
     fn image(&self) -> Arc<MetadataImage> {
         Shard::image(self)
+    }
+
+    fn view(&self) -> Arc<NodeView> {
+        Shard::view(self)
     }
 
     fn offsets_partition(&self, index: i32) -> Option<Rc<Partition>> {

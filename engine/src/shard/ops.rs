@@ -10,9 +10,9 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
 use super::{Shard, ShardOp, ShardReply};
-use crate::controller::{self, ConfigAlteration, MetadataImage, NewTopic, Refusal, TopicOutcome};
+use crate::controller::{ConfigAlteration, NewTopic, NodeView, Refusal, TopicOutcome};
 use crate::partition::PartitionError;
-use crate::storage::{Records, RecoveryMode};
+use crate::storage::Records;
 
 pub struct ProducePart {
     pub slot: usize,
@@ -95,6 +95,7 @@ pub struct EpochOutcome {
     pub end_offset: i64,
 }
 
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ControlOp {
     CreateTopics {
         topics: Vec<NewTopic>,
@@ -111,8 +112,17 @@ pub enum ControlOp {
         changes: Vec<ConfigAlteration>,
         validate_only: bool,
     },
-    /// InitProducerId for an idempotent producer: a fresh, never reused id.
+    /// InitProducerId for an idempotent producer: a fresh, never reused id
+    /// (from this node's block; answered on the node).
     AllocateProducerId,
+    /// A block of `PRODUCER_ID_BLOCK` ids for a node's allocator.
+    ReserveProducerIds,
+    /// Kafka creates `__consumer_offsets` at the first FindCoordinator.
+    CreateOffsetsTopic,
+    /// A broker's heartbeat: registers it, or brings it back from fenced.
+    Heartbeat(crate::controller::BrokerMeta),
+    /// The broker missed its session: it leads nothing until it returns.
+    FenceBroker(i32),
 }
 
 pub enum ControlReply {
@@ -120,15 +130,10 @@ pub enum ControlReply {
     /// One outcome per AlterConfigs resource, in request order.
     Altered(Vec<Option<Refusal>>),
     ProducerId(Result<i64, Refusal>),
+    /// Heartbeats, fencing and the offsets topic: done, or why not.
+    Done(Result<(), Refusal>),
     /// The shard that should have answered is shutting down.
     Unavailable,
-}
-
-/// Producer ids reserved per metadata write (Kafka's block size is 1000).
-const PRODUCER_ID_BLOCK: i64 = 1000;
-
-fn storage_error(e: &std::io::Error) -> Refusal {
-    (ResponseError::KafkaStorageError, e.to_string())
 }
 
 fn not_here(topic: &str, partition: i32) -> PartitionError {
@@ -170,9 +175,10 @@ impl Shard {
             ShardOp::LeaderEpochs { parts } => {
                 ShardReply::LeaderEpochs(parts.into_iter().map(|p| self.leader_epoch_one(p)).collect())
             }
-            ShardOp::Apply { image } => {
+            ShardOp::Apply { view } => {
                 let old = self.image();
-                self.apply(image.clone(), RecoveryMode::Clean).await;
+                let image = view.image.clone();
+                self.apply(view, self.open_mode.get()).await;
                 // Offsets of deleted topics go in the background: the
                 // metadata change does not wait for coordinator writes.
                 let shard = self.clone();
@@ -329,123 +335,24 @@ impl Shard {
         outcome
     }
 
-    /// Metadata changes: only on shard 0, one at a time. The new image is
-    /// persisted before any shard sees it, then applied on every shard in
-    /// order before the client gets its answer.
+    /// Metadata changes: on the controller shard, through the node's control plane.
     async fn control(self: &Rc<Self>, op: ControlOp) -> ControlReply {
         assert_eq!(
             self.id,
             super::CONTROLLER_SHARD,
             "control ops run on the controller shard"
         );
-        let Ok(_permit) = self.control_lock.acquire_permit(1).await else {
-            return ControlReply::Unavailable;
-        };
-        let image = self.image();
-        match op {
-            ControlOp::AllocateProducerId => {
-                ControlReply::ProducerId(self.allocate_producer_id(&image).await)
-            }
-            ControlOp::AlterConfigs {
-                changes,
-                validate_only,
-            } => {
-                let (next, outcomes) = controller::alter_configs(&image, changes, &self.config);
-                let committed = if validate_only {
-                    Ok(())
-                } else {
-                    self.commit(&image, next).await
-                };
-                ControlReply::Altered(match committed {
-                    Ok(()) => outcomes,
-                    Err(e) => outcomes
-                        .into_iter()
-                        .map(|o| o.or(Some(storage_error(&e))))
-                        .collect(),
-                })
-            }
-            ControlOp::CreateTopics {
-                topics,
-                validate_only,
-            } => {
-                let (next, outcomes) =
-                    controller::create_topics(&image, topics, &self.config, self.nr_shards);
-                self.topics_reply(&image, next, outcomes, validate_only).await
-            }
-            ControlOp::DeleteTopics { names } => {
-                let (next, outcomes) = controller::delete_topics(&image, names);
-                self.topics_reply(&image, next, outcomes, false).await
-            }
-            ControlOp::CreatePartitions {
-                topics,
-                validate_only,
-            } => {
-                let (next, outcomes) =
-                    controller::create_partitions(&image, topics, &self.config, self.nr_shards);
-                self.topics_reply(&image, next, outcomes, validate_only).await
-            }
+        match self.control_plane.get() {
+            Some(plane) => plane.clone().submit(self, op).await,
+            None => ControlReply::Unavailable,
         }
-    }
-
-    /// Commits a topic change (unless only validating) and answers per topic;
-    /// a failed commit fails every topic that had no error of its own.
-    async fn topics_reply(
-        self: &Rc<Self>,
-        image: &MetadataImage,
-        next: MetadataImage,
-        outcomes: Vec<TopicOutcome>,
-        validate_only: bool,
-    ) -> ControlReply {
-        let committed = if validate_only {
-            Ok(())
-        } else {
-            self.commit(image, next).await
-        };
-        ControlReply::Topics(match committed {
-            Ok(()) => outcomes,
-            Err(e) => outcomes
-                .into_iter()
-                .map(|mut o| {
-                    o.error = o.error.or(Some(storage_error(&e)));
-                    o
-                })
-                .collect(),
-        })
-    }
-
-    /// Hands out ids from a block reserved in the persisted image, so an id
-    /// is never reused after a restart; one metadata write per block.
-    async fn allocate_producer_id(self: &Rc<Self>, image: &MetadataImage) -> Result<i64, Refusal> {
-        let (next_id, block_end) = self.producer_ids.get();
-        if next_id < block_end {
-            self.producer_ids.set((next_id + 1, block_end));
-            return Ok(next_id);
-        }
-        let (next, first) = image.with_producer_ids_reserved(PRODUCER_ID_BLOCK);
-        self.commit(image, next)
-            .await
-            .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
-        self.producer_ids.set((first + 1, first + PRODUCER_ID_BLOCK));
-        Ok(first)
-    }
-
-    /// Persists `next` and applies it everywhere, if it changed anything.
-    async fn commit(self: &Rc<Self>, current: &MetadataImage, next: MetadataImage) -> std::io::Result<()> {
-        if next.epoch == current.epoch {
-            return Ok(());
-        }
-        next.persist(&self.config.data_dir).inspect_err(|e| {
-            tracing::error!("cannot persist metadata: {e}");
-        })?;
-        self.broadcast(Arc::new(next)).await;
-        Ok(())
     }
 
     /// Applies an image on every shard, this one included, and waits for all.
-    async fn broadcast(self: &Rc<Self>, image: Arc<MetadataImage>) {
+    pub(crate) async fn broadcast(self: &Rc<Self>, view: Arc<NodeView>) {
         let calls = (0..self.nr_shards).map(|target| {
-            let image = image.clone();
-            async move { self.call(target, ShardOp::Apply { image }).await }
+            let view = view.clone();
+            async move { self.call(target, ShardOp::Apply { view }).await }
         });
         futures::future::join_all(calls).await;
     }

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cleaner;
+pub mod durable;
 mod error;
 mod file_cache;
 pub mod index;

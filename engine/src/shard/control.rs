@@ -1,0 +1,531 @@
+//! The node's control plane, on the controller shard: runs metadata changes
+//! when this node is the active controller and forwards them to it when it
+//! is not; the broker's heartbeats and the active controller's side of them
+//! (registration, fencing after `broker.session.timeout.ms`); publishing each
+//! new image, with this node's placement, to every shard in order.
+//!
+//! Lives on: `CONTROLLER_SHARD` of every node. Called by `ops` (`ShardOp::
+//! Control`), by `server` (startup, the CONTROLLER listener's connections).
+//! Calls `controller` (planning, records, the raft quorum, the wire).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+use glommio::sync::Semaphore;
+use kafka_protocol::ResponseError;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{ControlOp, ControlReply, Shard};
+use crate::config::BrokerConfig;
+use crate::controller::placement::Placement;
+use crate::controller::quorum::{not_controller, Quorum};
+use crate::controller::records::changes;
+use crate::controller::{
+    self, refusal_from_wire, refusal_to_wire, transport, BrokerMeta, MetadataImage, NodeView, Refusal,
+    TopicOutcome, WireRefusal,
+};
+
+/// Producer ids reserved per metadata write (Kafka's block size is 1000).
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+/// How often the active controller looks for brokers past their session.
+const FENCE_CHECK_MS: u64 = 200;
+/// Pause between attempts to reach the active controller.
+const FORWARD_RETRY_MS: u64 = 100;
+
+/// A request between nodes' control planes.
+#[derive(Serialize, Deserialize)]
+enum ControllerRequest {
+    Control(ControlOp),
+}
+
+#[derive(Serialize, Deserialize)]
+enum ControllerResponse {
+    Control { reply: WireReply, offset: u64 },
+    NotController { leader: Option<i32> },
+}
+
+/// `ControlReply` between nodes.
+#[derive(Serialize, Deserialize)]
+enum WireReply {
+    Topics(Vec<TopicOutcome>),
+    Altered(Vec<Option<WireRefusal>>),
+    ProducerId(Result<i64, WireRefusal>),
+    Done(Result<(), WireRefusal>),
+    Unavailable,
+}
+
+impl From<ControlReply> for WireReply {
+    fn from(r: ControlReply) -> Self {
+        match r {
+            ControlReply::Topics(t) => WireReply::Topics(t),
+            ControlReply::Altered(a) => {
+                WireReply::Altered(a.iter().map(|o| o.as_ref().map(refusal_to_wire)).collect())
+            }
+            ControlReply::ProducerId(p) => WireReply::ProducerId(p.map_err(|e| refusal_to_wire(&e))),
+            ControlReply::Done(d) => WireReply::Done(d.map_err(|e| refusal_to_wire(&e))),
+            ControlReply::Unavailable => WireReply::Unavailable,
+        }
+    }
+}
+
+impl From<WireReply> for ControlReply {
+    fn from(r: WireReply) -> Self {
+        match r {
+            WireReply::Topics(t) => ControlReply::Topics(t),
+            WireReply::Altered(a) => {
+                ControlReply::Altered(a.into_iter().map(|o| o.map(refusal_from_wire)).collect())
+            }
+            WireReply::ProducerId(p) => ControlReply::ProducerId(p.map_err(refusal_from_wire)),
+            WireReply::Done(d) => ControlReply::Done(d.map_err(refusal_from_wire)),
+            WireReply::Unavailable => ControlReply::Unavailable,
+        }
+    }
+}
+
+/// `reply` for `op` with every outcome that has no error of its own failed with `refusal`.
+fn refused(op: &ControlOp, reply: Option<ControlReply>, refusal: Refusal) -> ControlReply {
+    match (op, reply) {
+        (_, Some(ControlReply::Topics(outcomes))) => ControlReply::Topics(
+            outcomes
+                .into_iter()
+                .map(|mut o| {
+                    o.error = o.error.or(Some(refusal.clone()));
+                    o
+                })
+                .collect(),
+        ),
+        (_, Some(ControlReply::Altered(outcomes))) => ControlReply::Altered(
+            outcomes
+                .into_iter()
+                .map(|o| o.or(Some(refusal.clone())))
+                .collect(),
+        ),
+        (ControlOp::CreateTopics { topics, .. }, None) => ControlReply::Topics(
+            topics
+                .iter()
+                .map(|t| TopicOutcome::refused(t.name.clone(), refusal.clone()))
+                .collect(),
+        ),
+        (ControlOp::DeleteTopics { names }, None) => ControlReply::Topics(
+            names
+                .iter()
+                .map(|n| TopicOutcome::refused(n.clone(), refusal.clone()))
+                .collect(),
+        ),
+        (ControlOp::CreatePartitions { topics, .. }, None) => ControlReply::Topics(
+            topics
+                .iter()
+                .map(|(n, _)| TopicOutcome::refused(n.clone(), refusal.clone()))
+                .collect(),
+        ),
+        (ControlOp::AlterConfigs { changes, .. }, None) => {
+            ControlReply::Altered(changes.iter().map(|_| Some(refusal.clone())).collect())
+        }
+        (ControlOp::ReserveProducerIds | ControlOp::AllocateProducerId, _) => {
+            ControlReply::ProducerId(Err(refusal))
+        }
+        _ => ControlReply::Done(Err(refusal)),
+    }
+}
+
+pub struct ControlPlane {
+    node_id: i32,
+    config: Arc<BrokerConfig>,
+    nr_shards: usize,
+    quorum: Rc<Quorum>,
+    /// Voter id -> its CONTROLLER listener.
+    voter_addrs: BTreeMap<i32, SocketAddr>,
+    /// One metadata change at a time, planned from the latest image.
+    lock: Semaphore,
+    /// (next, end) of this node's producer-id block.
+    producer_ids: Cell<(i64, i64)>,
+    /// Changes with every start of this process (`BrokerMeta::incarnation`).
+    incarnation: Uuid,
+    published: RefCell<Arc<NodeView>>,
+    published_event: Event,
+    /// Active controller only: when each broker was last heard from.
+    last_seen: RefCell<HashMap<i32, Instant>>,
+    leading_since: Cell<Option<Instant>>,
+}
+
+impl ControlPlane {
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        nr_shards: usize,
+        quorum: Rc<Quorum>,
+        voter_addrs: BTreeMap<i32, SocketAddr>,
+        published: Arc<NodeView>,
+    ) -> Rc<ControlPlane> {
+        Rc::new(ControlPlane {
+            node_id: config.node_id,
+            nr_shards,
+            quorum,
+            voter_addrs,
+            lock: Semaphore::new(1),
+            producer_ids: Cell::new((0, 0)),
+            incarnation: Uuid::new_v4(),
+            published: RefCell::new(published),
+            published_event: Event::new(),
+            last_seen: RefCell::new(HashMap::new()),
+            leading_since: Cell::new(None),
+            config,
+        })
+    }
+
+    pub fn quorum(&self) -> &Rc<Quorum> {
+        &self.quorum
+    }
+
+    /// The view `node_id`'s shards route by, built from `image` and `previous` placement.
+    pub fn view_for(
+        node_id: i32,
+        controller_id: i32,
+        image: Arc<MetadataImage>,
+        previous: &Placement,
+        nr_shards: usize,
+    ) -> NodeView {
+        NodeView {
+            node_id,
+            controller_id,
+            placement: Placement::next(previous, &image, node_id, nr_shards),
+            image,
+        }
+    }
+
+    /// Runs `op`: here when this node is the active controller, else on it.
+    /// Answers once this node's shards have applied the change.
+    pub async fn submit(self: Rc<Self>, shard: &Rc<Shard>, op: ControlOp) -> ControlReply {
+        if let ControlOp::AllocateProducerId = op {
+            return ControlReply::ProducerId(self.allocate_producer_id(shard).await);
+        }
+        let (reply, offset) = self.execute_or_forward(op).await;
+        self.await_published(offset).await;
+        reply
+    }
+
+    async fn execute_or_forward(&self, op: ControlOp) -> (ControlReply, u64) {
+        let timeout = Duration::from_millis(self.config.cluster.quorum_request_timeout_ms);
+        let deadline = Instant::now() + timeout;
+        let mut hint: Option<i32> = None;
+        loop {
+            let leader = self.quorum.leader().or(hint);
+            match leader {
+                Some(id) if id == self.node_id => return self.execute(op).await,
+                None if self.quorum.voters().len() == 1 => return self.execute(op).await,
+                Some(id) => match self.forward(id, &op).await {
+                    Ok(ControllerResponse::Control { reply, offset }) => return (reply.into(), offset),
+                    Ok(ControllerResponse::NotController { leader }) => hint = leader.filter(|l| *l != id),
+                    Err(e) => {
+                        tracing::debug!("forwarding to controller {id} failed: {e}");
+                        hint = None;
+                    }
+                },
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return (refused(&op, None, not_controller(self.quorum.leader())), 0);
+            }
+            let listener = self.quorum.changed.listen();
+            let pause = glommio::timer::sleep(Duration::from_millis(FORWARD_RETRY_MS));
+            let _ = futures::future::select(listener, Box::pin(pause)).await;
+        }
+    }
+
+    async fn forward(&self, leader: i32, op: &ControlOp) -> std::io::Result<ControllerResponse> {
+        let addr = *self
+            .voter_addrs
+            .get(&leader)
+            .ok_or_else(|| std::io::Error::other(format!("node {leader} is not a voter")))?;
+        let request =
+            serde_json::to_vec(&ControllerRequest::Control(op.clone())).map_err(std::io::Error::other)?;
+        let answer = transport::call(
+            addr,
+            &request,
+            self.config.cluster.quorum_request_timeout_ms,
+            self.config.socket_request_max_bytes,
+        )
+        .await?;
+        serde_json::from_slice(&answer).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// What a peer node asks of this one.
+    pub async fn handle_request(self: Rc<Self>, request: Vec<u8>) -> Vec<u8> {
+        let response = match serde_json::from_slice::<ControllerRequest>(&request) {
+            Ok(ControllerRequest::Control(op)) => {
+                if self.quorum.is_leader() {
+                    let (reply, offset) = self.execute(op).await;
+                    ControllerResponse::Control {
+                        reply: reply.into(),
+                        offset,
+                    }
+                } else {
+                    ControllerResponse::NotController {
+                        leader: self.quorum.leader(),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("bad controller request: {e}");
+                ControllerResponse::NotController { leader: None }
+            }
+        };
+        serde_json::to_vec(&response).unwrap_or_default()
+    }
+
+    /// Plans `op` on the latest image and commits it through the quorum;
+    /// returns the reply and the change's metadata offset.
+    async fn execute(&self, op: ControlOp) -> (ControlReply, u64) {
+        if let ControlOp::Heartbeat(b) = &op {
+            self.last_seen.borrow_mut().insert(b.id, Instant::now());
+            if !self.heartbeat_changes(b) {
+                return (ControlReply::Done(Ok(())), 0);
+            }
+        }
+        let Ok(_permit) = self.lock.acquire_permit(1).await else {
+            return (ControlReply::Unavailable, 0);
+        };
+        if let Err(refusal) = self.quorum.await_ready_to_plan().await {
+            return (refused(&op, None, refusal), 0);
+        }
+        let image = self.quorum.image();
+        let (next, reply, validate_only) = self.plan(&image, &op);
+        if validate_only || next.epoch == image.epoch {
+            return (reply, image.offset);
+        }
+        match self.quorum.propose(changes(&image, &next)).await {
+            Ok(offset) => (reply, offset),
+            Err(refusal) => (refused(&op, Some(reply), refusal), 0),
+        }
+    }
+
+    fn plan(&self, image: &MetadataImage, op: &ControlOp) -> (MetadataImage, ControlReply, bool) {
+        let config = &self.config;
+        match op.clone() {
+            ControlOp::CreateTopics {
+                topics,
+                validate_only,
+            } => {
+                let (next, outcomes) = controller::create_topics(image, topics, config);
+                (next, ControlReply::Topics(outcomes), validate_only)
+            }
+            ControlOp::DeleteTopics { names } => {
+                let (next, outcomes) = controller::delete_topics(image, names);
+                (next, ControlReply::Topics(outcomes), false)
+            }
+            ControlOp::CreatePartitions {
+                topics,
+                validate_only,
+            } => {
+                let (next, outcomes) = controller::create_partitions(image, topics);
+                (next, ControlReply::Topics(outcomes), validate_only)
+            }
+            ControlOp::AlterConfigs {
+                changes,
+                validate_only,
+            } => {
+                let (next, outcomes) = controller::alter_configs(image, changes, config);
+                (next, ControlReply::Altered(outcomes), validate_only)
+            }
+            ControlOp::ReserveProducerIds => {
+                let (next, first) = image.with_producer_ids_reserved(PRODUCER_ID_BLOCK);
+                (next, ControlReply::ProducerId(Ok(first)), false)
+            }
+            ControlOp::CreateOffsetsTopic => {
+                let next = image.with_offsets_topic(
+                    config.group.offsets_topic_num_partitions,
+                    config.cluster.offsets_topic_replication_factor,
+                );
+                let reply = if next.is_some() || image.topic(controller::OFFSETS_TOPIC).is_some() {
+                    ControlReply::Done(Ok(()))
+                } else {
+                    ControlReply::Done(Err((
+                        ResponseError::CoordinatorNotAvailable,
+                        "not enough live brokers for __consumer_offsets".into(),
+                    )))
+                };
+                (next.unwrap_or_else(|| image.clone()), reply, false)
+            }
+            ControlOp::Heartbeat(b) => {
+                let was_fenced = image.brokers.get(&b.id).is_some_and(|old| old.fenced);
+                let mut next = image.with_broker(BrokerMeta {
+                    fenced: was_fenced,
+                    ..b.clone()
+                });
+                if was_fenced {
+                    tracing::info!("broker {} is back: unfenced", b.id);
+                    next = next.with_broker_fenced(b.id, false);
+                } else if !image.brokers.contains_key(&b.id) {
+                    tracing::info!("broker {} registered at {}:{}", b.id, b.host, b.port);
+                }
+                (next, ControlReply::Done(Ok(())), false)
+            }
+            ControlOp::FenceBroker(id) => {
+                let next = match image.brokers.get(&id) {
+                    Some(b) if !b.fenced => {
+                        tracing::warn!(
+                            "broker {id} missed its session ({} ms): fenced, its partitions have no leader until it returns",
+                            config.cluster.broker_session_timeout_ms
+                        );
+                        image.with_broker_fenced(id, true)
+                    }
+                    _ => image.clone(),
+                };
+                (next, ControlReply::Done(Ok(())), false)
+            }
+            ControlOp::AllocateProducerId => (image.clone(), ControlReply::Unavailable, true),
+        }
+    }
+
+    /// Whether a heartbeat changes the image: a new or restarted broker,
+    /// new listeners, or one coming back from fenced.
+    fn heartbeat_changes(&self, b: &BrokerMeta) -> bool {
+        match self.quorum.image().brokers.get(&b.id) {
+            None => true,
+            Some(old) => {
+                old.fenced
+                    || *old
+                        != BrokerMeta {
+                            fenced: old.fenced,
+                            ..b.clone()
+                        }
+            }
+        }
+    }
+
+    /// Hands out ids from this node's block; a new block is reserved through
+    /// the controller, so an id is never given twice in the cluster.
+    async fn allocate_producer_id(&self, _shard: &Rc<Shard>) -> Result<i64, Refusal> {
+        let (next_id, block_end) = self.producer_ids.get();
+        if next_id < block_end {
+            self.producer_ids.set((next_id + 1, block_end));
+            return Ok(next_id);
+        }
+        match self.execute_or_forward(ControlOp::ReserveProducerIds).await.0 {
+            ControlReply::ProducerId(Ok(first)) => {
+                self.producer_ids.set((first + 1, first + PRODUCER_ID_BLOCK));
+                Ok(first)
+            }
+            ControlReply::ProducerId(Err(refusal)) => Err(refusal),
+            _ => Err((ResponseError::CoordinatorNotAvailable, "no controller".into())),
+        }
+    }
+
+    /// Waits (bounded) until this node's shards have applied `offset`.
+    async fn await_published(&self, offset: u64) {
+        let deadline = Instant::now() + Duration::from_millis(self.config.cluster.quorum_request_timeout_ms);
+        while self.published.borrow().image.offset < offset && Instant::now() < deadline {
+            let listener = self.published_event.listen();
+            if self.published.borrow().image.offset >= offset {
+                break;
+            }
+            let pause = glommio::timer::sleep(Duration::from_millis(FORWARD_RETRY_MS));
+            let _ = futures::future::select(listener, Box::pin(pause)).await;
+        }
+    }
+
+    /// Publishes every new image (and controller change) to all shards, in order.
+    pub async fn publish_loop(self: Rc<Self>, shard: Rc<Shard>) {
+        loop {
+            let listener = self.quorum.changed.listen();
+            let image = self.quorum.image();
+            let controller_id = self.quorum.leader().unwrap_or(-1);
+            let current = self.published.borrow().clone();
+            if image.epoch != current.image.epoch || controller_id != current.controller_id {
+                let view = Arc::new(Self::view_for(
+                    self.node_id,
+                    controller_id,
+                    image,
+                    &current.placement,
+                    self.nr_shards,
+                ));
+                shard.broadcast(view.clone()).await;
+                *self.published.borrow_mut() = view;
+                self.published_event.notify(usize::MAX);
+                continue;
+            }
+            if shard.is_stopping() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// This broker's registration as the controller should know it.
+    fn broker_meta(&self) -> BrokerMeta {
+        BrokerMeta {
+            id: self.node_id,
+            incarnation: self.incarnation,
+            host: self.config.advertised_host.clone(),
+            port: self.config.advertised_port,
+            rack: self.config.cluster.rack.clone(),
+            partitions_max: self.nr_shards * self.config.shard_partitions_max,
+            fenced: false,
+        }
+    }
+
+    /// The broker's heartbeats, every `broker.heartbeat.interval.ms`.
+    pub async fn heartbeat_loop(self: Rc<Self>, shard: Rc<Shard>) {
+        let interval = Duration::from_millis(self.config.cluster.broker_heartbeat_interval_ms);
+        while !shard.is_stopping() {
+            if let (ControlReply::Done(Err((code, message))), _) = self
+                .execute_or_forward(ControlOp::Heartbeat(self.broker_meta()))
+                .await
+            {
+                tracing::debug!("heartbeat not accepted ({code:?}): {message}");
+            }
+            glommio::timer::sleep(interval).await;
+        }
+    }
+
+    /// The active controller's duties: fence brokers past their session,
+    /// create `__consumer_offsets`.
+    pub async fn leader_loop(self: Rc<Self>, shard: Rc<Shard>) {
+        let session = Duration::from_millis(self.config.cluster.broker_session_timeout_ms);
+        while !shard.is_stopping() {
+            glommio::timer::sleep(Duration::from_millis(FENCE_CHECK_MS)).await;
+            if !self.quorum.is_leader() {
+                self.leading_since.set(None);
+                continue;
+            }
+            let now = Instant::now();
+            let since = *self.leading_since.get().get_or_insert(now);
+            self.leading_since.set(Some(since));
+            let image = self.quorum.image();
+            let expired: Vec<i32> = image
+                .brokers
+                .values()
+                .filter(|b| !b.fenced && b.id != self.node_id)
+                .filter(|b| {
+                    // A new controller gives every broker a full session first.
+                    let seen = self
+                        .last_seen
+                        .borrow()
+                        .get(&b.id)
+                        .copied()
+                        .unwrap_or(since)
+                        .max(since);
+                    now.duration_since(seen) > session
+                })
+                .map(|b| b.id)
+                .collect();
+            for id in expired {
+                let _ = self.execute(ControlOp::FenceBroker(id)).await;
+            }
+            // `__consumer_offsets` once every voter's broker registered (so
+            // it spreads over all of them), or a session after this node
+            // took over with fewer; a FindCoordinator asks for it earlier.
+            let live = image.live_brokers().len();
+            let everyone = live >= self.quorum.voters().len();
+            let waited = now.duration_since(since) > session && live > 0;
+            if image.topic(controller::OFFSETS_TOPIC).is_none() && (everyone || waited) {
+                let _ = self.execute(ControlOp::CreateOffsetsTopic).await;
+            }
+        }
+    }
+}
