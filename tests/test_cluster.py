@@ -729,3 +729,76 @@ def test_bad_cluster_config_refused_at_start(broker_factory, case):
     errors = error_lines(log)
     assert len(errors) == 1, f"{case}: expected one ERROR line, got {len(errors)}:\n{tail(log)}"
     assert any(k in errors[0] for k in keys), f"{case}: the error line names none of {keys}: {errors[0]}"
+
+
+@pytest.mark.slow
+def test_broker_only_and_controller_only_nodes(cluster_factory, tmp_path):
+    """process.roles: a broker-only node (no metadata log, no CONTROLLER
+    port) follows the controllers' image, registers, leads its share of a new
+    topic and serves it; a controller-only node (node 3 here) votes but serves
+    no Kafka port and is never given partitions."""
+    from cluster import CLUSTER_SETS, ClusterNode
+
+    c = cluster_factory(3)
+    c.wait_ready()
+    port = free_port()
+    sets = {
+        "node.id": 4,
+        "process.roles": "broker",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.quorum.voters": c.voters,
+        "cluster.id": c.cluster_id,
+        **CLUSTER_SETS,
+    }
+    b4 = ClusterNode(4, tmp_path / "node-4" / "data", tmp_path / "node-4" / "shardlog.log", port, free_port(), sets,
+                     shards=1)
+    b4.start()
+    try:
+        def four_brokers():
+            md = metadata(b4.bootstrap, topics=[])
+            return sorted(md["brokers"]) == [1, 2, 3, 4] and md
+        md = c.wait(four_brokers, 30, "node 4 to register and see every broker")
+        assert md["cluster_id"] == c.cluster_id
+        assert "controller listening on" not in b4.run_log()
+        assert not (b4.data_dir / "__cluster_metadata-0").exists(), "a broker-only node keeps no metadata log"
+
+        topic = unique_topic("roles")
+        admin = AdminClient({"bootstrap.servers": b4.bootstrap})
+        admin.create_topics([NewTopic(topic, 8, 1)])[topic].result(30)
+        ld = c.wait(lambda: (lambda l: l and len(l) == 8 and l)(leaders(metadata(b4.bootstrap, topics=[topic]), topic)),
+                    30, "the topic on node 4")
+        assert Counter(leader for leader, _ in ld.values()) == {1: 2, 2: 2, 3: 2, 4: 2}, ld
+        records = keyed_records(2000, n_keys=50, seed=4)
+        delivered = confluent_produce(b4.bootstrap, topic, records, timeout=60)
+        read, _ = confluent_consume_all(b4.bootstrap, topic, range(8), timeout=60)
+        verify_keyed(read, delivered, len(records))
+    finally:
+        b4.stop()
+
+    # Node 3 restarts as controller-only: it keeps voting, serves no Kafka
+    # port, and once fenced it is given no partition of a new topic.
+    n3 = c.node(3)
+    n3.stop()
+    n3.sets["process.roles"] = "controller"
+    n3.spawn()
+    c.wait(lambda: "controller listening on" in n3.run_log(), 30, "node 3 controller-only start")
+    assert "listening on 127.0.0.1:%d" % n3.port not in n3.run_log().replace("controller listening on", "")
+    c.wait(lambda: sorted(metadata(c.node(1).bootstrap, topics=[])["brokers"]) == [1, 2], 30,
+           "node 3 to leave the broker list (fenced)")
+    # The quorum still has all three voters: with node 1 down, nodes 2 and 3 elect and accept changes.
+    c.kill(1)
+    c.wait(lambda: sorted(metadata(c.node(2).bootstrap, topics=[])["brokers"]) == [2], 30,
+           "node 1 fenced after its session")
+    topic = unique_topic("ctrlonly")
+    admin = AdminClient({"bootstrap.servers": c.node(2).bootstrap})
+    c.wait(lambda: _created(admin, topic), 60, "a topic created with node 1 down (voters 2 and 3)")
+    ld = leaders(metadata(c.node(2).bootstrap, topics=[topic]), topic)
+    assert ld and all(leader == 2 for leader, _ in ld.values()), ld
+
+
+def _created(admin, topic):
+    try:
+        admin.create_topics([NewTopic(topic, 2, 1)], request_timeout=10)[topic].result(15)
+        return True
+    except KafkaException as e:
+        return e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS

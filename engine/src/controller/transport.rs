@@ -208,3 +208,37 @@ pub async fn call(
         )),
     }
 }
+
+/// `call` for a thread that is not an executor (startup, before the shards run).
+pub fn call_blocking(
+    addr: SocketAddr,
+    request: &[u8],
+    timeout_ms: u64,
+    frame_max_bytes: usize,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(timeout_ms);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(&frame(FRAME_REQUEST, request))?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > frame_max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("controller frame of {len} bytes (limit {frame_max_bytes})"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body)?;
+    if body[0] != FRAME_RESPONSE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "expected a response frame",
+        ));
+    }
+    body.remove(0);
+    Ok(body)
+}

@@ -92,28 +92,28 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
 
-/// The brokers clients may use: every unfenced registered broker, this one
-/// as its own configuration says (it may have registered moments ago).
+/// The brokers clients may use: every registered, unfenced broker; this one
+/// with the address its configuration gives now (a single node restarted on
+/// another port re-registers a moment after it starts listening).
 pub fn live_brokers(shard: &Shard) -> Vec<BrokerMeta> {
     let config = &shard.config;
-    let image = shard.image();
-    let mut brokers: Vec<BrokerMeta> = image
+    shard
+        .image()
         .brokers
         .values()
-        .filter(|b| !b.fenced && b.id != config.node_id)
-        .cloned()
-        .collect();
-    brokers.push(BrokerMeta {
-        id: config.node_id,
-        incarnation: Uuid::nil(),
-        host: config.advertised_host.clone(),
-        port: config.advertised_port,
-        rack: config.cluster.rack.clone(),
-        partitions_max: 0,
-        fenced: false,
-    });
-    brokers.sort_by_key(|b| b.id);
-    brokers
+        .filter(|b| !b.fenced)
+        .map(|b| {
+            if b.id != config.node_id {
+                return b.clone();
+            }
+            BrokerMeta {
+                host: config.advertised_host.clone(),
+                port: config.advertised_port,
+                rack: config.cluster.rack.clone(),
+                ..b.clone()
+            }
+        })
+        .collect()
 }
 
 fn missing_topic(_image: &MetadataImage, name: Option<String>, id: Uuid) -> MetadataResponseTopic {

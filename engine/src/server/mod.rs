@@ -63,11 +63,6 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     config.data_dir = config.data_dir.canonicalize()?;
     let data_dir: PathBuf = config.data_dir.clone();
     let nr_shards = config.shards.max(1);
-    anyhow::ensure!(
-        config.cluster.roles.controller,
-        "process.roles={}: a broker without the controller role is not supported yet; give it broker,controller",
-        config.cluster.roles_text()
-    );
     let node_id = config.node_id;
     let mut voter_addrs = BTreeMap::new();
     for v in &config.cluster.voters {
@@ -82,16 +77,40 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     // A data dir with neither metadata log nor the old metadata file is new:
     // nothing to recover.
     let fresh = !data_dir.join(controller::metadata_log::METADATA_LOG_DIR).exists()
-        && !data_dir.join(controller::METADATA_FILE).exists();
-    let (metadata_log, recovered) = MetadataLog::open(&data_dir, &voter_ids, || {
-        bootstrap_image(&config, &data_dir, voters.len() == 1, nr_shards)
-    })?;
-    let mut image = recovered.image;
-    for entry in &recovered.committed {
-        if let Some(next) = apply_entry(&image, entry) {
-            image = next.map_err(|e| anyhow::anyhow!("metadata log entry {}: {e}", entry.index))?;
+        && !data_dir.join(controller::METADATA_FILE).exists()
+        && !data_dir.join(meta_properties::META_PROPERTIES_FILE).exists();
+    let (metadata_log, image) = if config.cluster.roles.controller {
+        let (log, recovered) = MetadataLog::open(&data_dir, &voter_ids, || {
+            bootstrap_image(&config, &data_dir, voters.len() == 1, nr_shards)
+        })?;
+        let mut image = recovered.image;
+        for entry in &recovered.committed {
+            if let Some(next) = apply_entry(&image, entry) {
+                image = next.map_err(|e| anyhow::anyhow!("metadata log entry {}: {e}", entry.index))?;
+            }
         }
-    }
+        (Some(log), image)
+    } else {
+        // A broker-only node keeps no metadata log: it starts from the
+        // controllers' image and follows it.
+        let image = crate::shard::fetch_first_image(
+            &voter_addrs,
+            config.cluster.quorum_request_timeout_ms,
+            config.socket_request_max_bytes,
+        );
+        if let Some(id) = config
+            .cluster
+            .cluster_id
+            .as_ref()
+            .filter(|id| **id != image.cluster_id)
+        {
+            anyhow::bail!(
+                "cluster.id is {id} but the controllers of controller.quorum.voters belong to cluster {}",
+                image.cluster_id
+            );
+        }
+        (None, image)
+    };
     tracing::info!(
         "metadata: {} topics, {} brokers at offset {} (cluster {})",
         image.topics.len(),
@@ -114,7 +133,10 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         .controller_listen
         .or_else(|| voter_addrs.get(&node_id).copied());
     let controller_listener = match controller_addr {
-        Some(addr) if voters.len() > 1 || config.cluster.controller_listen.is_some() => {
+        Some(addr)
+            if config.cluster.roles.controller
+                && (voters.len() > 1 || config.cluster.controller_listen.is_some()) =>
+        {
             listener::wait_for_port(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (CONTROLLER): {e}"))?;
             let l = Listener::bind(addr, config.socket_listen_backlog_size)
@@ -133,8 +155,10 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     );
     // Every shard binds with SO_REUSEPORT, which would silently share the port
     // with another process of this user: check it is free first.
-    listener::wait_for_port(config.listen_addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
+    if config.cluster.roles.broker {
+        listener::wait_for_port(config.listen_addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
@@ -148,7 +172,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     let startup = Startup {
         config: Arc::new(config),
         view: Arc::new(view),
-        metadata_log: Arc::new(Mutex::new(Some(metadata_log))),
+        metadata_log: Arc::new(Mutex::new(metadata_log)),
         voter_addrs,
         voters,
         controller_listener,
@@ -233,7 +257,12 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
 
     shard.serve_mesh(receivers);
 
-    let listener = listener::Listener::bind(config.listen_addr, config.socket_listen_backlog_size);
+    // A controller-only node (`process.roles=controller`) serves no Kafka port.
+    let listener = if config.cluster.roles.broker {
+        listener::Listener::bind(config.listen_addr, config.socket_listen_backlog_size).map(Some)
+    } else {
+        Ok(None)
+    };
     if listener.is_err() {
         startup.startup_failed.store(true, Ordering::SeqCst);
     }
@@ -253,7 +282,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         }
     }
     startup.barrier.wait();
-    if id == 0 {
+    if id == 0 && config.cluster.roles.broker {
         tracing::info!(
             "listening on {} ({} shards, data in {})",
             config.listen_addr,
@@ -262,10 +291,12 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         );
     }
 
-    let listener = Rc::new(listener);
-    let accept = glommio::spawn_local(serve(shard.clone(), listener.clone()));
+    let listener = listener.map(Rc::new);
+    let accept = listener
+        .clone()
+        .map(|listener| glommio::spawn_local(serve(shard.clone(), listener)));
     let quorum = if id == CONTROLLER_SHARD {
-        Some(start_control_plane(&shard, &startup)?)
+        start_control_plane(&shard, &startup)?
     } else {
         None
     };
@@ -310,7 +341,9 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         glommio::timer::sleep(Duration::from_millis(100)).await;
     }
     shard.stop();
-    listener.close();
+    if let Some(listener) = &listener {
+        listener.close();
+    }
     if let Some(quorum) = quorum {
         quorum.stop();
     }
@@ -405,14 +438,49 @@ fn cluster_id_for(config: &BrokerConfig, quorum_of_one: bool) -> String {
 
 /// The controller shard's part: the raft quorum, the control plane, the
 /// CONTROLLER listener, heartbeats and the publisher of images to shards.
-fn start_control_plane(shard: &Rc<Shard>, startup: &Startup) -> anyhow::Result<Rc<Quorum>> {
+fn start_control_plane(shard: &Rc<Shard>, startup: &Startup) -> anyhow::Result<Option<Rc<Quorum>>> {
     let config = startup.config.clone();
     let log = startup
         .metadata_log
         .lock()
         .map_err(|_| anyhow::anyhow!("metadata log lock poisoned"))?
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("metadata log already taken"))?;
+        .take();
+    let quorum = match log {
+        Some(log) => Some(start_quorum(&config, startup, log)?),
+        None => None,
+    };
+    let plane = ControlPlane::new(
+        config.clone(),
+        shard.nr_shards,
+        quorum.clone(),
+        startup.voter_addrs.clone(),
+        startup.view.clone(),
+    );
+    if shard.control_plane.set(plane.clone()).is_err() {
+        anyhow::bail!("control plane started twice");
+    }
+    glommio::spawn_local(plane.clone().publish_loop(shard.clone())).detach();
+    if config.cluster.roles.broker {
+        glommio::spawn_local(plane.clone().heartbeat_loop(shard.clone())).detach();
+    }
+    let Some(quorum) = quorum else {
+        return Ok(None);
+    };
+    glommio::spawn_local(quorum.clone().run()).detach();
+    glommio::spawn_local(plane.clone().leader_loop(shard.clone())).detach();
+    if let Some((listener, addr)) = startup.controller_listener.clone() {
+        tracing::info!(
+            "controller listening on {addr} (node {}, voters {:?})",
+            config.node_id,
+            startup.voters
+        );
+        serve_controller_port(shard.clone(), plane, quorum.clone(), listener);
+    }
+    Ok(Some(quorum))
+}
+
+/// The raft quorum over this node's metadata log.
+fn start_quorum(config: &BrokerConfig, startup: &Startup, log: MetadataLog) -> anyhow::Result<Rc<Quorum>> {
     let peers = startup
         .voter_addrs
         .iter()
@@ -426,58 +494,42 @@ fn start_control_plane(shard: &Rc<Shard>, startup: &Startup) -> anyhow::Result<R
         request_timeout_ms: config.cluster.quorum_request_timeout_ms,
         snapshot_interval_bytes: config.cluster.metadata_snapshot_interval_bytes,
     };
-    let quorum = Quorum::new(settings, log, startup.view.image.as_ref().clone(), peers)
-        .map_err(|e| anyhow::anyhow!("cannot start the controller quorum: {e}"))?;
-    let plane = ControlPlane::new(
-        config.clone(),
-        shard.nr_shards,
-        quorum.clone(),
-        startup.voter_addrs.clone(),
-        startup.view.clone(),
-    );
-    if shard.control_plane.set(plane.clone()).is_err() {
-        anyhow::bail!("control plane started twice");
-    }
-    glommio::spawn_local(quorum.clone().run()).detach();
-    glommio::spawn_local(plane.clone().publish_loop(shard.clone())).detach();
-    glommio::spawn_local(plane.clone().leader_loop(shard.clone())).detach();
-    if config.cluster.roles.broker {
-        glommio::spawn_local(plane.clone().heartbeat_loop(shard.clone())).detach();
-    }
-    if let Some((listener, addr)) = startup.controller_listener.clone() {
-        tracing::info!(
-            "controller listening on {addr} (node {}, voters {:?})",
-            config.node_id,
-            startup.voters
-        );
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(_) if shard.is_stopping() => return,
-                    Err(e) => {
-                        tracing::warn!("controller accept failed: {e}");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let plane = plane.clone();
-                let frame_max_bytes = shard.config.socket_request_max_bytes;
-                glommio::spawn_local(async move {
-                    let quorum = plane.quorum().clone();
-                    let handler: transport::RequestHandler = Rc::new(move |request| {
-                        let plane = plane.clone();
-                        Box::pin(async move { plane.handle_request(request).await })
-                    });
-                    transport::serve_connection(stream, |m| quorum.step(m), handler, frame_max_bytes).await;
-                })
-                .detach();
-            }
-        })
-        .detach();
-    }
-    Ok(quorum)
+    Quorum::new(settings, log, startup.view.image.as_ref().clone(), peers)
+        .map_err(|e| anyhow::anyhow!("cannot start the controller quorum: {e}"))
+}
+
+/// Accepts peers' raft messages and forwarded requests on the CONTROLLER listener.
+fn serve_controller_port(
+    shard: Rc<Shard>,
+    plane: Rc<ControlPlane>,
+    quorum: Rc<Quorum>,
+    listener: Arc<Listener>,
+) {
+    glommio::spawn_local(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(_) if shard.is_stopping() => return,
+                Err(e) => {
+                    tracing::warn!("controller accept failed: {e}");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let plane = plane.clone();
+            let quorum = quorum.clone();
+            let frame_max_bytes = shard.config.socket_request_max_bytes;
+            glommio::spawn_local(async move {
+                let handler: transport::RequestHandler = Rc::new(move |request| {
+                    let plane = plane.clone();
+                    Box::pin(async move { plane.handle_request(request).await })
+                });
+                transport::serve_connection(stream, |m| quorum.step(m), handler, frame_max_bytes).await;
+            })
+            .detach();
+        }
+    })
+    .detach();
 }
 
 /// Accepts connections until the shard stops; each connection is its own task.

@@ -42,12 +42,17 @@ const FORWARD_RETRY_MS: u64 = 100;
 #[derive(Serialize, Deserialize)]
 enum ControllerRequest {
     Control(ControlOp),
+    /// A broker-only node's metadata: the image, when newer than `offset`.
+    Fetch {
+        offset: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
 enum ControllerResponse {
     Control { reply: WireReply, offset: u64 },
     NotController { leader: Option<i32> },
+    Image(Option<Box<MetadataImage>>),
 }
 
 /// `ControlReply` between nodes.
@@ -138,9 +143,15 @@ pub struct ControlPlane {
     node_id: i32,
     config: Arc<BrokerConfig>,
     nr_shards: usize,
-    quorum: Rc<Quorum>,
+    /// None on a broker-only node: its image comes from the controllers.
+    quorum: Option<Rc<Quorum>>,
     /// Voter id -> its CONTROLLER listener.
     voter_addrs: BTreeMap<i32, SocketAddr>,
+    /// Broker-only: the latest image fetched, the controller last heard of,
+    /// and the event that announces either.
+    fetched: RefCell<Arc<MetadataImage>>,
+    leader_hint: Cell<Option<i32>>,
+    changed: Event,
     /// One metadata change at a time, planned from the latest image.
     lock: Semaphore,
     /// (next, end) of this node's producer-id block.
@@ -158,7 +169,7 @@ impl ControlPlane {
     pub fn new(
         config: Arc<BrokerConfig>,
         nr_shards: usize,
-        quorum: Rc<Quorum>,
+        quorum: Option<Rc<Quorum>>,
         voter_addrs: BTreeMap<i32, SocketAddr>,
         published: Arc<NodeView>,
     ) -> Rc<ControlPlane> {
@@ -167,6 +178,9 @@ impl ControlPlane {
             nr_shards,
             quorum,
             voter_addrs,
+            fetched: RefCell::new(published.image.clone()),
+            leader_hint: Cell::new(None),
+            changed: Event::new(),
             lock: Semaphore::new(1),
             producer_ids: Cell::new((0, 0)),
             incarnation: Uuid::new_v4(),
@@ -178,8 +192,34 @@ impl ControlPlane {
         })
     }
 
-    pub fn quorum(&self) -> &Rc<Quorum> {
-        &self.quorum
+    pub fn quorum(&self) -> Option<&Rc<Quorum>> {
+        self.quorum.as_ref()
+    }
+
+    fn image(&self) -> Arc<MetadataImage> {
+        match &self.quorum {
+            Some(q) => q.image(),
+            None => self.fetched.borrow().clone(),
+        }
+    }
+
+    /// The active controller, as the quorum says or (broker-only) as last heard.
+    fn leader(&self) -> Option<i32> {
+        match &self.quorum {
+            Some(q) => q.leader(),
+            None => self.leader_hint.get(),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.quorum.as_ref().is_some_and(|q| q.is_leader())
+    }
+
+    fn changed(&self) -> &Event {
+        match &self.quorum {
+            Some(q) => &q.changed,
+            None => &self.changed,
+        }
     }
 
     /// The view `node_id`'s shards route by, built from `image` and `previous` placement.
@@ -213,37 +253,57 @@ impl ControlPlane {
         let timeout = Duration::from_millis(self.config.cluster.quorum_request_timeout_ms);
         let deadline = Instant::now() + timeout;
         let mut hint: Option<i32> = None;
+        let voters: Vec<i32> = self.voter_addrs.keys().copied().collect();
+        let mut next_voter = 0usize;
         loop {
-            let leader = self.quorum.leader().or(hint);
-            match leader {
-                Some(id) if id == self.node_id => return self.execute(op).await,
-                None if self.quorum.voters().len() == 1 => return self.execute(op).await,
-                Some(id) => match self.forward(id, &op).await {
-                    Ok(ControllerResponse::Control { reply, offset }) => return (reply.into(), offset),
-                    Ok(ControllerResponse::NotController { leader }) => hint = leader.filter(|l| *l != id),
-                    Err(e) => {
-                        tracing::debug!("forwarding to controller {id} failed: {e}");
-                        hint = None;
+            let target = match (self.leader().or(hint), &self.quorum) {
+                (Some(id), Some(_)) if id == self.node_id => return self.execute(op).await,
+                (None, Some(q)) if q.voters().len() == 1 => return self.execute(op).await,
+                (Some(id), _) => Some(id),
+                // A broker-only node that knows no controller asks the voters in turn.
+                (None, None) if !voters.is_empty() => {
+                    next_voter += 1;
+                    Some(voters[(next_voter - 1) % voters.len()])
+                }
+                (None, _) => None,
+            };
+            if let Some(id) = target {
+                match self.forward(id, &ControllerRequest::Control(op.clone())).await {
+                    Ok(ControllerResponse::Control { reply, offset }) => {
+                        if self.quorum.is_none() {
+                            self.leader_hint.set(Some(id));
+                        }
+                        return (reply.into(), offset);
                     }
-                },
-                None => {}
+                    Ok(ControllerResponse::NotController { leader }) => {
+                        hint = leader.filter(|l| *l != id);
+                        if self.quorum.is_none() {
+                            self.leader_hint.set(hint);
+                        }
+                    }
+                    Ok(ControllerResponse::Image(_)) | Err(_) => {
+                        hint = None;
+                        if self.quorum.is_none() {
+                            self.leader_hint.set(None);
+                        }
+                    }
+                }
             }
             if Instant::now() >= deadline {
-                return (refused(&op, None, not_controller(self.quorum.leader())), 0);
+                return (refused(&op, None, not_controller(self.leader())), 0);
             }
-            let listener = self.quorum.changed.listen();
+            let listener = self.changed().listen();
             let pause = glommio::timer::sleep(Duration::from_millis(FORWARD_RETRY_MS));
             let _ = futures::future::select(listener, Box::pin(pause)).await;
         }
     }
 
-    async fn forward(&self, leader: i32, op: &ControlOp) -> std::io::Result<ControllerResponse> {
+    async fn forward(&self, leader: i32, request: &ControllerRequest) -> std::io::Result<ControllerResponse> {
         let addr = *self
             .voter_addrs
             .get(&leader)
             .ok_or_else(|| std::io::Error::other(format!("node {leader} is not a voter")))?;
-        let request =
-            serde_json::to_vec(&ControllerRequest::Control(op.clone())).map_err(std::io::Error::other)?;
+        let request = serde_json::to_vec(request).map_err(std::io::Error::other)?;
         let answer = transport::call(
             addr,
             &request,
@@ -257,8 +317,12 @@ impl ControlPlane {
     /// What a peer node asks of this one.
     pub async fn handle_request(self: Rc<Self>, request: Vec<u8>) -> Vec<u8> {
         let response = match serde_json::from_slice::<ControllerRequest>(&request) {
+            Ok(ControllerRequest::Fetch { offset }) => {
+                let image = self.image();
+                ControllerResponse::Image((image.offset > offset).then(|| Box::new(image.as_ref().clone())))
+            }
             Ok(ControllerRequest::Control(op)) => {
-                if self.quorum.is_leader() {
+                if self.is_leader() {
                     let (reply, offset) = self.execute(op).await;
                     ControllerResponse::Control {
                         reply: reply.into(),
@@ -266,7 +330,7 @@ impl ControlPlane {
                     }
                 } else {
                     ControllerResponse::NotController {
-                        leader: self.quorum.leader(),
+                        leader: self.leader(),
                     }
                 }
             }
@@ -287,18 +351,21 @@ impl ControlPlane {
                 return (ControlReply::Done(Ok(())), 0);
             }
         }
+        let Some(quorum) = &self.quorum else {
+            return (refused(&op, None, not_controller(self.leader())), 0);
+        };
         let Ok(_permit) = self.lock.acquire_permit(1).await else {
             return (ControlReply::Unavailable, 0);
         };
-        if let Err(refusal) = self.quorum.await_ready_to_plan().await {
+        if let Err(refusal) = quorum.await_ready_to_plan().await {
             return (refused(&op, None, refusal), 0);
         }
-        let image = self.quorum.image();
+        let image = quorum.image();
         let (next, reply, validate_only) = self.plan(&image, &op);
         if validate_only || next.epoch == image.epoch {
             return (reply, image.offset);
         }
-        match self.quorum.propose(changes(&image, &next)).await {
+        match quorum.propose(changes(&image, &next)).await {
             Ok(offset) => (reply, offset),
             Err(refusal) => (refused(&op, Some(reply), refusal), 0),
         }
@@ -385,7 +452,7 @@ impl ControlPlane {
     /// Whether a heartbeat changes the image: a new or restarted broker,
     /// new listeners, or one coming back from fenced.
     fn heartbeat_changes(&self, b: &BrokerMeta) -> bool {
-        match self.quorum.image().brokers.get(&b.id) {
+        match self.image().brokers.get(&b.id) {
             None => true,
             Some(old) => {
                 old.fenced
@@ -432,9 +499,9 @@ impl ControlPlane {
     /// Publishes every new image (and controller change) to all shards, in order.
     pub async fn publish_loop(self: Rc<Self>, shard: Rc<Shard>) {
         loop {
-            let listener = self.quorum.changed.listen();
-            let image = self.quorum.image();
-            let controller_id = self.quorum.leader().unwrap_or(-1);
+            let listener = self.changed().listen();
+            let image = self.image();
+            let controller_id = self.leader().unwrap_or(-1);
             let current = self.published.borrow().clone();
             if image.epoch != current.image.epoch || controller_id != current.controller_id {
                 let view = Arc::new(Self::view_for(
@@ -479,7 +546,29 @@ impl ControlPlane {
             {
                 tracing::debug!("heartbeat not accepted ({code:?}): {message}");
             }
+            if self.quorum.is_none() {
+                self.fetch_image().await;
+            }
             glommio::timer::sleep(interval).await;
+        }
+    }
+
+    /// A broker-only node's metadata: the image from the controller it
+    /// heartbeats to, when newer than its own.
+    async fn fetch_image(&self) {
+        let Some(leader) = self.leader() else { return };
+        let offset = self.fetched.borrow().offset;
+        match self.forward(leader, &ControllerRequest::Fetch { offset }).await {
+            Ok(ControllerResponse::Image(Some(image))) => {
+                let mut image = *image;
+                image.reindex();
+                if image.offset > self.fetched.borrow().offset {
+                    *self.fetched.borrow_mut() = Arc::new(image);
+                    self.changed.notify(usize::MAX);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("metadata fetch from controller {leader} failed: {e}"),
         }
     }
 
@@ -489,14 +578,14 @@ impl ControlPlane {
         let session = Duration::from_millis(self.config.cluster.broker_session_timeout_ms);
         while !shard.is_stopping() {
             glommio::timer::sleep(Duration::from_millis(FENCE_CHECK_MS)).await;
-            if !self.quorum.is_leader() {
+            let Some(quorum) = self.quorum.as_ref().filter(|q| q.is_leader()) else {
                 self.leading_since.set(None);
                 continue;
-            }
+            };
             let now = Instant::now();
             let since = *self.leading_since.get().get_or_insert(now);
             self.leading_since.set(Some(since));
-            let image = self.quorum.image();
+            let image = quorum.image();
             let expired: Vec<i32> = image
                 .brokers
                 .values()
@@ -521,11 +610,46 @@ impl ControlPlane {
             // it spreads over all of them), or a session after this node
             // took over with fewer; a FindCoordinator asks for it earlier.
             let live = image.live_brokers().len();
-            let everyone = live >= self.quorum.voters().len();
+            let everyone = live >= quorum.voters().len();
             let waited = now.duration_since(since) > session && live > 0;
             if image.topic(controller::OFFSETS_TOPIC).is_none() && (everyone || waited) {
                 let _ = self.execute(ControlOp::CreateOffsetsTopic).await;
             }
         }
+    }
+}
+
+/// A broker-only node's first image, before its shards start: asks the
+/// voters in turn until one answers, and says every few seconds that it is
+/// waiting. Blocking: runs on the main thread before any executor exists.
+pub fn fetch_first_image(
+    voter_addrs: &BTreeMap<i32, SocketAddr>,
+    timeout_ms: u64,
+    frame_max_bytes: usize,
+) -> MetadataImage {
+    let request = serde_json::to_vec(&ControllerRequest::Fetch { offset: 0 }).expect("serializable request");
+    let started = Instant::now();
+    let mut last_said = Instant::now();
+    loop {
+        for (id, addr) in voter_addrs {
+            let answer = transport::call_blocking(*addr, &request, timeout_ms, frame_max_bytes)
+                .ok()
+                .and_then(|answer| serde_json::from_slice::<ControllerResponse>(&answer).ok());
+            if let Some(ControllerResponse::Image(Some(image))) = answer {
+                let mut image = *image;
+                image.reindex();
+                tracing::info!("metadata from controller {id}: offset {}", image.offset);
+                return image;
+            }
+        }
+        if last_said.elapsed() >= Duration::from_secs(5) {
+            tracing::warn!(
+                "waiting for the controller quorum ({:?}) for {} s",
+                voter_addrs.keys().collect::<Vec<_>>(),
+                started.elapsed().as_secs()
+            );
+            last_said = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(FORWARD_RETRY_MS * 5));
     }
 }
