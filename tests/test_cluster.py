@@ -802,3 +802,30 @@ def _created(admin, topic):
         return True
     except KafkaException as e:
         return e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+
+
+@pytest.mark.slow
+def test_a_broker_cut_off_from_the_quorum_stops_leading_until_it_is_heard_again(cluster_factory):
+    """Nodes 2 and 3 frozen (SIGSTOP): node 1 has no controller to accept its
+    heartbeats; past broker.session.timeout.ms it answers Produce for its own
+    partitions with NOT_LEADER_OR_FOLLOWER instead of serving as current a view
+    the cluster may have moved past, and says so once. Thawed, it leads again."""
+    c = cluster_factory(3)
+    c.wait_ready()
+    topic = unique_topic("cutoff")
+    create_topic(c.bootstrap, topic, 3)
+    ld = c.wait(lambda: leaders(metadata(c.node(1).bootstrap, topics=[topic]), topic), 30, "the topic")
+    mine = next(p for p, (leader, _) in ld.items() if leader == 1)
+    n1 = c.node(1)
+    assert produce_error(n1.bootstrap, topic, mine) == NONE
+    frozen = [c.node(2), c.node(3)]
+    for n in frozen:
+        n.proc.send_signal(signal.SIGSTOP)
+    try:
+        c.wait(lambda: produce_error(n1.bootstrap, topic, mine) == NOT_LEADER_OR_FOLLOWER,
+               SESSION_TIMEOUT_MS / 1000 + 15, "node 1 to stop leading without a controller")
+        assert "it leads no partition until one does" in n1.run_log()
+    finally:
+        for n in frozen:
+            n.proc.send_signal(signal.SIGCONT)
+    c.wait(lambda: produce_error(n1.bootstrap, topic, mine) == NONE, 30, "node 1 to lead again")

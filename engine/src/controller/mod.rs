@@ -318,6 +318,8 @@ pub struct NodeView {
     pub node_id: i32,
     /// The active controller's node id as this node last heard (-1: none).
     pub controller_id: i32,
+    /// This broker lost its session with the controllers: it leads nothing.
+    pub fenced: bool,
     pub image: Arc<MetadataImage>,
     pub placement: placement::Placement,
 }
@@ -335,7 +337,7 @@ impl NodeView {
             .ok()
             .and_then(|i| t.partitions.get(i))
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
-        if p.leader != self.node_id {
+        if p.leader != self.node_id || self.fenced {
             return Err(ResponseError::NotLeaderOrFollower);
         }
         self.placement

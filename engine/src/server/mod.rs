@@ -152,6 +152,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         Arc::new(image),
         &Placement::default(),
         nr_shards,
+        false,
     );
     // Every shard binds with SO_REUSEPORT, which would silently share the port
     // with another process of this user: check it is free first.

@@ -163,6 +163,11 @@ pub struct ControlPlane {
     /// Active controller only: when each broker was last heard from.
     last_seen: RefCell<HashMap<i32, Instant>>,
     leading_since: Cell<Option<Instant>>,
+    /// When a controller last accepted this broker's heartbeat.
+    heartbeat_accepted_at: Cell<Instant>,
+    /// No heartbeat accepted for `broker.session.timeout.ms`: the controller
+    /// has fenced this broker, so it leads nothing until it is heard again.
+    self_fenced: Cell<bool>,
 }
 
 impl ControlPlane {
@@ -188,6 +193,8 @@ impl ControlPlane {
             published_event: Event::new(),
             last_seen: RefCell::new(HashMap::new()),
             leading_since: Cell::new(None),
+            heartbeat_accepted_at: Cell::new(Instant::now()),
+            self_fenced: Cell::new(false),
             config,
         })
     }
@@ -229,10 +236,12 @@ impl ControlPlane {
         image: Arc<MetadataImage>,
         previous: &Placement,
         nr_shards: usize,
+        fenced: bool,
     ) -> NodeView {
         NodeView {
             node_id,
             controller_id,
+            fenced,
             placement: Placement::next(previous, &image, node_id, nr_shards),
             image,
         }
@@ -503,13 +512,18 @@ impl ControlPlane {
             let image = self.image();
             let controller_id = self.leader().unwrap_or(-1);
             let current = self.published.borrow().clone();
-            if image.epoch != current.image.epoch || controller_id != current.controller_id {
+            let fenced = self.self_fenced.get();
+            if image.epoch != current.image.epoch
+                || controller_id != current.controller_id
+                || fenced != current.fenced
+            {
                 let view = Arc::new(Self::view_for(
                     self.node_id,
                     controller_id,
                     image,
                     &current.placement,
                     self.nr_shards,
+                    fenced,
                 ));
                 shard.broadcast(view.clone()).await;
                 *self.published.borrow_mut() = view;
@@ -540,16 +554,46 @@ impl ControlPlane {
     pub async fn heartbeat_loop(self: Rc<Self>, shard: Rc<Shard>) {
         let interval = Duration::from_millis(self.config.cluster.broker_heartbeat_interval_ms);
         while !shard.is_stopping() {
-            if let (ControlReply::Done(Err((code, message))), _) = self
+            match self
                 .execute_or_forward(ControlOp::Heartbeat(self.broker_meta()))
                 .await
             {
-                tracing::debug!("heartbeat not accepted ({code:?}): {message}");
+                (ControlReply::Done(Ok(())), _) => self.heartbeat_accepted(true),
+                (ControlReply::Done(Err((code, message))), _) => {
+                    tracing::debug!("heartbeat not accepted ({code:?}): {message}");
+                    self.heartbeat_accepted(false);
+                }
+                _ => self.heartbeat_accepted(false),
             }
             if self.quorum.is_none() {
                 self.fetch_image().await;
             }
             glommio::timer::sleep(interval).await;
+        }
+    }
+
+    /// Tracks this broker's own session: past `broker.session.timeout.ms`
+    /// without an accepted heartbeat the controller has fenced it, so it
+    /// stops leading (its view says so) rather than serve as current a
+    /// metadata view the cluster has moved past.
+    fn heartbeat_accepted(&self, accepted: bool) {
+        let session = Duration::from_millis(self.config.cluster.broker_session_timeout_ms);
+        let fenced = if accepted {
+            self.heartbeat_accepted_at.set(Instant::now());
+            false
+        } else {
+            self.heartbeat_accepted_at.get().elapsed() > session
+        };
+        if fenced != self.self_fenced.replace(fenced) {
+            if fenced {
+                tracing::warn!(
+                    "no controller accepted this broker's heartbeats for {} ms: it leads no partition until one does",
+                    session.as_millis()
+                );
+            } else {
+                tracing::info!("heartbeats accepted again: leading this broker's partitions");
+            }
+            self.changed().notify(usize::MAX);
         }
     }
 
