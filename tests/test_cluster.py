@@ -829,3 +829,34 @@ def test_a_broker_cut_off_from_the_quorum_stops_leading_until_it_is_heard_again(
         for n in frozen:
             n.proc.send_signal(signal.SIGCONT)
     c.wait(lambda: produce_error(n1.bootstrap, topic, mine) == NONE, 30, "node 1 to lead again")
+
+
+@pytest.mark.slow
+def test_a_node_far_behind_catches_up_from_a_metadata_snapshot(cluster_factory):
+    """Snapshots every few KiB of metadata log: while node 3 is down the
+    others create topics well past several snapshots (their logs compacted),
+    so node 3 can only catch up from a snapshot sent by the leader; it does,
+    serves every topic, and after a full restart all three agree from their
+    own snapshots and logs."""
+    c = cluster_factory(3, sets={"metadata.log.max.record.bytes.between.snapshots": 4096})
+    c.wait_ready()
+    c.kill(3)
+    admin = AdminClient({"bootstrap.servers": c.bootstrap_of([1, 2])})
+    prefix = unique_topic("snap")
+    names = [f"{prefix}-{i}" for i in range(40)]
+    for name in names:
+        c.wait(lambda: _created(admin, name), 30, f"topic {name} with node 3 down")
+    for i in (1, 2):
+        assert "metadata snapshot at offset" in c.node(i).run_log(), f"node {i} never compacted its metadata log"
+    c.start_all(ids=[3])
+    n3 = c.node(3)
+    c.wait(lambda: "installed a metadata snapshot" in n3.run_log(), 30, "node 3 to install a snapshot")
+
+    def all_topics_on(i):
+        md = metadata(c.node(i).bootstrap, topics=names)
+        return all(leaders(md, n) for n in names)
+    c.wait(lambda: all_topics_on(3), 30, "every topic in node 3's metadata")
+    c.stop_all()
+    c.start_all()
+    for i in c.ids():
+        assert all_topics_on(i), f"node {i} lost topics across the restart"

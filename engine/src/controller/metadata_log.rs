@@ -345,11 +345,19 @@ impl MetadataLog {
             Vec::new()
         };
         self.write_snapshot(&snapshot, &kept)?;
-        self.store
-            .mem
-            .wl()
-            .compact(index + 1)
-            .map_err(std::io::Error::other)?;
+        {
+            // MemStorage's own `compact` drops entries but keeps the old
+            // snapshot's index and term, so raft could no longer tell the
+            // term of the compacted index (nor the first index of an empty
+            // log). Installing the snapshot and putting the kept entries
+            // back moves both; the hard state (commit) is kept as it was.
+            let mut core = self.store.mem.wl();
+            let hard_state = core.hard_state().clone();
+            core.apply_snapshot(snapshot.clone())
+                .map_err(std::io::Error::other)?;
+            core.append(&kept).map_err(std::io::Error::other)?;
+            core.set_hardstate(hard_state);
+        }
         *self.store.snapshot.lock().expect("snapshot lock") = snapshot;
         Ok(())
     }
@@ -460,6 +468,13 @@ mod tests {
         image.epoch = 7;
         log.compact(&image).unwrap();
         assert_eq!(log.store().first_index().unwrap(), 3);
+        assert_eq!(
+            log.store().term(2).unwrap(),
+            1,
+            "the compacted index keeps its term"
+        );
+        assert_eq!(log.store().last_index().unwrap(), 3);
+        assert_eq!(log.store().initial_state().unwrap().hard_state.commit, 3);
         let snap = log.store().snapshot(0, 2).unwrap();
         assert_eq!(snapshot_image(&snap).unwrap().epoch, 7);
         drop(log);
