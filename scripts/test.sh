@@ -31,8 +31,8 @@ log "installing Python test dependencies ($("$PYTHON" --version 2>&1))"
 "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 
 # --- build and unit tests ---------------------------------------------------------
-log "cargo build --release -p shardlog"
-cargo build --release -p shardlog
+log "cargo build --release -p shardlog -p shardlog-bench"
+cargo build --release -p shardlog -p shardlog-bench
 export SHARDLOG_BIN="${SHARDLOG_BIN:-$REPO/target/release/shardlog}"
 [ -x "$SHARDLOG_BIN" ] || { echo "broker binary missing: $SHARDLOG_BIN" >&2; exit 1; }
 

@@ -161,6 +161,124 @@ impl KeySampler {
     }
 }
 
+/// Attempts at drawing a key of a leader's partitions when the key ids are
+/// too many to list (`KeysByPartition`): with p of n partitions led there,
+/// n / p draws are expected (n <= 100000), so this is never reached by chance.
+const KEY_REDRAWS_MAX: u64 = 1 << 30;
+
+/// The key distribution split by the partition Kafka's default partitioner
+/// picks for each key, so a connection to one leader draws only keys of the
+/// partitions that leader leads, each as likely relative to the others as
+/// in the whole distribution. Built only for keyed runs over several leaders.
+pub struct KeysByPartition {
+    partitions: usize,
+    /// Probability that a drawn key lands on each partition.
+    mass: Vec<f64>,
+    /// Per partition: its key ids and their cumulative probability within
+    /// it; None when there are more than `ZIPF_KEYS_MAX` ids (uniform keys
+    /// only), where keys are drawn and redrawn instead.
+    listed: Option<Vec<(Vec<u64>, Vec<f64>)>>,
+}
+
+impl KeysByPartition {
+    pub fn new(sampler: &KeySampler, partitions: usize) -> KeysByPartition {
+        assert!(partitions >= 1 && sampler.keyed());
+        let weights: Vec<f64> = match sampler {
+            KeySampler::None => unreachable!("keyed"),
+            KeySampler::Uniform { keys } if *keys > ZIPF_KEYS_MAX => {
+                // murmur2 spreads ids evenly; too many to list.
+                return KeysByPartition {
+                    partitions,
+                    mass: vec![1.0 / partitions as f64; partitions],
+                    listed: None,
+                };
+            }
+            KeySampler::Uniform { keys } => vec![1.0 / *keys as f64; *keys as usize],
+            KeySampler::Zipf { cdf } => {
+                let mut previous = 0.0;
+                cdf.iter()
+                    .map(|&c| {
+                        let w = c - previous;
+                        previous = c;
+                        w
+                    })
+                    .collect()
+            }
+        };
+        let mut listed: Vec<(Vec<u64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); partitions];
+        let mut mass = vec![0.0; partitions];
+        for (key, &w) in weights.iter().enumerate() {
+            let p = partition_for_key(&(key as u64).to_be_bytes(), partitions);
+            mass[p] += w;
+            listed[p].0.push(key as u64);
+            listed[p].1.push(mass[p]);
+        }
+        for (p, (_, cdf)) in listed.iter_mut().enumerate() {
+            for c in cdf.iter_mut() {
+                *c /= mass[p];
+            }
+        }
+        KeysByPartition {
+            partitions,
+            mass,
+            listed: Some(listed),
+        }
+    }
+
+    /// Probability that a key lands on one of `slots`.
+    pub fn mass(&self, slots: &[usize]) -> f64 {
+        slots.iter().map(|&s| self.mass[s]).sum()
+    }
+
+    /// A drawer of keys landing on `slots` only (ascending partition
+    /// indexes, at least one with keys: `mass(slots) > 0`). Partitions no key
+    /// maps to are left out, so a draw never picks an empty one.
+    pub fn subset(&self, slots: &[usize]) -> KeySubset {
+        let slots: Vec<usize> = slots.iter().copied().filter(|&s| self.mass[s] > 0.0).collect();
+        assert!(!slots.is_empty(), "a key subset needs a partition with keys");
+        let mut cdf = Vec::with_capacity(slots.len());
+        let mut sum = 0.0;
+        for &s in &slots {
+            sum += self.mass[s];
+            cdf.push(sum);
+        }
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        KeySubset { slots, cdf }
+    }
+
+    /// A key id of `subset`'s partitions: listed ids by partition then by
+    /// key within it (exact); otherwise `sampler`'s draws until one lands
+    /// there (None after `KEY_REDRAWS_MAX`).
+    pub fn draw(&self, subset: &KeySubset, sampler: &KeySampler, rng: &mut XorShift) -> Option<u64> {
+        let uniform = |rng: &mut XorShift| (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        match &self.listed {
+            Some(listed) => {
+                let u = uniform(rng);
+                let at = subset.cdf.partition_point(|&c| c < u).min(subset.cdf.len() - 1);
+                let (ids, cdf) = &listed[subset.slots[at]];
+                let u = uniform(rng);
+                Some(ids[cdf.partition_point(|&c| c < u).min(ids.len() - 1)])
+            }
+            None => (0..KEY_REDRAWS_MAX).map(|_| sampler.draw(rng)).find(|key| {
+                subset
+                    .slots
+                    .binary_search(&partition_for_key(&key.to_be_bytes(), self.partitions))
+                    .is_ok()
+            }),
+        }
+    }
+}
+
+/// Some partitions' share of a `KeysByPartition`: which partition a key is
+/// drawn for, in proportion to their masses.
+#[derive(Clone, Debug)]
+pub struct KeySubset {
+    slots: Vec<usize>,
+    cdf: Vec<f64>,
+}
+
 /// Kafka's `Utils.murmur2` (the default partitioner's hash).
 pub fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
@@ -727,6 +845,45 @@ mod tests {
         assert!((12_000..15_000).contains(&zipf_hits), "{zipf_hits}");
         assert!(uniform_hits < 300, "{uniform_hits}");
         assert!((0..draws).all(|_| zipf.draw(&mut rng) < 1000));
+    }
+
+    #[test]
+    fn keys_split_by_partition_keep_their_relative_odds() {
+        let zipf = KeySampler::new(Keys::Zipf, 1000, 1.0);
+        let split = KeysByPartition::new(&zipf, 6);
+        let all: f64 = split.mass(&[0, 1, 2, 3, 4, 5]);
+        assert!((all - 1.0).abs() < 1e-9, "{all}");
+        // Key 0 (the most frequent) and the partition it lands on.
+        let hot = partition_for_key(&0u64.to_be_bytes(), 6);
+        let others: Vec<usize> = (0..6).filter(|&p| p != hot).collect();
+        let mut rng = XorShift::new(9);
+        let subset = split.subset(&[hot]);
+        let draws = 50_000;
+        let mut hits = 0;
+        for _ in 0..draws {
+            let key = split.draw(&subset, &zipf, &mut rng).unwrap();
+            assert_eq!(partition_for_key(&key.to_be_bytes(), 6), hot);
+            hits += usize::from(key == 0);
+        }
+        // Within its partition key 0 is drawn with P(0) / mass(partition).
+        let want = (1.0 / (1..=1000).map(|k| 1.0 / k as f64).sum::<f64>()) / split.mass(&[hot]);
+        let got = hits as f64 / draws as f64;
+        assert!((got - want).abs() < 0.02, "got {got}, want {want}");
+        let subset = split.subset(&others);
+        assert!((0..draws).all(|_| {
+            let key = split.draw(&subset, &zipf, &mut rng).unwrap();
+            others.contains(&partition_for_key(&key.to_be_bytes(), 6))
+        }));
+
+        // Too many uniform ids to list: drawn and redrawn, even masses.
+        let wide = KeySampler::new(Keys::Uniform, u64::MAX, 1.0);
+        let split = KeysByPartition::new(&wide, 4);
+        assert!((split.mass(&[1, 3]) - 0.5).abs() < 1e-12);
+        let subset = split.subset(&[1, 3]);
+        for _ in 0..1000 {
+            let key = split.draw(&subset, &wide, &mut rng).unwrap();
+            assert!([1, 3].contains(&partition_for_key(&key.to_be_bytes(), 4)));
+        }
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! The consumer: `--consumers` threads, each with its own connection,
-//! fetching in a loop with plain Fetch requests (no fetch session). Without
-//! a group each has a fixed share of the partitions (partition k goes to
-//! consumer k mod n); with `--group` each is a member of that consumer group
-//! (`group.rs`) and reads what the group assigns it, committing its
-//! positions as it goes.
+//! The consumer: fetching in a loop with plain Fetch requests (no fetch
+//! session), each Fetch to the leader of the partitions it names. Without a
+//! group, each leader gets up to `--consumers` threads, each with its own
+//! connection and a fixed share of that leader's partitions (its k-th
+//! partition goes to its consumer k mod n; a single broker: partition k to
+//! consumer k mod n, as before routing). With `--group` each of the
+//! `--consumers` threads is a member of that consumer group (`group.rs`)
+//! with a fetch connection to every leader, reads what the group assigns
+//! it, and commits its positions as it goes.
+//!
+//! A NOT_LEADER_OR_FOLLOWER answer ends the run (`Error::NotLeader`): the
+//! routes come from the Metadata read at the start (see `wire::Cluster`).
 //!
 //! Records are counted from batch headers only (recordsCount, offsets,
 //! batchLength); the first record of each batch is read for its µs
@@ -11,7 +17,8 @@
 //! reused response buffer (zero-copy `Bytes` slices).
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -22,8 +29,9 @@ use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 use crate::batch::BatchHeader;
 use crate::group::{self, GroupConfig, GroupReport, Member, MemberStats, NamedPartition, Standing};
-use crate::stats::{self, Latency, Throughput};
-use crate::wire::{self, Conn, Error, Result};
+use crate::stats::{self, Latency, LeaderReport, Throughput};
+pub use crate::wire::TopicPartition;
+use crate::wire::{self, Cluster, Conn, Error, Result, Route};
 
 /// Fetch version asked for (the highest before topic ids, v13).
 pub const FETCH_VERSION_PREFERRED: i16 = 12;
@@ -33,8 +41,9 @@ pub struct ConsumeParams {
     pub topics: Vec<String>,
     /// (index into `topics`, partition id), dealt round-robin to consumers.
     pub partitions: Vec<TopicPartition>,
+    /// The partitions' leaders, each with the pairs it leads (covering `partitions`).
     #[serde(skip)]
-    pub leader: String,
+    pub routes: Vec<Route>,
     /// Where to find the group coordinator.
     #[serde(skip)]
     pub bootstrap: String,
@@ -68,10 +77,9 @@ pub struct ConsumeReport {
     pub crc_failures: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupReport>,
+    /// Per partition leader: fetch connections to it and records read from it.
+    pub leaders: Vec<LeaderReport>,
 }
-
-/// A partition of one of the run's topics: (index into the topic list, id).
-pub type TopicPartition = (usize, i32);
 
 /// End offsets per partition, set once (at the start for a catch-up read,
 /// after the producers finish for a tail read).
@@ -127,42 +135,214 @@ pub fn run(
             members_assigned,
         );
     }
-    let mut conns = Vec::with_capacity(params.consumers);
-    for _ in 0..params.consumers.min(params.partitions.len()) {
-        conns.push(Conn::open(&params.leader)?);
+    let by_leader = partitions_by_leader(params)?;
+    // Per leader, up to --consumers connections, its partitions dealt
+    // round-robin over them: (route index, partition indexes, connection).
+    let mut conns = Vec::new();
+    for (r, mine) in by_leader.iter().enumerate() {
+        let consumers = params.consumers.min(mine.len());
+        for index in 0..consumers {
+            let share: Vec<usize> = mine
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| j % consumers == index)
+                .map(|(_, &k)| k)
+                .collect();
+            conns.push((r, share, Fetcher::open(&params.routes[r])?));
+        }
     }
-    let version = conns[0].versions.pick(ApiKey::Fetch, FETCH_VERSION_PREFERRED)?;
-    let consumers = conns.len();
+    let version = fetch_version(conns.iter().map(|(_, _, f)| f))?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(params.duration_s);
-    let results: Vec<Result<Tally>> = std::thread::scope(|scope| {
+    let results: Vec<(usize, Result<Tally>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = conns
             .into_iter()
-            .enumerate()
-            .map(|(index, conn)| {
-                let mine: Vec<(TopicPartition, i64)> = params
-                    .partitions
-                    .iter()
-                    .zip(start_offsets)
-                    .enumerate()
-                    .filter(|(k, _)| k % consumers == index)
-                    .map(|(_, (&p, &o))| (p, o))
+            .map(|(r, share, fetcher)| {
+                let mine: Vec<(TopicPartition, i64)> = share
+                    .into_iter()
+                    .map(|k| (params.partitions[k], start_offsets[k]))
                     .collect();
-                scope.spawn(move || {
-                    run_consumer(params, version, conn, mine, end, start, deadline, progress, stop)
-                })
+                let handle = scope.spawn(move || {
+                    run_consumer(
+                        params, version, fetcher, mine, end, start, deadline, progress, stop,
+                    )
+                });
+                (r, handle)
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Protocol("consumer thread panicked".into())))
+            .map(|(r, h)| {
+                let out = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Protocol("consumer thread panicked".into())));
+                (r, out)
             })
             .collect()
     });
-    let tallies = results.into_iter().collect::<Result<Vec<Tally>>>()?;
-    Ok(report(params, version, start_offsets, end, start, tallies))
+    let mut leaders = leader_reports(params, &by_leader);
+    let mut tallies = Vec::with_capacity(results.len());
+    for (r, out) in results {
+        let t = out?;
+        leaders[r].connections += 1;
+        leaders[r].records += t.records;
+        tallies.push(t);
+    }
+    Ok(report(
+        params,
+        version,
+        start_offsets,
+        end,
+        start,
+        tallies,
+        leaders,
+    ))
+}
+
+/// Indexes into `params.partitions` per route (same order as
+/// `params.routes`), in `params.partitions`' order; every partition must
+/// have a leader.
+fn partitions_by_leader(params: &ConsumeParams) -> Result<Vec<Vec<usize>>> {
+    let mut by_leader = vec![Vec::new(); params.routes.len()];
+    for (k, tp) in params.partitions.iter().enumerate() {
+        let r = params
+            .routes
+            .iter()
+            .position(|r| r.partitions.binary_search(tp).is_ok())
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "{}/{} has no leader in Metadata",
+                    params.topics[tp.0], tp.1
+                ))
+            })?;
+        by_leader[r].push(k);
+    }
+    Ok(by_leader)
+}
+
+/// A report line per route, connections and records still to count.
+fn leader_reports(params: &ConsumeParams, by_leader: &[Vec<usize>]) -> Vec<LeaderReport> {
+    params
+        .routes
+        .iter()
+        .zip(by_leader)
+        .map(|(r, mine)| LeaderReport {
+            leader_id: r.leader_id,
+            addr: r.addr.clone(),
+            partitions: mine.len(),
+            connections: 0,
+            records: 0,
+        })
+        .collect()
+}
+
+/// The Fetch version every connection supports (brokers of one cluster
+/// serve the same ones; the lowest pick is taken).
+fn fetch_version<'a>(fetchers: impl Iterator<Item = &'a Fetcher<'a>>) -> Result<i16> {
+    let mut version = FETCH_VERSION_PREFERRED;
+    for f in fetchers {
+        version = version.min(f.conn.versions.pick(ApiKey::Fetch, FETCH_VERSION_PREFERRED)?);
+    }
+    Ok(version)
+}
+
+/// A fetch connection to one leader, with its response reader.
+struct Fetcher<'a> {
+    route: &'a Route,
+    conn: Conn,
+    frames: wire::FrameReader,
+    reader: BufReader<TcpStream>,
+    /// Records read through it.
+    records: u64,
+}
+
+impl<'a> Fetcher<'a> {
+    fn open(route: &'a Route) -> Result<Fetcher<'a>> {
+        let conn = Conn::open(&route.addr)?;
+        let reader = BufReader::with_capacity(64 << 10, conn.stream.try_clone()?);
+        Ok(Fetcher {
+            route,
+            conn,
+            frames: wire::FrameReader::default(),
+            reader,
+            records: 0,
+        })
+    }
+
+    /// Sends one Fetch for the partitions of `offsets` not `skip`ped;
+    /// returns its correlation id for `read`.
+    fn send(
+        &mut self,
+        params: &ConsumeParams,
+        version: i16,
+        offsets: &[(TopicPartition, i64)],
+        skip: &[bool],
+        tally: &mut Tally,
+    ) -> Result<i32> {
+        let correlation_id = self.conn.next_correlation_id();
+        let frame = wire::encode_frame(&fetch_request(params, offsets, skip), version, correlation_id)?;
+        self.conn.stream.write_all(&frame)?;
+        tally.fetches += 1;
+        Ok(correlation_id)
+    }
+
+    /// Reads the answer to `send`, advancing `offsets`.
+    fn read(
+        &mut self,
+        params: &ConsumeParams,
+        version: i16,
+        correlation_id: i32,
+        offsets: &mut [(TopicPartition, i64)],
+        tally: &mut Tally,
+        progress: &AtomicU64,
+    ) -> Result<()> {
+        let before = tally.records;
+        let route = self.route;
+        self.frames.read(&mut self.reader, |f| {
+            let response = wire::decode_response::<FetchRequest>(f, version, correlation_id)?;
+            if response.error_code != 0 {
+                return Err(Error::Broker(format!("Fetch error {}", response.error_code)));
+            }
+            for t in &response.responses {
+                let Some(topic) = params
+                    .topics
+                    .iter()
+                    .position(|name| name.as_str() == t.topic.0.as_str())
+                else {
+                    continue;
+                };
+                for p in &t.partitions {
+                    if p.error_code == wire::NOT_LEADER_OR_FOLLOWER {
+                        return Err(Error::NotLeader {
+                            request: "Fetch",
+                            topic: params.topics[topic].clone(),
+                            partition: p.partition_index,
+                            leader_id: route.leader_id,
+                            addr: route.addr.clone(),
+                        });
+                    }
+                    if p.error_code != 0 {
+                        return Err(Error::Broker(format!(
+                            "Fetch {}/{}: error {}",
+                            params.topics[topic], p.partition_index, p.error_code
+                        )));
+                    }
+                    let Some(slot) = offsets
+                        .iter_mut()
+                        .find(|(tp, _)| *tp == (topic, p.partition_index))
+                    else {
+                        continue;
+                    };
+                    if let Some(records) = &p.records {
+                        count_batches(params, records, &mut slot.1, tally, progress);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        self.records += tally.records - before;
+        Ok(())
+    }
 }
 
 /// Merges the threads' tallies into the report (no group figures).
@@ -173,6 +353,7 @@ fn report(
     end: &EndOffsets,
     start: Instant,
     tallies: Vec<Tally>,
+    leaders: Vec<LeaderReport>,
 ) -> ConsumeReport {
     let mut records = 0;
     let mut batch_bytes = 0;
@@ -213,6 +394,7 @@ fn report(
         e2e_latency: Latency::of(&e2e),
         crc_failures,
         group: None,
+        leaders,
     }
 }
 
@@ -225,7 +407,8 @@ fn named_offsets(params: &ConsumeParams, offsets: &[(TopicPartition, i64)]) -> V
 }
 
 /// `run` for group members: one thread per member, each with a fetch
-/// connection to the leader and a coordinator connection.
+/// connection to every leader (a member may be assigned partitions of any)
+/// and one to the coordinator FindCoordinator names.
 #[allow(clippy::too_many_arguments)]
 fn run_group(
     params: &ConsumeParams,
@@ -252,28 +435,36 @@ fn run_group(
         .copied()
         .zip(start_offsets.iter().copied())
         .collect();
+    let by_leader = partitions_by_leader(params)?;
+    let leader_of: HashMap<TopicPartition, usize> = by_leader
+        .iter()
+        .enumerate()
+        .flat_map(|(r, mine)| mine.iter().map(move |&k| (params.partitions[k], r)))
+        .collect();
     let mut members = Vec::with_capacity(params.consumers);
     for _ in 0..params.consumers {
-        let conn = Conn::open(&params.leader)?;
+        let fetchers = params
+            .routes
+            .iter()
+            .map(Fetcher::open)
+            .collect::<Result<Vec<Fetcher>>>()?;
         let member = Member::connect(&coordinator, config, &params.topics)?;
-        members.push((conn, member));
+        members.push((fetchers, member));
     }
-    let version = members[0]
-        .0
-        .versions
-        .pick(ApiKey::Fetch, FETCH_VERSION_PREFERRED)?;
+    let version = fetch_version(members.iter().flat_map(|(fetchers, _)| fetchers.iter()))?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(params.duration_s);
     // A failed member stops the others: they would otherwise wait for it
     // in every rebalance until the session timeout.
     let failed = AtomicBool::new(false);
-    let results: Vec<Result<(Tally, MemberStats)>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(Tally, MemberStats, Vec<u64>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = members
             .into_iter()
-            .map(|(conn, member)| {
+            .map(|(fetchers, member)| {
                 let ctx = MemberCtx {
                     params,
                     version,
+                    leader_of: &leader_of,
                     fallback: &fallback,
                     end,
                     start,
@@ -285,7 +476,7 @@ fn run_group(
                 };
                 let failed = &failed;
                 scope.spawn(move || {
-                    let out = run_member(&ctx, conn, member);
+                    let out = run_member(&ctx, fetchers, member);
                     if out.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -303,12 +494,17 @@ fn run_group(
     });
     let mut tallies = Vec::with_capacity(results.len());
     let mut member_stats = Vec::with_capacity(results.len());
+    let mut leaders = leader_reports(params, &by_leader);
     for r in results {
-        let (t, s) = r?;
+        let (t, s, per_leader) = r?;
         tallies.push(t);
         member_stats.push(s);
+        for (leader, records) in leaders.iter_mut().zip(per_leader) {
+            leader.connections += 1;
+            leader.records += records;
+        }
     }
-    let mut out = report(params, version, &start_offsets, end, start, tallies);
+    let mut out = report(params, version, &start_offsets, end, start, tallies, leaders);
     // What a restarted group would resume from: records between the last
     // commit and the end offsets (0 = every position committed).
     let committed_behind_end_records = match end.get() {
@@ -341,6 +537,8 @@ fn run_group(
 struct MemberCtx<'a> {
     params: &'a ConsumeParams,
     version: i16,
+    /// Index into `params.routes` (and a member's fetchers) of each partition's leader.
+    leader_of: &'a HashMap<TopicPartition, usize>,
     /// Start offset of a partition nobody committed (nor this member read).
     fallback: &'a HashMap<TopicPartition, i64>,
     end: &'a EndOffsets,
@@ -356,12 +554,18 @@ struct MemberCtx<'a> {
 /// commit between fetches (a fetch waits at most --max-wait-ms, which is
 /// checked to be below the session timeout), rejoin when the coordinator
 /// says so (committing first, so the next owner continues where this one
-/// stopped), and on the way out commit and leave.
-fn run_member(ctx: &MemberCtx<'_>, mut conn: Conn, mut member: Member) -> Result<(Tally, MemberStats)> {
+/// stopped), and on the way out commit and leave. Returns the records read
+/// from each leader too (aligned with `params.routes`).
+fn run_member(
+    ctx: &MemberCtx<'_>,
+    mut fetchers: Vec<Fetcher<'_>>,
+    mut member: Member,
+) -> Result<(Tally, MemberStats, Vec<u64>)> {
     let params = ctx.params;
     let mut tally = Tally::new(ctx.start);
-    let mut frames = wire::FrameReader::default();
-    let mut reader = std::io::BufReader::with_capacity(64 << 10, conn.stream.try_clone()?);
+    // Per owned partition, whether this pass's Fetch to a leader leaves it out.
+    let mut skip: Vec<bool> = Vec::new();
+    let mut sent: Vec<(usize, i32)> = Vec::with_capacity(fetchers.len());
     let give_up = || {
         Instant::now() >= ctx.deadline
             || ctx.stop.load(Ordering::Relaxed)
@@ -432,26 +636,52 @@ fn run_member(ctx: &MemberCtx<'_>, mut conn: Conn, mut member: Member) -> Result
             std::thread::sleep(Duration::from_millis(params.max_wait_ms.clamp(1, 100) as u64));
             continue;
         }
-        fetch_once(
-            params,
-            ctx.version,
-            &mut conn,
-            &mut frames,
-            &mut reader,
-            &mut owned,
-            &done,
-            &mut tally,
-            ctx.progress,
-        )?;
+        // One Fetch to each leader of an unfinished owned partition, all
+        // sent before any answer is read, so the leaders' long polls
+        // overlap: a pass waits about one --max-wait-ms, not one per leader
+        // (heartbeats go between passes, and the session allows for that).
+        sent.clear();
+        for (r, fetcher) in fetchers.iter_mut().enumerate() {
+            skip.clear();
+            skip.extend(
+                owned
+                    .iter()
+                    .zip(&done)
+                    .map(|(&(tp, _), &d)| d || ctx.leader_of.get(&tp) != Some(&r)),
+            );
+            if skip.iter().all(|&s| s) {
+                continue;
+            }
+            sent.push((r, fetcher.send(params, ctx.version, &owned, &skip, &mut tally)?));
+        }
+        if sent.is_empty() {
+            // Owned partitions without a known leader (not possible: owned
+            // ones come from `fallback`, every one of which is routed); wait
+            // as for an empty assignment rather than spin.
+            std::thread::sleep(Duration::from_millis(params.max_wait_ms.clamp(1, 100) as u64));
+            continue;
+        }
+        for &(r, correlation_id) in &sent {
+            fetchers[r].read(
+                params,
+                ctx.version,
+                correlation_id,
+                &mut owned,
+                &mut tally,
+                ctx.progress,
+            )?;
+        }
     }
     if member.commits_enabled() && member.generation() >= 0 && !owned.is_empty() {
         member.commit(&named_offsets(params, &owned))?;
     }
     member.leave()?;
-    Ok((tally, member.stats))
+    let per_leader = fetchers.iter().map(|f| f.records).collect();
+    Ok((tally, member.stats, per_leader))
 }
 
-fn fetch_request(params: &ConsumeParams, offsets: &[(TopicPartition, i64)], done: &[bool]) -> FetchRequest {
+/// A Fetch for the partitions of `offsets` not `skip`ped (done, or led elsewhere).
+fn fetch_request(params: &ConsumeParams, offsets: &[(TopicPartition, i64)], skip: &[bool]) -> FetchRequest {
     let topics = params
         .topics
         .iter()
@@ -459,7 +689,7 @@ fn fetch_request(params: &ConsumeParams, offsets: &[(TopicPartition, i64)], done
         .filter_map(|(t, name)| {
             let partitions: Vec<FetchPartition> = offsets
                 .iter()
-                .zip(done)
+                .zip(skip)
                 .filter(|(&((topic, _), _), &d)| topic == t && !d)
                 .map(|(&((_, p), o), _)| {
                     FetchPartition::default()
@@ -493,7 +723,7 @@ fn fetch_request(params: &ConsumeParams, offsets: &[(TopicPartition, i64)], done
 fn run_consumer(
     params: &ConsumeParams,
     version: i16,
-    mut conn: Conn,
+    mut fetcher: Fetcher<'_>,
     mut offsets: Vec<(TopicPartition, i64)>,
     end: &EndOffsets,
     start: Instant,
@@ -503,8 +733,6 @@ fn run_consumer(
 ) -> Result<Tally> {
     let mut tally = Tally::new(start);
     let mut done = vec![false; offsets.len()];
-    let mut frames = wire::FrameReader::default();
-    let mut reader = std::io::BufReader::with_capacity(64 << 10, conn.stream.try_clone()?);
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         if let Some(end) = end.get() {
             for (k, &(tp, o)) in offsets.iter().enumerate() {
@@ -514,71 +742,17 @@ fn run_consumer(
                 break;
             }
         }
-        fetch_once(
+        let correlation_id = fetcher.send(params, version, &offsets, &done, &mut tally)?;
+        fetcher.read(
             params,
             version,
-            &mut conn,
-            &mut frames,
-            &mut reader,
+            correlation_id,
             &mut offsets,
-            &done,
             &mut tally,
             progress,
         )?;
     }
     Ok(tally)
-}
-
-/// One Fetch round trip for the partitions not `done`, advancing `offsets`.
-#[allow(clippy::too_many_arguments)]
-fn fetch_once(
-    params: &ConsumeParams,
-    version: i16,
-    conn: &mut Conn,
-    frames: &mut wire::FrameReader,
-    reader: &mut std::io::BufReader<std::net::TcpStream>,
-    offsets: &mut [(TopicPartition, i64)],
-    done: &[bool],
-    tally: &mut Tally,
-    progress: &AtomicU64,
-) -> Result<()> {
-    let correlation_id = conn.next_correlation_id();
-    let frame = wire::encode_frame(&fetch_request(params, offsets, done), version, correlation_id)?;
-    conn.stream.write_all(&frame)?;
-    tally.fetches += 1;
-    frames.read(reader, |f| {
-        let response = wire::decode_response::<FetchRequest>(f, version, correlation_id)?;
-        if response.error_code != 0 {
-            return Err(Error::Broker(format!("Fetch error {}", response.error_code)));
-        }
-        for t in &response.responses {
-            let Some(topic) = params
-                .topics
-                .iter()
-                .position(|name| name.as_str() == t.topic.0.as_str())
-            else {
-                continue;
-            };
-            for p in &t.partitions {
-                if p.error_code != 0 {
-                    return Err(Error::Broker(format!(
-                        "Fetch {}/{}: error {}",
-                        params.topics[topic], p.partition_index, p.error_code
-                    )));
-                }
-                let Some(slot) = offsets
-                    .iter_mut()
-                    .find(|(tp, _)| *tp == (topic, p.partition_index))
-                else {
-                    continue;
-                };
-                if let Some(records) = &p.records {
-                    count_batches(params, records, &mut slot.1, tally, progress);
-                }
-            }
-        }
-        Ok(())
-    })
 }
 
 /// Walks the batches of one partition's record set, advancing `next_offset`.
@@ -624,44 +798,80 @@ fn count_batches(
     }
 }
 
-/// Offsets to start from (aligned with `partitions`): `timestamp` -1 =
-/// latest (tail), -2 = earliest. One ListOffsets per topic.
-pub fn offsets_at(
-    conn: &mut Conn,
-    topics: &[String],
-    partitions: &[TopicPartition],
-    timestamp: i64,
-) -> Result<Vec<i64>> {
-    let mut by_partition = HashMap::with_capacity(partitions.len());
-    for (t, name) in topics.iter().enumerate() {
-        let ids: Vec<i32> = partitions
-            .iter()
-            .filter(|(topic, _)| *topic == t)
-            .map(|&(_, p)| p)
-            .collect();
-        if ids.is_empty() {
-            continue;
-        }
-        let offsets = conn.list_offsets(name, &ids, timestamp)?;
-        by_partition.extend(ids.into_iter().map(|p| (t, p)).zip(offsets));
-    }
-    partitions
-        .iter()
-        .map(|tp| {
-            by_partition
-                .get(tp)
-                .copied()
-                .ok_or_else(|| Error::Protocol(format!("no offset for {tp:?}")))
-        })
-        .collect()
-}
-
-/// Latest offsets as a map, for `EndOffsets`.
+/// Latest offsets as a map, for `EndOffsets` (ListOffsets to each leader).
 pub fn end_offsets(
-    conn: &mut Conn,
-    topics: &[String],
+    cluster: &mut Cluster,
     partitions: &[TopicPartition],
 ) -> Result<HashMap<TopicPartition, i64>> {
-    let latest = offsets_at(conn, topics, partitions, -1)?;
+    let latest = cluster.offsets_at(partitions, -1)?;
     Ok(partitions.iter().copied().zip(latest).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(routes: Vec<Route>, partitions: Vec<TopicPartition>) -> ConsumeParams {
+        ConsumeParams {
+            topics: vec!["a".into(), "b".into()],
+            partitions,
+            routes,
+            bootstrap: String::new(),
+            group: None,
+            consumers: 2,
+            record_bytes: 100,
+            max_wait_ms: 100,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partition_max_bytes: 1 << 20,
+            duration_s: 1.0,
+            verify_crc: false,
+            measure_e2e: false,
+        }
+    }
+
+    fn route(leader_id: i32, partitions: &[TopicPartition]) -> Route {
+        Route {
+            leader_id,
+            addr: format!("h{leader_id}:1"),
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn partitions_go_to_their_leaders_in_order() {
+        let p = params(
+            vec![route(1, &[(0, 0), (0, 2), (1, 1)]), route(2, &[(0, 1), (1, 0)])],
+            vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)],
+        );
+        assert_eq!(partitions_by_leader(&p).unwrap(), vec![vec![0, 2, 4], vec![1, 3]]);
+        let reports = leader_reports(&p, &partitions_by_leader(&p).unwrap());
+        assert_eq!(
+            reports
+                .iter()
+                .map(|r| (r.leader_id, r.partitions))
+                .collect::<Vec<_>>(),
+            vec![(1, 3), (2, 2)]
+        );
+        // A partition no route covers is an error, not silently unread.
+        let p = params(vec![route(1, &[(0, 0)])], vec![(0, 0), (0, 1)]);
+        assert!(partitions_by_leader(&p).is_err());
+    }
+
+    #[test]
+    fn a_fetch_names_only_the_partitions_not_skipped() {
+        let p = params(Vec::new(), Vec::new());
+        let offsets = vec![((0, 0), 5), ((0, 1), 6), ((1, 0), 7)];
+        let req = fetch_request(&p, &offsets, &[false, true, false]);
+        let named: Vec<(String, i32, i64)> = req
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |q| (t.topic.0.to_string(), q.partition, q.fetch_offset))
+            })
+            .collect();
+        assert_eq!(named, vec![("a".into(), 0, 5), ("b".into(), 0, 7)]);
+    }
 }

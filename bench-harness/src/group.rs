@@ -9,9 +9,12 @@
 //! consumers can share a group with this tool.
 //!
 //! Everything is blocking on one coordinator connection per member, separate
-//! from the member's fetch connection: JoinGroup is a long poll the broker
-//! parks until the rebalance completes, and it must not stall behind a
-//! fetch (or the other way round).
+//! from the member's fetch connections (one per partition leader, in
+//! `consume.rs`): JoinGroup is a long poll the broker parks until the
+//! rebalance completes, and it must not stall behind a fetch (or the other
+//! way round). The coordinator is the host:port FindCoordinator answers,
+//! which in a cluster is the leader of the group's `__consumer_offsets`
+//! partition, not necessarily the bootstrap broker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

@@ -2,7 +2,9 @@
 //!
 //! Threads and blocking sockets, one connection per producer/consumer
 //! thread, RecordBatches built by hand and patched in place, so the broker
-//! and not this tool is the bottleneck (check with `sink-test`).
+//! and not this tool is the bottleneck (check with `sink-test`). Against a
+//! cluster, partitions are grouped by leader (Metadata) and every load
+//! connection goes to one leader, carrying only its partitions.
 //!
 //! Back of the envelope (shared/PERFORMANCE.md): at 1 GB/s of 1 KiB
 //! records in 64 KiB batches the producer stamps ~15k batches/s; each costs
@@ -36,7 +38,7 @@ use serde_json::json;
 use crate::batch::{Compression, Keys};
 use crate::consume::{ConsumeParams, ConsumeReport, EndOffsets, TopicPartition};
 use crate::produce::{ProduceParams, ProduceReport};
-use crate::wire::{Conn, Error};
+use crate::wire::{Cluster, Error, Route};
 
 const RECORD_BYTES_MAX: usize = 16 << 20;
 const THREADS_MAX: usize = 256;
@@ -447,11 +449,11 @@ impl ProducerOpts {
         (self.batch_bytes / common.record_bytes_mean()).max(1)
     }
 
-    fn params(&self, common: &Common, leader: String, partitions: Vec<i32>) -> ProduceParams {
+    fn params(&self, common: &Common, routes: Vec<Route>, partitions: Vec<i32>) -> ProduceParams {
         ProduceParams {
             topics: common.topic_names(),
             partitions,
-            leader,
+            routes,
             record_bytes: common.record_bytes,
             record_bytes_max: common.record_bytes_max(),
             records_per_batch: self.records_per_batch(common),
@@ -530,7 +532,7 @@ impl ConsumerOpts {
     fn params(
         &self,
         common: &Common,
-        leader: String,
+        routes: Vec<Route>,
         partitions: Vec<TopicPartition>,
         duration_s: f64,
         measure_e2e: bool,
@@ -538,7 +540,7 @@ impl ConsumerOpts {
         ConsumeParams {
             topics: common.topic_names(),
             partitions,
-            leader,
+            routes,
             bootstrap: common.bootstrap.clone(),
             group: self.group_config(),
             consumers: self.consumers,
@@ -840,25 +842,29 @@ fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// Connects, makes sure every topic exists, returns (leader, partition
-/// ids). Producers need the same partition ids in every topic.
-fn prepare_topic(common: &Common) -> Result<(Conn, String, Vec<i32>), Error> {
-    let mut conn = Conn::open(&common.bootstrap)?;
-    let mut found: Option<(String, Vec<i32>)> = None;
-    for topic in common.topic_names() {
-        let meta = conn.ensure_topic(&topic, common.partitions)?;
-        let leader = meta.single_leader(&common.bootstrap)?;
-        let ids = meta.partition_ids();
-        match &found {
-            None => found = Some((leader, ids)),
-            Some((l, first)) => check(
-                *l == leader && *first == ids,
-                "every topic needs the same leader and partitions",
-            )?,
+/// Connects, makes sure every topic exists and every partition has a
+/// leader that serves it (bounded waits, see `wire::Cluster`), returns the
+/// cluster view and the partition ids. Producers need the same partition
+/// ids in every topic; the topics' leaders may differ.
+fn prepare_topic(common: &Common) -> Result<(Cluster, Vec<i32>), Error> {
+    let mut cluster = Cluster::open(&common.bootstrap, common.topic_names(), Some(common.partitions))?;
+    let ids = cluster.metas[0].partition_ids();
+    check(
+        cluster.metas.iter().all(|m| m.partition_ids() == ids),
+        "every topic needs the same partitions",
+    )?;
+    cluster.confirm_leaders()?;
+    Ok((cluster, ids))
+}
+
+/// Per-leader lines, printed only when there is more than one leader (a
+/// single broker's output stays as it was).
+fn print_leaders(side: &str, leaders: &[stats::LeaderReport]) {
+    if leaders.len() > 1 {
+        for line in stats::LeaderReport::lines(leaders) {
+            println!("{side} {line}");
         }
     }
-    let (leader, ids) = found.expect("at least one topic");
-    Ok((conn, leader, ids))
 }
 
 /// Every (topic index, partition) pair of `topics` topics sharing `ids`.
@@ -870,6 +876,7 @@ fn topic_partitions(topics: usize, ids: &[i32]) -> Vec<TopicPartition> {
 
 fn print_produce(report: &ProduceReport) {
     println!("produce: {}", report.throughput.line());
+    print_leaders("produce:", &report.leaders);
     if let Some(l) = &report.ack_latency {
         println!("produce ack latency: {}", l.line());
     }
@@ -884,6 +891,7 @@ fn print_consume(report: &ConsumeReport) {
         report.throughput.line(),
         report.fetches
     );
+    print_leaders("consume:", &report.leaders);
     if let Some(l) = &report.e2e_latency {
         println!("end-to-end latency: {}", l.line());
     }
@@ -914,9 +922,11 @@ fn produce_with_progress(params: &ProduceParams, common: &Common) -> Result<Prod
 fn run_produce(cmd: &ProduceCmd) -> Result<serde_json::Value, Error> {
     cmd.common.validate()?;
     cmd.producer.validate(&cmd.common)?;
-    let (_conn, leader, partitions) = prepare_topic(&cmd.common)?;
-    let params = cmd.producer.params(&cmd.common, leader, partitions);
-    let report = produce_with_progress(&params, &cmd.common)?;
+    let (mut cluster, partitions) = prepare_topic(&cmd.common)?;
+    let params = cmd
+        .producer
+        .params(&cmd.common, cluster.routes.clone(), partitions);
+    let report = produce_with_progress(&params, &cmd.common).map_err(|e| cluster.explain(e))?;
     Ok(json!({ "produce": report }))
 }
 
@@ -928,8 +938,8 @@ fn run_sink(cmd: &ProduceCmd) -> Result<serde_json::Value, Error> {
         bootstrap: sink.addr.clone(),
         ..cmd.common.clone()
     };
-    let (_conn, leader, partitions) = prepare_topic(&common)?;
-    let params = cmd.producer.params(&common, leader, partitions);
+    let (cluster, partitions) = prepare_topic(&common)?;
+    let params = cmd.producer.params(&common, cluster.routes.clone(), partitions);
     let report = produce_with_progress(&params, &common)?;
     println!(
         "sink (fake broker, {} partitions) received {} Produce requests, {:.1} MB of frames",
@@ -946,34 +956,32 @@ fn run_sink(cmd: &ProduceCmd) -> Result<serde_json::Value, Error> {
 fn run_consume(cmd: &ConsumeCmd) -> Result<serde_json::Value, Error> {
     cmd.common.validate()?;
     cmd.consumer.validate()?;
-    let mut conn = Conn::open(&cmd.common.bootstrap)?;
-    let topics = cmd.common.topic_names();
-    let mut leader = None;
-    let mut partitions = Vec::new();
-    for (t, topic) in topics.iter().enumerate() {
-        let meta = conn.metadata(topic)?;
-        leader = Some(meta.single_leader(&cmd.common.bootstrap)?);
-        partitions.extend(meta.partition_ids().into_iter().map(|p| (t, p)));
-    }
-    let leader = leader.expect("at least one topic");
+    // The topics must exist; their leaders are waited for (bounded).
+    let mut cluster = Cluster::open(&cmd.common.bootstrap, cmd.common.topic_names(), None)?;
+    let partitions = cluster.partitions();
     let timestamp = match cmd.from {
         StartAt::Earliest => -2,
         StartAt::Latest => -1,
     };
-    let start = consume::offsets_at(&mut conn, &topics, &partitions, timestamp)?;
+    let start = cluster.offsets_at(&partitions, timestamp)?;
     let end = EndOffsets::new();
     if cmd.from == StartAt::Earliest {
         // A catch-up read ends at what was there when it started.
-        let _ = end.set(consume::end_offsets(&mut conn, &topics, &partitions)?);
+        let _ = end.set(consume::end_offsets(&mut cluster, &partitions)?);
     }
-    let params = cmd
-        .consumer
-        .params(&cmd.common, leader, partitions, cmd.common.duration_s, false);
+    let params = cmd.consumer.params(
+        &cmd.common,
+        cluster.routes.clone(),
+        partitions,
+        cmd.common.duration_s,
+        false,
+    );
     let progress = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let report = with_progress("consumed", &cmd.common, cmd.common.duration_s, &progress, || {
         consume::run(&params, &start, &end, &progress, &stop, &AtomicUsize::new(0))
-    })?;
+    })
+    .map_err(|e| cluster.explain(e))?;
     print_consume(&report);
     if let Some(expected) = report.records_expected {
         println!(
@@ -992,14 +1000,13 @@ fn run_e2e(cmd: &E2eCmd) -> Result<serde_json::Value, Error> {
         cmd.drain_s >= 0.0 && cmd.drain_s <= DURATION_S_MAX,
         "--drain-s must be in [0, 86400]",
     )?;
-    let (mut conn, leader, ids) = prepare_topic(&cmd.common)?;
-    let topics = cmd.common.topic_names();
-    let partitions = topic_partitions(topics.len(), &ids);
-    let start = consume::offsets_at(&mut conn, &topics, &partitions, -1)?;
-    let pparams = cmd.producer.params(&cmd.common, leader.clone(), ids);
+    let (mut cluster, ids) = prepare_topic(&cmd.common)?;
+    let partitions = topic_partitions(cluster.topics.len(), &ids);
+    let start = cluster.offsets_at(&partitions, -1)?;
+    let pparams = cmd.producer.params(&cmd.common, cluster.routes.clone(), ids);
     let cparams = cmd.consumer.params(
         &cmd.common,
-        leader,
+        cluster.routes.clone(),
         partitions.clone(),
         cmd.common.duration_s + cmd.drain_s,
         true,
@@ -1031,7 +1038,7 @@ fn run_e2e(cmd: &E2eCmd) -> Result<serde_json::Value, Error> {
         let produce_report = with_progress("produced", &cmd.common, cmd.common.duration_s, &produced, || {
             produce::run(&pparams, &produced, &AtomicBool::new(false))
         });
-        match consume::end_offsets(&mut conn, &topics, &partitions) {
+        match consume::end_offsets(&mut cluster, &partitions) {
             Ok(offsets) => {
                 let _ = end.set(offsets);
             }
@@ -1045,8 +1052,8 @@ fn run_e2e(cmd: &E2eCmd) -> Result<serde_json::Value, Error> {
             .unwrap_or_else(|_| Err(Error::Protocol("consumer panicked".into())));
         (produce_report, consume_report)
     });
-    let produce_report = produce_report?;
-    let consume_report = consume_report?;
+    let produce_report = produce_report.map_err(|e| cluster.explain(e))?;
+    let consume_report = consume_report.map_err(|e| cluster.explain(e))?;
     print_produce(&produce_report);
     print_consume(&consume_report);
     let expected = consume_report.records_expected.unwrap_or(0);

@@ -132,6 +132,34 @@ impl Throughput {
     }
 }
 
+/// One partition leader's part of a run (produce or consume side).
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaderReport {
+    pub leader_id: i32,
+    /// "host:port" the connections went to (Metadata's advertised address).
+    pub addr: String,
+    /// (topic, partition) pairs it leads in this run.
+    pub partitions: usize,
+    pub connections: usize,
+    /// Records it acked (sent, for acks=0), or that were read from it.
+    pub records: u64,
+}
+
+impl LeaderReport {
+    /// "broker 1 at host:port: 4 partitions, 1 connections, 1200 records" per leader.
+    pub fn lines(leaders: &[LeaderReport]) -> Vec<String> {
+        leaders
+            .iter()
+            .map(|l| {
+                format!(
+                    "broker {} at {}: {} partitions, {} connections, {} records",
+                    l.leader_id, l.addr, l.partitions, l.connections, l.records
+                )
+            })
+            .collect()
+    }
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
