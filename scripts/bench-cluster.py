@@ -538,8 +538,11 @@ class Cluster:
                 if brokers != want:
                     ok = False
                 ctrls.add(ctrl)
-            if ok and len(ctrls) == 1 and next(iter(ctrls)) in want:
-                return next(iter(ctrls))
+            # Each broker names itself as the controller for clients (KRaft);
+            # the active controller is the latest election in the logs.
+            active = self.active_controller()
+            if ok and active in want:
+                return active
             if time.monotonic() > deadline:
                 self.fail(f"cluster not ready (all {self.n} brokers listed, one controller) in time; last seen {last}")
             time.sleep(0.1)
@@ -553,6 +556,17 @@ class Cluster:
         self.wait_listening([x], t0 + self.a.start_timeout_s)
         ctrl = self.wait_ready(t0 + self.a.start_timeout_s)
         return time.monotonic() - t0, ctrl
+
+    def active_controller(self):
+        """The node of the highest-term `became active controller` line among live nodes."""
+        best = None
+        for x in self.nodes:
+            if not x.alive():
+                continue
+            for node, term in _ELECTED.findall(x.full_log()):
+                if best is None or int(term) > best[0]:
+                    best = (int(term), int(node))
+        return best[1] if best else None
 
     def elections(self):
         """`became active controller` lines in every node's log so far (1 = the first election only)."""

@@ -410,12 +410,28 @@ class Cluster:
                 if (listed != want) if exact else not (want <= listed <= set(self.ids())):
                     return None
                 ctrls.add(md["controller_id"])
-            if len(ctrls) == 1 and next(iter(ctrls)) in want:
-                return next(iter(ctrls))
-            return None
+            # As KRaft brokers do, each node names itself as the controller
+            # clients should use (it forwards admin requests); which node
+            # is the active controller its log says.
+            if any(i not in listed for i in ctrls) and exact:
+                return None
+            active = self.active_controller(ids)
+            last["active controller (logs)"] = active
+            return active if active in want else None
 
         return self.wait(check, timeout, f"nodes {ids} to agree on brokers {'==' if exact else '>='} {ids} and "
                                          f"one live controller", state=lambda: last)
+
+    def active_controller(self, ids=None):
+        """The node whose log last said 'became active controller' (highest
+        term) among `ids` (default: the live ones), or None."""
+        best = None
+        for i in ids or self.alive_ids():
+            for m in re.finditer(r"became active controller \(node (\d+), term (\d+)\)", self.node(i).run_log()):
+                term = int(m.group(2))
+                if best is None or term > best[0]:
+                    best = (term, int(m.group(1)))
+        return best[1] if best else None
 
     def controller_id(self, ids=None, timeout=30.0):
         return self.wait_ready(timeout=timeout, ids=ids, exact_brokers=False)

@@ -110,6 +110,9 @@ pub struct BrokerConfig {
     pub producer_id_expiration_ms: i64,
     /// `min.insync.replicas`.
     pub min_insync_replicas: i32,
+    /// `unclean.leader.election.enable`: with every in-sync replica gone,
+    /// elect any live replica (losing what only the ISR had) rather than wait.
+    pub unclean_leader_election_enable: bool,
     /// `log.message.timestamp.type`.
     pub log_message_timestamp_type: String,
     /// `log.cleanup.policy`.
@@ -208,6 +211,7 @@ impl Default for BrokerConfig {
             shard_partitions_max: 20_000,
             producer_id_expiration_ms: 86_400_000,
             min_insync_replicas: 1,
+            unclean_leader_election_enable: false,
             log_message_timestamp_type: "CreateTime".to_string(),
             log_cleanup_policy: "delete".to_string(),
             shutdown_timeout_ms: 30_000,
@@ -318,6 +322,7 @@ impl BrokerConfig {
             "log.flush.interval.messages" => self.log.flush_interval_messages = parse_positive(key, v)?,
             "log.flush.interval.ms" => self.log.flush_interval_ms = parse_positive(key, v)?,
             "min.insync.replicas" => self.min_insync_replicas = parse_positive(key, v)?,
+            "unclean.leader.election.enable" => self.unclean_leader_election_enable = parse(key, v)?,
             "log.message.timestamp.type" => {
                 if v != "CreateTime" && v != "LogAppendTime" {
                     return Err(invalid(key, v, "must be CreateTime or LogAppendTime"));
@@ -573,6 +578,11 @@ impl BrokerConfig {
                 "min.insync.replicas",
                 self.min_insync_replicas.to_string(),
                 d.min_insync_replicas.to_string(),
+            ),
+            (
+                "unclean.leader.election.enable",
+                self.unclean_leader_election_enable.to_string(),
+                d.unclean_leader_election_enable.to_string(),
             ),
             (
                 "log.message.timestamp.type",

@@ -24,6 +24,7 @@ pub const TOPIC_KEYS: &[&str] = &[
     "flush.ms",
     "delete.retention.ms",
     "min.cleanable.dirty.ratio",
+    "unclean.leader.election.enable",
 ];
 
 /// Kafka's DescribeConfigs config type of a list value (`cleanup.policy`).
@@ -31,6 +32,7 @@ pub const CONFIG_TYPE_LIST: i8 = 7;
 
 /// Kafka's DescribeConfigs config types.
 pub fn config_type(key: &str) -> i8 {
+    const BOOLEAN: i8 = 1;
     const STRING: i8 = 2;
     const INT: i8 = 3;
     const LONG: i8 = 5;
@@ -38,6 +40,7 @@ pub fn config_type(key: &str) -> i8 {
     match key {
         "cleanup.policy" => CONFIG_TYPE_LIST,
         "message.timestamp.type" => STRING,
+        "unclean.leader.election.enable" => BOOLEAN,
         "min.cleanable.dirty.ratio" => DOUBLE,
         "segment.index.bytes"
         | "index.interval.bytes"
@@ -79,6 +82,12 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
         "segment.index.bytes" => int(8),
         "index.interval.bytes" => int(0),
         "max.message.bytes" | "min.insync.replicas" => int(1),
+        "unclean.leader.election.enable" => match value.trim() {
+            "true" | "false" => Ok(()),
+            _ => Err(format!(
+                "Invalid value {value} for configuration {key}: Expected value to be either true or false"
+            )),
+        },
         "message.timestamp.type" => match value.trim() {
             "CreateTime" | "LogAppendTime" => Ok(()),
             _ => Err(format!(
@@ -127,6 +136,7 @@ pub fn effective(key: &str, overrides: &BTreeMap<String, String>, broker: &Broke
         "max.message.bytes" => broker.message_max_bytes.to_string(),
         "message.timestamp.type" => broker.log_message_timestamp_type.clone(),
         "min.insync.replicas" => broker.min_insync_replicas.to_string(),
+        "unclean.leader.election.enable" => broker.unclean_leader_election_enable.to_string(),
         "flush.messages" => capped(broker.log.flush_interval_messages),
         "flush.ms" => capped(broker.log.flush_interval_ms),
         "delete.retention.ms" => broker.log.delete_retention_ms.to_string(),

@@ -41,10 +41,49 @@ pub struct PartitionMeta {
     /// Broker ids holding a replica; the first is the preferred leader.
     #[serde(default)]
     pub replicas: Vec<i32>,
+    /// The in-sync replicas: the leader and the followers caught up with
+    /// it. Never empty once set: when the last member is fenced it stays,
+    /// so a clean election can wait for it (empty in images of releases
+    /// that had no ISR: read as all replicas).
+    #[serde(default)]
+    pub isr: Vec<i32>,
     /// The broker leading it, or -1 while none can (its broker is fenced).
     #[serde(default = "no_leader")]
     pub leader: i32,
     pub leader_epoch: i32,
+    /// Bumped by every change to the partition (leader or ISR), as Kafka's
+    /// partition epoch; an AlterPartition made from an older one is refused.
+    #[serde(default)]
+    pub partition_epoch: i32,
+}
+
+impl PartitionMeta {
+    /// A new partition on `replicas`, led by the first, all in sync.
+    pub fn new(replicas: Vec<i32>) -> PartitionMeta {
+        PartitionMeta {
+            leader: replicas.first().copied().unwrap_or(NO_LEADER),
+            isr: replicas.clone(),
+            replicas,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        }
+    }
+
+    /// The ISR, as images without one mean it: every replica.
+    pub fn in_sync(&self) -> &[i32] {
+        if self.isr.is_empty() {
+            &self.replicas
+        } else {
+            &self.isr
+        }
+    }
+
+    fn set_leader(&mut self, leader: i32) {
+        if leader != self.leader {
+            self.leader = leader;
+            self.leader_epoch += 1;
+        }
+    }
 }
 
 fn no_leader() -> i32 {
@@ -53,6 +92,8 @@ fn no_leader() -> i32 {
 
 /// Kafka's "no leader" broker id.
 pub const NO_LEADER: i32 = -1;
+/// The topic config (and broker default) that allows an unclean election.
+pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TopicMeta {
@@ -161,14 +202,7 @@ impl MetadataImage {
         }
         live.sort_by_key(|b| (load.get(&b.id).copied().unwrap_or(0), b.id));
         let placed: Vec<PartitionMeta> = (0..count)
-            .map(|i| {
-                let replicas: Vec<i32> = (0..rf as usize).map(|r| live[(i + r) % live.len()].id).collect();
-                PartitionMeta {
-                    leader: replicas[0],
-                    replicas,
-                    leader_epoch: 0,
-                }
-            })
+            .map(|i| PartitionMeta::new((0..rf as usize).map(|r| live[(i + r) % live.len()].id).collect()))
             .collect();
         // Internal topics are the broker's own and sized by its config, so
         // they do not count against the budget clients' topics share.
@@ -254,10 +288,20 @@ impl MetadataImage {
         next
     }
 
-    /// Leadership after broker `id` is fenced (`fenced`) or returns: the
-    /// partitions it leads lose their leader, those it is the first live
-    /// replica of regain one; each change bumps the leader epoch.
-    pub fn with_broker_fenced(&self, id: i32, fenced: bool) -> MetadataImage {
+    /// Leadership and ISRs after broker `id` is fenced (`fenced`) or
+    /// returns, as Kafka's controller does:
+    /// - fenced: it leaves every ISR it is in, unless it is the last member
+    ///   (then it stays, so a clean election can wait for it); partitions it
+    ///   led get the first live ISR member as leader, or, with none and
+    ///   `unclean.leader.election.enable` (the topic's, else `unclean_default`),
+    ///   the first live replica, whose log becomes the truth (ISR = it); or
+    ///   no leader.
+    /// - back: partitions without a leader whose ISR holds it are led by it
+    ///   again. (A follower rejoins the ISR when its leader says it caught
+    ///   up: `with_isr`.)
+    ///
+    /// Every leader change bumps the leader epoch, every change the partition epoch.
+    pub fn with_broker_fenced(&self, id: i32, fenced: bool, unclean_default: bool) -> MetadataImage {
         let mut next = self.clone();
         next.epoch += 1;
         if let Some(b) = next.brokers.get_mut(&id) {
@@ -265,26 +309,118 @@ impl MetadataImage {
         }
         let live: std::collections::HashSet<i32> = next.live_brokers().iter().map(|b| b.id).collect();
         for t in next.topics.values_mut() {
-            for p in &mut t.partitions {
+            let unclean = t
+                .configs
+                .get(UNCLEAN_LEADER_ELECTION)
+                .map_or(unclean_default, |v| v.trim() == "true");
+            for (index, p) in t.partitions.iter_mut().enumerate() {
                 if !p.replicas.contains(&id) {
                     continue;
                 }
-                let leader = if live.contains(&p.leader) {
-                    p.leader
-                } else {
-                    p.replicas
-                        .iter()
-                        .copied()
-                        .find(|r| live.contains(r))
-                        .unwrap_or(NO_LEADER)
-                };
-                if leader != p.leader {
-                    p.leader = leader;
-                    p.leader_epoch += 1;
+                let before = p.clone();
+                if p.isr.is_empty() {
+                    p.isr = p.replicas.clone();
+                }
+                if fenced && p.isr.contains(&id) && p.isr.len() > 1 {
+                    p.isr.retain(|r| *r != id);
+                }
+                if !live.contains(&p.leader) {
+                    let clean = p.isr.iter().copied().find(|r| live.contains(r));
+                    match clean {
+                        Some(leader) => p.set_leader(leader),
+                        None if unclean => match p.replicas.iter().copied().find(|r| live.contains(r)) {
+                            Some(leader) => {
+                                tracing::warn!(
+                                    partition = %format!("{}-{index}", t.name),
+                                    "unclean leader election: broker {leader} leads without being in sync (ISR was {:?}); records only the old ISR had are lost",
+                                    p.isr
+                                );
+                                p.set_leader(leader);
+                                p.isr = vec![leader];
+                            }
+                            None => p.set_leader(NO_LEADER),
+                        },
+                        None => p.set_leader(NO_LEADER),
+                    }
+                }
+                if *p != before {
+                    p.partition_epoch += 1;
                 }
             }
         }
         next
+    }
+
+    /// AlterPartition: the leader of `topic_id`/`partition` (at
+    /// `leader_epoch`, `partition_epoch`) reports a new ISR. Refused as
+    /// Kafka refuses it: a stale epoch (FENCED_LEADER_EPOCH /
+    /// INVALID_UPDATE_VERSION), a sender that does not lead
+    /// (NOT_LEADER_OR_FOLLOWER), an ISR without the leader, with a
+    /// non-replica or with a fenced broker (INVALID_REQUEST /
+    /// INELIGIBLE_REPLICA).
+    pub fn with_isr(
+        &self,
+        topic_id: &Uuid,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    ) -> Result<MetadataImage, Refusal> {
+        let name = self.topic_by_id(topic_id).map(|t| t.name.clone()).ok_or((
+            ResponseError::UnknownTopicId,
+            format!("no topic with id {topic_id}"),
+        ))?;
+        let p = self.partition(&name, partition).ok_or((
+            ResponseError::UnknownTopicOrPartition,
+            format!("no partition {name}-{partition}"),
+        ))?;
+        if leader != p.leader {
+            return Err((
+                ResponseError::NotLeaderOrFollower,
+                format!(
+                    "broker {leader} does not lead {name}-{partition} (broker {} does)",
+                    p.leader
+                ),
+            ));
+        }
+        if leader_epoch != p.leader_epoch {
+            return Err((
+                ResponseError::FencedLeaderEpoch,
+                format!("leader epoch {leader_epoch}, current {}", p.leader_epoch),
+            ));
+        }
+        if partition_epoch != p.partition_epoch {
+            return Err((
+                ResponseError::InvalidUpdateVersion,
+                format!("partition epoch {partition_epoch}, current {}", p.partition_epoch),
+            ));
+        }
+        if !isr.contains(&leader) || isr.iter().any(|r| !p.replicas.contains(r)) {
+            return Err((
+                ResponseError::InvalidRequest,
+                format!(
+                    "ISR {isr:?} must hold the leader {leader} and only replicas {:?}",
+                    p.replicas
+                ),
+            ));
+        }
+        if let Some(r) = isr
+            .iter()
+            .find(|r| !p.in_sync().contains(r) && self.brokers.get(r).is_none_or(|b| b.fenced))
+        {
+            return Err((
+                ResponseError::IneligibleReplica,
+                format!("broker {r} is fenced and cannot join the ISR"),
+            ));
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        let t = next.topics.get_mut(&name).expect("checked above");
+        let p = &mut t.partitions[partition as usize];
+        p.isr = isr;
+        p.partition_epoch += 1;
+        Ok(next)
     }
 
     /// Reads the single-node metadata file of earlier releases (None when
@@ -302,6 +438,7 @@ impl MetadataImage {
             for p in &mut t.partitions {
                 if p.replicas.is_empty() {
                     p.replicas = vec![node_id];
+                    p.isr = vec![node_id];
                     p.leader = node_id;
                 }
             }
@@ -503,11 +640,7 @@ pub fn create_topics(
             } else {
                 t.assignments
                     .iter()
-                    .map(|replicas| PartitionMeta {
-                        replicas: replicas.clone(),
-                        leader: replicas[0],
-                        leader_epoch: 0,
-                    })
+                    .map(|replicas| PartitionMeta::new(replicas.clone()))
                     .collect()
             };
             Ok((placed, rf, configs))
@@ -989,5 +1122,129 @@ mod tests {
         assert!(MetadataImage::load_legacy(tempfile::tempdir().unwrap().path(), 4)
             .unwrap()
             .is_none());
+    }
+
+    fn three_brokers() -> MetadataImage {
+        let mut image = MetadataImage::new("c".into());
+        for id in 1..=3 {
+            image = image.with_broker(BrokerMeta {
+                id,
+                incarnation: Uuid::new_v4(),
+                host: "127.0.0.1".into(),
+                port: 9090 + id as u16,
+                rack: None,
+                partitions_max: 100,
+                fenced: false,
+            });
+        }
+        let topic = TopicMeta {
+            name: "r".into(),
+            id: Uuid::new_v4(),
+            partitions: vec![PartitionMeta::new(vec![1, 2, 3])],
+            configs: BTreeMap::new(),
+        };
+        image.with_topic(topic)
+    }
+
+    fn part(image: &MetadataImage) -> PartitionMeta {
+        image.partition("r", 0).unwrap().clone()
+    }
+
+    #[test]
+    fn a_fenced_leader_is_replaced_from_the_isr_and_the_last_member_stays() {
+        let image = three_brokers();
+        let image = image.with_broker_fenced(1, true, false);
+        let p = part(&image);
+        assert_eq!((p.leader, p.isr.as_slice(), p.leader_epoch), (2, &[2, 3][..], 1));
+        let image = image.with_broker_fenced(2, true, false);
+        let image = image.with_broker_fenced(3, true, false);
+        let p = part(&image);
+        assert_eq!(
+            (p.leader, p.isr.as_slice()),
+            (NO_LEADER, &[3][..]),
+            "the last in-sync replica stays"
+        );
+        // Broker 1 returns: not in sync, so the partition waits (clean election).
+        let image = image.with_broker_fenced(1, false, false);
+        assert_eq!(part(&image).leader, NO_LEADER);
+        // Broker 3, the last in sync, returns and leads.
+        let image = image.with_broker_fenced(3, false, false);
+        let p = part(&image);
+        assert_eq!(p.leader, 3);
+        assert_eq!(
+            (p.leader_epoch, p.partition_epoch),
+            (4, 4),
+            "every leader change bumps both: {p:?}"
+        );
+    }
+
+    #[test]
+    fn unclean_election_takes_a_live_replica_only_when_enabled() {
+        let image = three_brokers();
+        let p = part(&image);
+        let image = image
+            .with_isr(
+                &image.topic("r").unwrap().id,
+                0,
+                1,
+                p.leader_epoch,
+                p.partition_epoch,
+                vec![1],
+            )
+            .unwrap();
+        let clean = image.with_broker_fenced(1, true, false);
+        assert_eq!(part(&clean).leader, NO_LEADER, "2 and 3 are live but not in sync");
+        let unclean = image.with_broker_fenced(1, true, true);
+        let p = part(&unclean);
+        assert_eq!((p.leader, p.isr.as_slice()), (2, &[2][..]));
+        // The topic's own setting wins over the broker default.
+        let mut topic = image.topic("r").unwrap().clone();
+        topic
+            .configs
+            .insert(UNCLEAN_LEADER_ELECTION.into(), "true".into());
+        let image = image.with_topic(topic);
+        assert_eq!(part(&image.with_broker_fenced(1, true, false)).leader, 2);
+    }
+
+    #[test]
+    fn alter_partition_is_refused_from_stale_or_wrong_senders() {
+        let image = three_brokers();
+        let id = image.topic("r").unwrap().id;
+        let p = part(&image);
+        let code = |r: Result<MetadataImage, Refusal>| r.err().map(|(c, _)| c);
+        assert_eq!(
+            code(image.with_isr(&id, 0, 2, p.leader_epoch, p.partition_epoch, vec![2])),
+            Some(ResponseError::NotLeaderOrFollower)
+        );
+        assert_eq!(
+            code(image.with_isr(&id, 0, 1, p.leader_epoch + 1, p.partition_epoch, vec![1])),
+            Some(ResponseError::FencedLeaderEpoch)
+        );
+        assert_eq!(
+            code(image.with_isr(&id, 0, 1, p.leader_epoch, p.partition_epoch + 1, vec![1])),
+            Some(ResponseError::InvalidUpdateVersion)
+        );
+        assert_eq!(
+            code(image.with_isr(&id, 0, 1, p.leader_epoch, p.partition_epoch, vec![2, 3])),
+            Some(ResponseError::InvalidRequest)
+        );
+        let shrunk = image
+            .with_isr(&id, 0, 1, p.leader_epoch, p.partition_epoch, vec![1])
+            .unwrap();
+        let q = part(&shrunk);
+        assert_eq!(
+            (q.isr.as_slice(), q.partition_epoch),
+            (&[1][..], p.partition_epoch + 1)
+        );
+        // A fenced broker cannot rejoin.
+        let fenced = shrunk.with_broker_fenced(3, true, false);
+        let q = part(&fenced);
+        assert_eq!(
+            code(fenced.with_isr(&id, 0, 1, q.leader_epoch, q.partition_epoch, vec![1, 3])),
+            Some(ResponseError::IneligibleReplica)
+        );
+        assert!(fenced
+            .with_isr(&id, 0, 1, q.leader_epoch, q.partition_epoch, vec![1, 2])
+            .is_ok());
     }
 }

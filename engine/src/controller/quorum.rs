@@ -295,6 +295,7 @@ impl Quorum {
                 // by raft itself; nothing to do about them here.
                 let _ = self.raw.borrow_mut().step(m);
             }
+            self.report_peers();
             if Instant::now() >= next_tick {
                 self.raw.borrow_mut().tick();
                 next_tick = Instant::now() + tick;
@@ -310,6 +311,24 @@ impl Quorum {
             glommio::yield_if_needed().await;
         }
         self.fail_pending(not_controller(None));
+    }
+
+    /// Tells raft what became of messages to peers: a lost snapshot must be
+    /// reported or the leader waits for that follower forever.
+    fn report_peers(&self) {
+        for (id, peer) in &self.peers {
+            if peer.take_unreachable() {
+                self.raw.borrow_mut().report_unreachable(*id);
+            }
+            if let Some(delivered) = peer.take_snapshot_outcome() {
+                let status = if delivered {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.borrow_mut().report_snapshot(*id, status);
+            }
+        }
     }
 
     fn say_when_alone(&self) {

@@ -34,14 +34,23 @@ pub enum MetadataRecord {
         topic_id: Uuid,
         partition: i32,
         replicas: Vec<i32>,
+        #[serde(default)]
+        isr: Vec<i32>,
         leader: i32,
         leader_epoch: i32,
+        #[serde(default)]
+        partition_epoch: i32,
     },
+    /// A new leader or ISR (AlterPartition, fencing, elections).
     PartitionChange {
         topic_id: Uuid,
         partition: i32,
         leader: i32,
         leader_epoch: i32,
+        #[serde(default)]
+        isr: Vec<i32>,
+        #[serde(default)]
+        partition_epoch: i32,
     },
     /// A topic's whole set of config overrides.
     Config {
@@ -107,13 +116,17 @@ pub fn changes(from: &MetadataImage, to: &MetadataImage) -> Vec<MetadataRecord> 
                     partition: i as i32,
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,
+                    isr: p.isr.clone(),
+                    partition_epoch: p.partition_epoch,
                 }),
                 _ => out.push(MetadataRecord::Partition {
                     topic_id: t.id,
                     partition: i as i32,
                     replicas: p.replicas.clone(),
+                    isr: p.isr.clone(),
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
                 }),
             }
         }
@@ -180,14 +193,18 @@ impl MetadataImage {
                 topic_id,
                 partition,
                 replicas,
+                isr,
                 leader,
                 leader_epoch,
+                partition_epoch,
             } => {
                 let t = self.topic_mut(topic_id)?;
                 let meta = PartitionMeta {
                     replicas: replicas.clone(),
+                    isr: isr.clone(),
                     leader: *leader,
                     leader_epoch: *leader_epoch,
+                    partition_epoch: *partition_epoch,
                 };
                 let i = *partition as usize;
                 if i == t.partitions.len() {
@@ -203,6 +220,8 @@ impl MetadataImage {
                 partition,
                 leader,
                 leader_epoch,
+                isr,
+                partition_epoch,
             } => {
                 let t = self.topic_mut(topic_id)?;
                 let name = t.name.clone();
@@ -211,8 +230,14 @@ impl MetadataImage {
                     .get_mut(*partition as usize)
                     .ok_or_else(|| ReplayError(format!("no partition {partition} of {name}")))?;
                 assert!(*leader_epoch >= p.leader_epoch, "leader epochs never go back");
+                assert!(
+                    *partition_epoch >= p.partition_epoch,
+                    "partition epochs never go back"
+                );
                 p.leader = *leader;
                 p.leader_epoch = *leader_epoch;
+                p.isr = isr.clone();
+                p.partition_epoch = *partition_epoch;
             }
             MetadataRecord::Config { topic_id, configs } => {
                 self.topic_mut(topic_id)?.configs = configs.clone();
@@ -306,14 +331,14 @@ mod tests {
         }
         let (next, _) = create_partitions(&image, vec![("b".into(), 5)]);
         image = step(&image, next);
-        image = step(&image, image.with_broker_fenced(2, true));
+        image = step(&image, image.with_broker_fenced(2, true, false));
         assert!(image
             .topic("a")
             .unwrap()
             .partitions
             .iter()
             .any(|p| p.leader == -1));
-        image = step(&image, image.with_broker_fenced(2, false));
+        image = step(&image, image.with_broker_fenced(2, false, false));
         assert!(image
             .topic("a")
             .unwrap()

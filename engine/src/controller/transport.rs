@@ -62,9 +62,16 @@ async fn read_frame(stream: &mut TcpStream, max_bytes: usize) -> std::io::Result
 pub struct Peer {
     id: i32,
     addr: SocketAddr,
-    queue: RefCell<VecDeque<Vec<u8>>>,
+    /// Encoded frames, each marked when it carries a snapshot.
+    queue: RefCell<VecDeque<(bool, Vec<u8>)>>,
     queued: Event,
     connected: Cell<bool>,
+    /// What became of the last snapshot sent (true: written to the peer's
+    /// socket; false: lost), for raft's `report_snapshot`: until raft
+    /// hears, it sends that follower nothing else.
+    snapshot_outcome: Cell<Option<bool>>,
+    /// Messages were lost since raft last heard (`report_unreachable`).
+    unreachable: Cell<bool>,
 }
 
 impl Peer {
@@ -76,6 +83,8 @@ impl Peer {
             queue: RefCell::new(VecDeque::new()),
             queued: Event::new(),
             connected: Cell::new(false),
+            snapshot_outcome: Cell::new(None),
+            unreachable: Cell::new(false),
         });
         glommio::spawn_local(peer.clone().write_loop()).detach();
         peer
@@ -83,13 +92,33 @@ impl Peer {
 
     pub fn send_raft(&self, m: &Message) {
         let Ok(bytes) = m.write_to_bytes() else { return };
+        let is_snapshot = m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot;
         let mut queue = self.queue.borrow_mut();
         if queue.len() >= PEER_QUEUE_MAX {
-            queue.pop_front();
+            if let Some((dropped_snapshot, _)) = queue.pop_front() {
+                self.lost(dropped_snapshot);
+            }
         }
-        queue.push_back(frame(FRAME_RAFT, &bytes));
+        queue.push_back((is_snapshot, frame(FRAME_RAFT, &bytes)));
         drop(queue);
         self.queued.notify(1);
+    }
+
+    fn lost(&self, snapshot: bool) {
+        self.unreachable.set(true);
+        if snapshot {
+            self.snapshot_outcome.set(Some(false));
+        }
+    }
+
+    /// True once after messages to this peer were lost.
+    pub fn take_unreachable(&self) -> bool {
+        self.unreachable.replace(false)
+    }
+
+    /// The outcome of the last snapshot sent, once.
+    pub fn take_snapshot_outcome(&self) -> Option<bool> {
+        self.snapshot_outcome.take()
     }
 
     async fn write_loop(self: Rc<Self>) {
@@ -103,7 +132,10 @@ impl Peer {
                     }
                     // Messages queued while the peer is away are stale by
                     // the time it returns; raft sends fresh ones.
-                    self.queue.borrow_mut().clear();
+                    let dropped: Vec<bool> = self.queue.borrow_mut().drain(..).map(|(s, _)| s).collect();
+                    for snapshot in dropped {
+                        self.lost(snapshot);
+                    }
                     glommio::timer::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
                     continue;
                 }
@@ -125,9 +157,18 @@ impl Peer {
                     }
                     continue;
                 }
-                let batch: Vec<u8> = self.queue.borrow_mut().drain(..).flatten().collect();
+                let (snapshots, batch) = {
+                    let mut queue = self.queue.borrow_mut();
+                    let snapshots = queue.iter().any(|(s, _)| *s);
+                    let batch: Vec<u8> = queue.drain(..).flat_map(|(_, f)| f).collect();
+                    (snapshots, batch)
+                };
                 if stream.write_all(&batch).await.is_err() || stream.flush().await.is_err() {
+                    self.lost(snapshots);
                     break;
+                }
+                if snapshots {
+                    self.snapshot_outcome.set(Some(true));
                 }
             }
         }

@@ -310,7 +310,9 @@ pub fn describe_cluster(
     req: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
-    let brokers = super::metadata::live_brokers(shard)
+    let live = super::metadata::live_brokers(shard);
+    let controller_id = super::metadata::client_controller_id(shard, &live);
+    let brokers = live
         .into_iter()
         .map(|b| {
             DescribeClusterBroker::default()
@@ -324,7 +326,7 @@ pub fn describe_cluster(
         // v0 has no endpoint type; the field must stay at its default there.
         .with_endpoint_type(if version >= 1 { req.endpoint_type } else { 1 })
         .with_cluster_id(str_bytes(&shard.image().cluster_id))
-        .with_controller_id(BrokerId(shard.view().controller_id))
+        .with_controller_id(BrokerId(controller_id))
         .with_brokers(brokers)
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }

@@ -73,8 +73,9 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             })
             .collect(),
     };
-    let view = shard.view();
-    let brokers = live_brokers(shard)
+    let live = live_brokers(shard);
+    let controller_id = client_controller_id(shard, &live);
+    let brokers = live
         .into_iter()
         .map(|b| {
             MetadataResponseBroker::default()
@@ -87,7 +88,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(&image.cluster_id)))
-        .with_controller_id(BrokerId(view.controller_id))
+        .with_controller_id(BrokerId(controller_id))
         .with_topics(topics)
         .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
 }
@@ -114,6 +115,19 @@ pub fn live_brokers(shard: &Shard) -> Vec<BrokerMeta> {
             }
         })
         .collect()
+}
+
+/// The "controller" clients are told of, as KRaft brokers answer: this
+/// broker itself (any broker forwards admin requests to the active
+/// controller, and this one just answered, so it is reachable, where a
+/// controller that died a moment ago would hold admin clients until they
+/// refresh their metadata); a live broker when this node is none.
+pub fn client_controller_id(shard: &Shard, live: &[BrokerMeta]) -> i32 {
+    let node_id = shard.config.node_id;
+    if live.iter().any(|b| b.id == node_id) {
+        return node_id;
+    }
+    live.first().map_or(-1, |b| b.id)
 }
 
 fn missing_topic(_image: &MetadataImage, name: Option<String>, id: Uuid) -> MetadataResponseTopic {

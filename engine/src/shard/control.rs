@@ -435,9 +435,21 @@ impl ControlPlane {
                 });
                 if was_fenced {
                     tracing::info!("broker {} is back: unfenced", b.id);
-                    next = next.with_broker_fenced(b.id, false);
+                    next = next.with_broker_fenced(b.id, false, config.unclean_leader_election_enable);
                 } else if !image.brokers.contains_key(&b.id) {
                     tracing::info!("broker {} registered at {}:{}", b.id, b.host, b.port);
+                }
+                // The last voter's broker to register brings `__consumer_offsets`
+                // in the same change, so it spreads over every broker and a
+                // client that sees them all also sees it.
+                let voters = self.quorum.as_ref().map_or(0, |q| q.voters().len());
+                if next.topic(controller::OFFSETS_TOPIC).is_none() && next.live_brokers().len() >= voters {
+                    if let Some(with_offsets) = next.with_offsets_topic(
+                        config.group.offsets_topic_num_partitions,
+                        config.cluster.offsets_topic_replication_factor,
+                    ) {
+                        next = with_offsets;
+                    }
                 }
                 (next, ControlReply::Done(Ok(())), false)
             }
@@ -448,7 +460,7 @@ impl ControlPlane {
                             "broker {id} missed its session ({} ms): fenced, its partitions have no leader until it returns",
                             config.cluster.broker_session_timeout_ms
                         );
-                        image.with_broker_fenced(id, true)
+                        image.with_broker_fenced(id, true, config.unclean_leader_election_enable)
                     }
                     _ => image.clone(),
                 };
@@ -633,7 +645,9 @@ impl ControlPlane {
             let expired: Vec<i32> = image
                 .brokers
                 .values()
-                .filter(|b| !b.fenced && b.id != self.node_id)
+                // This node's own broker heartbeats locally; a controller-only
+                // node has none, so its old registration is fenced too.
+                .filter(|b| !b.fenced && (b.id != self.node_id || !self.config.cluster.roles.broker))
                 .filter(|b| {
                     // A new controller gives every broker a full session first.
                     let seen = self
