@@ -7,7 +7,8 @@ What is checked, as Kafka behaves:
   * every node's Metadata lists every broker (ids 1..N, their Kafka host:port),
     the same leader and leader epoch for every partition, and (as KRaft
     brokers do) itself as the controller id clients should use, forwarding
-    their admin requests to the active controller; DescribeCluster agrees;
+    their admin requests to the active controller (librdkafka's
+    describe_cluster reads the same);
   * CreateTopics sent to any node is forwarded to the active controller;
     replication factor > 1 is refused (INVALID_REPLICATION_FACTOR); a new
     topic's partitions are spread round-robin (12 over 3 nodes: 4/4/4);
@@ -304,7 +305,11 @@ def test_twelve_partitions_spread_four_per_node_and_every_node_agrees(shared3):
 
     # DescribeCluster agrees with Metadata.
     d_ctrl, d_nodes, d_cluster = describe_cluster(c.node(3).bootstrap)
+    # librdkafka's describe_cluster reads Metadata: the broker asked names itself.
     assert (d_ctrl, d_nodes, d_cluster) == (3, [1, 2, 3], c.cluster_id), (d_ctrl, d_nodes, d_cluster)
+    # The DescribeCluster API itself names the active controller, from every node.
+    for n in c.nodes:
+        assert raw_describe_cluster_controller(n.bootstrap) == ctrl, f"node {n.node_id}"
 
     # librdkafka (kcat -L -J) bootstrapped with each node alone sees the same.
     for n in c.nodes:
@@ -890,3 +895,19 @@ def test_shardlog_bench_drives_a_three_node_cluster(shared3, tmp_path):
     by_leader = {entry["leader_id"]: entry for entry in produce["leaders"]}
     assert sorted(by_leader) == [1, 2, 3], produce["leaders"]
     assert all(e["partitions"] == 4 and e["records"] > 0 for e in by_leader.values()), produce["leaders"]
+
+
+def raw_describe_cluster_controller(bootstrap):
+    """DescribeCluster v0 (flexible) sent to exactly this node -> controller_id."""
+    import kafka_raw as kr
+    with kr.Conn(bootstrap) as conn:
+        # include_cluster_authorized_operations=false, no tagged fields
+        r = conn.request(60, 0, b"\x00\x00", flexible_header=True)
+    r.int8()  # response header v1: empty tagged fields
+    r.int32()  # throttle_time_ms
+    assert r.int16() == 0, "DescribeCluster error"
+    n = r.int8()  # error_message: compact nullable string, null (0) expected
+    assert n == 0
+    cluster_id_len = r.int8() - 1  # compact string, short here
+    r._take(cluster_id_len)
+    return r.int32()

@@ -311,7 +311,15 @@ pub fn describe_cluster(
     version: i16,
 ) -> DescribeClusterResponse {
     let live = super::metadata::live_brokers(shard);
-    let controller_id = super::metadata::client_controller_id(shard, &live);
+    // DescribeCluster names the active controller (operators read it);
+    // Metadata, which admin clients route by, names this broker. When the
+    // controller is no broker clients could reach, this broker stands in.
+    let active = shard.view().controller_id;
+    let controller_id = if live.iter().any(|b| b.id == active) {
+        active
+    } else {
+        super::metadata::client_controller_id(shard, &live)
+    };
     let brokers = live
         .into_iter()
         .map(|b| {
