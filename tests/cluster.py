@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 import kafka_raw as kr
-from conftest import START_TIMEOUT, Broker, BrokerStartError, _LISTEN, free_port
+from conftest import START_TIMEOUT, Broker, BrokerStartError, _LISTEN, free_port, held_sockets
 
 # Short failure detection so the tests run in seconds, not minutes.
 SESSION_TIMEOUT_MS = 3000
@@ -100,22 +100,6 @@ def _distinct_free_ports(n):
         if len(ports) == n:
             return ports
     raise RuntimeError(f"could not find {n} distinct free ports")
-
-
-def held_sockets(port):
-    """Non-TIME_WAIT TCP sockets whose local port is `port` (/proc/net/tcp*)."""
-    held = []
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if int(parts[1].rsplit(":", 1)[1], 16) == port and parts[3] != "06":
-                        held.append((parts[1], parts[2], parts[3]))
-        except FileNotFoundError:
-            continue
-    return held
 
 
 def tail(text: str, lines=LOG_TAIL_LINES) -> str:

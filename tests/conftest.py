@@ -37,6 +37,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def held_sockets(port):
+    """TCP sockets on this machine whose local port is `port` and that are not in
+    TIME_WAIT (/proc/net/tcp*): what a stopped process may still hold."""
+    held = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if int(parts[1].rsplit(":", 1)[1], 16) == port and parts[3] != "06":
+                        held.append((parts[1], parts[2], parts[3]))
+        except FileNotFoundError:
+            continue
+    return held
+
+
 class BrokerStartError(RuntimeError):
     pass
 
@@ -207,20 +224,8 @@ class Broker:
         self._wait_port_released()
 
     def _held_sockets(self):
-        """TCP sockets on this machine whose local port is ours and that are not in
-        TIME_WAIT (/proc/net/tcp*): what the old broker process still holds."""
-        held = []
-        for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                with open(path) as f:
-                    next(f)
-                    for line in f:
-                        parts = line.split()
-                        if int(parts[1].rsplit(":", 1)[1], 16) == self.port and parts[3] != "06":
-                            held.append((parts[1], parts[2], parts[3]))
-            except FileNotFoundError:
-                continue
-        return held
+        """What the old broker process still holds on our port (see held_sockets)."""
+        return held_sockets(self.port)
 
     def _wait_port_released(self, timeout=10.0):
         """After the PID is reaped the kernel may still hold its sockets for a few

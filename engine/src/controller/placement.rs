@@ -58,10 +58,6 @@ impl Placement {
         self.shard_of.get(&(*topic_id, partition)).map(|s| *s as usize)
     }
 
-    pub fn len(&self) -> usize {
-        self.shard_of.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.shard_of.is_empty()
     }

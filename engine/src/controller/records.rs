@@ -260,11 +260,6 @@ impl MetadataImage {
         }
         Ok(())
     }
-
-    /// The records that build this image from nothing (a snapshot as records).
-    pub fn as_records(&self) -> Vec<MetadataRecord> {
-        changes(&MetadataImage::new(self.cluster_id.clone()), self)
-    }
 }
 
 #[cfg(test)]
@@ -358,7 +353,7 @@ mod tests {
         let (next, _) = image.with_producer_ids_reserved(1000);
         image = step(&image, next);
         let rebuilt = MetadataImage::new("c".into())
-            .replay(&image.as_records(), 1)
+            .replay(&changes(&MetadataImage::new("c".into()), &image), 1)
             .unwrap();
         same(&rebuilt, &image);
     }

@@ -40,22 +40,42 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads one frame; refuses one longer than `max_bytes`.
-async fn read_frame(stream: &mut TcpStream, max_bytes: usize) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+/// A frame's length prefix, refused when empty or longer than `max_bytes`.
+fn frame_len(prefix: [u8; 4], max_bytes: usize) -> std::io::Result<usize> {
+    let len = u32::from_be_bytes(prefix) as usize;
     if len == 0 || len > max_bytes {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("controller frame of {len} bytes (limit {max_bytes})"),
         ));
     }
-    let mut body = vec![0u8; len];
+    Ok(len)
+}
+
+/// Splits a frame's body into its kind and payload.
+fn split_kind(mut body: Vec<u8>) -> (u8, Vec<u8>) {
+    let kind = body.remove(0);
+    (kind, body)
+}
+
+/// The payload of a RESPONSE frame, or why it is none.
+fn response_payload((kind, payload): (u8, Vec<u8>)) -> std::io::Result<Vec<u8>> {
+    if kind != FRAME_RESPONSE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("expected a response frame, got kind {kind}"),
+        ));
+    }
+    Ok(payload)
+}
+
+/// Reads one frame; refuses one longer than `max_bytes`.
+async fn read_frame(stream: &mut TcpStream, max_bytes: usize) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await?;
+    let mut body = vec![0u8; frame_len(prefix, max_bytes)?];
     stream.read_exact(&mut body).await?;
-    let kind = body[0];
-    body.remove(0);
-    Ok((kind, body))
+    Ok(split_kind(body))
 }
 
 /// Outbound raft messages to one other voter.
@@ -231,14 +251,7 @@ pub async fn call(
         let _ = stream.set_nodelay(true);
         stream.write_all(&frame(FRAME_REQUEST, request)).await?;
         stream.flush().await?;
-        let (kind, payload) = read_frame(&mut stream, frame_max_bytes).await?;
-        if kind != FRAME_RESPONSE {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("expected a response frame, got kind {kind}"),
-            ));
-        }
-        Ok(payload)
+        response_payload(read_frame(&mut stream, frame_max_bytes).await?)
     };
     let timeout = glommio::timer::sleep(Duration::from_millis(timeout_ms));
     match futures::future::select(Box::pin(exchange), Box::pin(timeout)).await {
@@ -263,23 +276,9 @@ pub fn call_blocking(
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.write_all(&frame(FRAME_REQUEST, request))?;
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > frame_max_bytes {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("controller frame of {len} bytes (limit {frame_max_bytes})"),
-        ));
-    }
-    let mut body = vec![0u8; len];
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix)?;
+    let mut body = vec![0u8; frame_len(prefix, frame_max_bytes)?];
     stream.read_exact(&mut body)?;
-    if body[0] != FRAME_RESPONSE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "expected a response frame",
-        ));
-    }
-    body.remove(0);
-    Ok(body)
+    response_payload(split_kind(body))
 }

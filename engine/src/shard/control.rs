@@ -199,10 +199,6 @@ impl ControlPlane {
         })
     }
 
-    pub fn quorum(&self) -> Option<&Rc<Quorum>> {
-        self.quorum.as_ref()
-    }
-
     fn image(&self) -> Arc<MetadataImage> {
         match &self.quorum {
             Some(q) => q.image(),

@@ -33,7 +33,7 @@ use crate::controller::{self, MetadataImage, NodeView};
 use crate::partition::Partition;
 use crate::storage::RecoveryMode;
 
-pub use control::{fetch_first_image, ControlPlane, PRODUCER_ID_BLOCK};
+pub use control::{fetch_first_image, ControlPlane};
 pub use ops::{
     ControlOp, ControlReply, DeleteRecordsOutcome, DeleteRecordsPart, EpochOutcome, EpochPart, FetchOutcome,
     FetchPart, OffsetsOutcome, OffsetsPart, ProduceOutcome, ProducePart, WaitPart,
