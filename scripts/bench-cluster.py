@@ -113,144 +113,46 @@ class BenchError(RuntimeError):
     pass
 
 
-# --- raw Kafka wire (copied in spirit from tests/kafka_raw.py: only what this needs) ----------
+# --- raw Kafka wire: the encoders, reader and connection of tests/kafka_raw.py ----------
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import kafka_raw as kr  # noqa: E402
 
 METADATA = 3
 CREATE_TOPICS = 19
-
-
-def _i8(v):
-    return struct.pack(">b", v)
-
-
-def _i16(v):
-    return struct.pack(">h", v)
-
-
-def _i32(v):
-    return struct.pack(">i", v)
-
-
-def _str(s):
-    b = s.encode()
-    return _i16(len(b)) + b
-
-
-def _array(items, enc):
-    return _i32(len(items)) + b"".join(enc(i) for i in items)
-
-
-class Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data):
-        self.data = data
-        self.pos = 0
-
-    def take(self, fmt):
-        v = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return v
-
-    def i16(self):
-        return self.take(">h")[0]
-
-    def i32(self):
-        return self.take(">i")[0]
-
-    def string(self):
-        n = self.i16()
-        if n < 0:
-            return None
-        s = self.data[self.pos:self.pos + n].decode()
-        self.pos += n
-        return s
-
-    def skip_i32_array(self):
-        n = self.i32()
-        self.pos += 4 * max(n, 0)
-
-
-class Conn:
-    """One raw connection to exactly one node; every read bounded by `timeout`."""
-
-    def __init__(self, bootstrap, timeout):
-        host, port = bootstrap.rsplit(":", 1)
-        self.timeout = timeout
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.corr = 0
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-
-    def _recv_exact(self, n, deadline):
-        buf = bytearray()
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no full answer within {self.timeout}s")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
-            if not chunk:
-                raise ConnectionError("peer closed the connection")
-            buf += chunk
-        return bytes(buf)
-
-    def request(self, api_key, version, body):
-        self.corr += 1
-        hdr = _i16(api_key) + _i16(version) + _i32(self.corr) + _str("bench-cluster")
-        payload = hdr + body
-        self.sock.settimeout(self.timeout)
-        self.sock.sendall(_i32(len(payload)) + payload)
-        deadline = time.monotonic() + self.timeout
-        (size,) = struct.unpack(">i", self._recv_exact(4, deadline))
-        if size < 4 or size > 512 * 1024 * 1024:
-            raise ConnectionError(f"bad answer size {size}")
-        r = Reader(self._recv_exact(size, deadline))
-        if r.i32() != self.corr:
-            raise ConnectionError("correlation id mismatch")
-        return r
+# What a raw request to a node that is down, slow or closing may raise.
+WIRE_ERRORS = (OSError, TimeoutError, struct.error, ValueError, kr.ConnectionClosed)
+Conn = kr.Conn
 
 
 def metadata_request(topics):
     """Metadata v7 body: these topics ([] = none), no auto-creation."""
-    return _array(topics, _str) + _i8(0)
+    return kr.array(topics, kr.string) + kr.int8(0)
 
 
 def parse_metadata(r):
     """Metadata v7 answer -> (broker ids, controller id, cluster id,
     {topic: (topic error, partitions, partitions with error NONE and a leader)})."""
-    r.i32()  # throttle
+    r.int32()  # throttle
     brokers = []
-    for _ in range(r.i32()):
-        brokers.append(r.i32())
+    for _ in range(r.int32()):
+        brokers.append(r.int32())
         r.string()
-        r.i32()
+        r.int32()
         r.string()
     cluster_id = r.string()
-    controller = r.i32()
+    controller = r.int32()
     topics = {}
-    for _ in range(r.i32()):
-        err = r.i16()
+    for _ in range(r.int32()):
+        err = r.int16()
         name = r.string()
-        r.pos += 1  # is_internal
-        n = r.i32()
+        r.int8()  # is_internal
+        n = r.int32()
         good = 0
         for _ in range(max(n, 0)):
-            perr, _idx, leader, _epoch = r.take(">hiii")
-            r.skip_i32_array()  # replicas
-            r.skip_i32_array()  # isr
-            r.skip_i32_array()  # offline
+            perr, _idx, leader, _epoch = r.int16(), r.int32(), r.int32(), r.int32()
+            for _ in range(3):  # replicas, isr, offline
+                r.array(kr.Reader.int32)
             if perr == 0 and leader >= 0:
                 good += 1
         topics[name] = (err, max(n, 0), good)
@@ -265,17 +167,17 @@ def metadata(bootstrap, topics=(), timeout=5.0):
 def create_topics_body(topics, timeout_ms):
     def enc(t):
         name, parts = t
-        return _str(name) + _i32(parts) + _i16(1) + _i32(0) + _i32(0)  # no assignments, no configs
+        return kr.string(name) + kr.int32(parts) + kr.int16(1) + kr.int32(0) + kr.int32(0)  # no assignments, no configs
 
-    return _array(topics, enc) + _i32(timeout_ms) + _i8(0)
+    return kr.array(topics, enc) + kr.int32(timeout_ms) + kr.int8(0)
 
 
 def parse_create_topics(r):
-    r.i32()  # throttle
+    r.int32()  # throttle
     out = {}
-    for _ in range(r.i32()):
+    for _ in range(r.int32()):
         name = r.string()
-        code = r.i16()
+        code = r.int16()
         r.string()  # message
         out[name] = code
     return out
@@ -528,7 +430,7 @@ class Cluster:
                     self.fail(f"node {x.node_id} exited (code {x.proc.returncode}) while waiting for readiness")
                 try:
                     brokers, ctrl, cid, _ = metadata(x.bootstrap, timeout=3.0)
-                except (OSError, ConnectionError, TimeoutError, struct.error) as e:
+                except WIRE_ERRORS as e:
                     last[x.node_id] = repr(e)
                     ok = False
                     continue
@@ -642,7 +544,7 @@ def failover_round(a, c, rnd, names):
         t_send = time.monotonic()
         try:
             code = create_topics(target.bootstrap, [(name, 1)], a.create_timeout_ms, a.create_sock_timeout_s)[name]
-        except (OSError, ConnectionError, TimeoutError, struct.error, KeyError) as e:
+        except WIRE_ERRORS + (KeyError,) as e:
             key = type(e).__name__
             errors[key] = errors.get(key, 0) + 1
             time.sleep(a.retry_pause_s)
@@ -676,7 +578,7 @@ def failover_round(a, c, rnd, names):
         try:
             with Conn(target.bootstrap, 5.0) as conn:
                 placed_on = leader_of_single(conn.request(METADATA, 7, metadata_request([name])))
-        except (OSError, ConnectionError, TimeoutError, struct.error):
+        except WIRE_ERRORS:
             pass  # informative only
     restart_s, new_ctrl = c.restart(victim.node_id)
     caught_up_s = None
@@ -704,15 +606,15 @@ def failover_round(a, c, rnd, names):
 
 def leader_of_single(r):
     """Leader of the one partition of the one topic in a Metadata v7 answer."""
-    r.i32()
-    for _ in range(r.i32()):
-        r.i32(); r.string(); r.i32(); r.string()  # noqa: E702
+    r.int32()
+    for _ in range(r.int32()):
+        r.int32(); r.string(); r.int32(); r.string()  # noqa: E702
     r.string()
-    r.i32()
-    r.i32()  # topics: 1
-    r.i16(); r.string(); r.pos += 1  # noqa: E702
-    r.i32()  # partitions: 1
-    _err, _idx, leader, _epoch = r.take(">hiii")
+    r.int32()
+    r.int32()  # topics: 1
+    r.int16(); r.string(); r.int8()  # noqa: E702
+    r.int32()  # partitions: 1
+    _err, _idx, leader, _epoch = r.int16(), r.int32(), r.int32(), r.int32()
     return leader
 
 
@@ -744,7 +646,7 @@ def poll_node(node, topic, partitions, t_send, stop, result, timeout_s, poll_s):
             if conn is None:
                 conn = Conn(node.bootstrap, 10.0)
             _, _, _, topics = parse_metadata(conn.request(METADATA, 7, metadata_request([topic])))
-        except (OSError, ConnectionError, TimeoutError, struct.error) as e:
+        except WIRE_ERRORS as e:
             last = repr(e)
             if conn is not None:
                 conn.close()
@@ -793,7 +695,7 @@ def run_propagation(a, n, partitions, rnd, tmp):
         try:
             answer = create_topics(target.bootstrap, [(topic, partitions)], a.create_timeout_ms,
                                    a.big_sock_timeout_s)[topic]
-        except (OSError, ConnectionError, TimeoutError, struct.error, KeyError) as e:
+        except WIRE_ERRORS + (KeyError,) as e:
             err = repr(e)
         t_answer = time.monotonic()
         for t in threads:
@@ -859,7 +761,7 @@ def run_rate(a, n, case, rnd, tmp):
                 t1 = time.monotonic()
                 try:
                     codes = create_topics(target.bootstrap, req, a.create_timeout_ms, sock_timeout, conn=conn)
-                except (OSError, ConnectionError, TimeoutError, struct.error) as e:
+                except WIRE_ERRORS as e:
                     errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                     conn.close()
                     conn = Conn(target.bootstrap, sock_timeout)
@@ -913,7 +815,7 @@ def wait_visible(nodes, topic, partitions, t0, deadline, pause_s):
                 continue
             try:
                 _, _, _, topics = metadata(x.bootstrap, [topic], timeout=30.0)
-            except (OSError, ConnectionError, TimeoutError, struct.error):
+            except WIRE_ERRORS:
                 continue
             err, cnt, good = topics.get(topic, (-2, 0, 0))
             if err == 0 and cnt == partitions and good == partitions:
