@@ -10,7 +10,7 @@ What is checked, as Kafka behaves:
     their admin requests to the active controller (librdkafka's
     describe_cluster reads the same);
   * CreateTopics sent to any node is forwarded to the active controller;
-    replication factor > 1 is refused (INVALID_REPLICATION_FACTOR); a new
+    a replication factor above the live brokers is refused (INVALID_REPLICATION_FACTOR); a new
     topic's partitions are spread round-robin (12 over 3 nodes: 4/4/4);
   * Produce/Fetch to a node that does not lead the partition: NOT_LEADER_OR_FOLLOWER,
     while clients bootstrapped with any node route by themselves;
@@ -340,7 +340,7 @@ def test_twelve_partitions_spread_four_per_node_and_every_node_agrees(shared3):
     assert not missing, f"{len(missing)} records not read back at their offsets, e.g. {missing[:3]}"
 
 
-def test_create_topics_forwarded_from_every_node_and_rf_above_one_refused(shared3):
+def test_create_topics_forwarded_from_every_node_and_rf_above_the_brokers_refused(shared3):
     c = shared3
     ctrl = c.wait_ready()
     # Raw CreateTopics sent to each node, controller or not: all succeed.
@@ -353,13 +353,13 @@ def test_create_topics_forwarded_from_every_node_and_rf_above_one_refused(shared
         names[name] = n.node_id
     assert_complete_topics(c, list(names), 3)
 
-    # Replication factor 3 is refused, through a non-controller and through AdminClient.
+    # Replication factor 4 on 3 brokers is refused, through a non-controller and through AdminClient.
     other = next(n for n in c.nodes if n.node_id != ctrl)
-    bad = unique_topic("rf3")
-    res = create_topics_raw(other.bootstrap, [(bad, 3, 3)])
-    assert res.get(bad, (None,))[0] == INVALID_REPLICATION_FACTOR, f"RF 3 via node {other.node_id}: {res}"
-    err = admin_create(c.bootstrap, bad, 3, rf=3)
-    assert err is not None and err.code() == KafkaError.INVALID_REPLICATION_FACTOR, f"RF 3 via AdminClient: {err}"
+    bad = unique_topic("rf4")
+    res = create_topics_raw(other.bootstrap, [(bad, 3, 4)])
+    assert res.get(bad, (None,))[0] == INVALID_REPLICATION_FACTOR, f"RF 4 via node {other.node_id}: {res}"
+    err = admin_create(c.bootstrap, bad, 3, rf=4)
+    assert err is not None and err.code() == KafkaError.INVALID_REPLICATION_FACTOR, f"RF 4 via AdminClient: {err}"
     for n in c.nodes:
         assert bad not in topics_with_prefix(c, bad, n.node_id), f"refused topic {bad} exists on node {n.node_id}"
 

@@ -11,6 +11,7 @@ pub mod fifo;
 pub mod group;
 pub mod partition;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod storage;

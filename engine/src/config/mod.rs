@@ -150,6 +150,9 @@ pub struct GroupConfig {
     pub offsets_retention_ms: i64,
     /// `offsets.retention.check.interval.ms`.
     pub offsets_retention_check_interval_ms: u64,
+    /// `offsets.commit.timeout.ms`: a commit waits this long for the
+    /// `__consumer_offsets` ISR before failing (the client sees COORDINATOR_NOT_AVAILABLE, as from Kafka).
+    pub offsets_commit_timeout_ms: u64,
     /// `offset.metadata.max.bytes`: longer commit metadata is refused
     /// (OFFSET_METADATA_TOO_LARGE).
     pub offset_metadata_max_bytes: usize,
@@ -171,6 +174,7 @@ impl Default for GroupConfig {
             max_size: 1_000,
             offsets_retention_ms: 10_080 * 60_000,
             offsets_retention_check_interval_ms: 600_000,
+            offsets_commit_timeout_ms: 5_000,
             offset_metadata_max_bytes: 4_096,
             member_metadata_max_bytes: 65_536,
             shard_groups_max: 100_000,
@@ -367,6 +371,7 @@ impl BrokerConfig {
             "offsets.retention.check.interval.ms" => {
                 self.group.offsets_retention_check_interval_ms = parse_positive(key, v)?
             }
+            "offsets.commit.timeout.ms" => self.group.offsets_commit_timeout_ms = parse_positive(key, v)?,
             "offset.metadata.max.bytes" => self.group.offset_metadata_max_bytes = parse(key, v)?,
             "group.member.metadata.max.bytes" => {
                 self.group.member_metadata_max_bytes = parse_positive(key, v)?
@@ -628,6 +633,11 @@ impl BrokerConfig {
                 "offsets.retention.check.interval.ms",
                 self.group.offsets_retention_check_interval_ms.to_string(),
                 d.group.offsets_retention_check_interval_ms.to_string(),
+            ),
+            (
+                "offsets.commit.timeout.ms",
+                self.group.offsets_commit_timeout_ms.to_string(),
+                d.group.offsets_commit_timeout_ms.to_string(),
             ),
             (
                 "offset.metadata.max.bytes",

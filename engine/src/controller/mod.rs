@@ -351,6 +351,132 @@ impl MetadataImage {
         next
     }
 
+    /// ElectLeaders (KIP-460): for each listed partition (None: every
+    /// partition where an election would change something), the preferred
+    /// replica (the first) when it is live and in sync, or (`unclean`) a
+    /// leader for a partition that has none: a live ISR member first, else
+    /// any live replica, whose log becomes the truth. Answers per partition
+    /// as Kafka does: ELECTION_NOT_NEEDED, PREFERRED_LEADER_NOT_AVAILABLE,
+    /// ELIGIBLE_LEADERS_NOT_AVAILABLE, UNKNOWN_TOPIC_OR_PARTITION.
+    pub fn with_elected_leaders(
+        &self,
+        unclean: bool,
+        partitions: Option<&[(String, i32)]>,
+    ) -> (MetadataImage, Vec<(String, i32, Option<Refusal>)>) {
+        let mut next = self.clone();
+        let live: std::collections::HashSet<i32> = self.live_brokers().iter().map(|b| b.id).collect();
+        let wanted: Vec<(String, i32)> = match partitions {
+            Some(list) => list.to_vec(),
+            None => self
+                .topics
+                .values()
+                .flat_map(|t| (0..t.partitions.len() as i32).map(move |i| (t.name.clone(), i)))
+                .collect(),
+        };
+        let mut results = Vec::new();
+        for (topic, index) in wanted {
+            let Some(p) = next
+                .topics
+                .get_mut(&topic)
+                .and_then(|t| t.partitions.get_mut(usize::try_from(index).unwrap_or(usize::MAX)))
+            else {
+                results.push((
+                    topic,
+                    index,
+                    Some((
+                        ResponseError::UnknownTopicOrPartition,
+                        "This server does not host this topic-partition.".to_string(),
+                    )),
+                ));
+                continue;
+            };
+            let outcome = if !unclean {
+                let preferred = p.replicas.first().copied().unwrap_or(NO_LEADER);
+                if p.leader == preferred {
+                    Err((
+                        ResponseError::ElectionNotNeeded,
+                        "Leader election not needed for topic partition.".to_string(),
+                    ))
+                } else if !live.contains(&preferred) || !p.in_sync().contains(&preferred) {
+                    Err((
+                        ResponseError::PreferredLeaderNotAvailable,
+                        format!(
+                            "Failed to elect leader: preferred replica {preferred} is not live and in sync"
+                        ),
+                    ))
+                } else {
+                    Ok((preferred, None))
+                }
+            } else if live.contains(&p.leader) {
+                Err((
+                    ResponseError::ElectionNotNeeded,
+                    "Leader election not needed for topic partition.".to_string(),
+                ))
+            } else if let Some(r) = p.in_sync().iter().copied().find(|r| live.contains(r)) {
+                Ok((r, None))
+            } else if let Some(r) = p.replicas.iter().copied().find(|r| live.contains(r)) {
+                Ok((r, Some(vec![r])))
+            } else {
+                Err((
+                    ResponseError::EligibleLeadersNotAvailable,
+                    "Failed to elect leader: no replica is live".to_string(),
+                ))
+            };
+            match outcome {
+                Ok((leader, isr)) => {
+                    if let Some(isr) = isr {
+                        tracing::warn!(
+                            "unclean leader election of {topic}-{index}: broker {leader} leads without being in sync (ISR was {:?})",
+                            p.in_sync()
+                        );
+                        p.isr = isr;
+                    }
+                    p.set_leader(leader);
+                    p.partition_epoch += 1;
+                    results.push((topic, index, None));
+                }
+                // An election over everything answers only what it elected.
+                Err(_) if partitions.is_none() => {}
+                Err(refusal) => results.push((topic, index, Some(refusal))),
+            }
+        }
+        if results.iter().any(|(_, _, r)| r.is_none()) {
+            next.epoch += 1;
+            (next, results)
+        } else {
+            (self.clone(), results)
+        }
+    }
+
+    /// Partitions whose preferred replica is live, in sync and not leading
+    /// (what `auto.leader.rebalance.enable` moves back), and the share of
+    /// each broker's preferred partitions it does not lead, in percent.
+    pub fn leader_imbalance(&self) -> (Vec<(String, i32)>, BTreeMap<i32, u32>) {
+        let live: std::collections::HashSet<i32> = self.live_brokers().iter().map(|b| b.id).collect();
+        let mut movable = Vec::new();
+        let mut preferred_count: BTreeMap<i32, (u32, u32)> = BTreeMap::new();
+        for t in self.topics.values() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let Some(&preferred) = p.replicas.first() else {
+                    continue;
+                };
+                let entry = preferred_count.entry(preferred).or_default();
+                entry.0 += 1;
+                if p.leader != preferred {
+                    entry.1 += 1;
+                    if live.contains(&preferred) && p.in_sync().contains(&preferred) {
+                        movable.push((t.name.clone(), i as i32));
+                    }
+                }
+            }
+        }
+        let ratios = preferred_count
+            .into_iter()
+            .map(|(b, (total, not_led))| (b, not_led * 100 / total.max(1)))
+            .collect();
+        (movable, ratios)
+    }
+
     /// AlterPartition: the leader of `topic_id`/`partition` (at
     /// `leader_epoch`, `partition_epoch`) reports a new ISR. Refused as
     /// Kafka refuses it: a stale epoch (FENCED_LEADER_EPOCH /
@@ -597,14 +723,6 @@ fn check_new_topic(
         return Err((
             ResponseError::InvalidReplicationFactor,
             "Replication factor must be larger than 0.".into(),
-        ));
-    }
-    if rf > 1 {
-        // Followers copying a leader arrive with replication; until then a
-        // factor above 1 would promise copies that do not exist.
-        return Err((
-            ResponseError::InvalidReplicationFactor,
-            format!("Replication factor: {rf} is not supported yet: this release keeps one replica per partition."),
         ));
     }
     let mut configs = BTreeMap::new();
@@ -1070,7 +1188,7 @@ mod tests {
     }
 
     #[test]
-    fn replication_factor_above_the_live_brokers_or_one_is_refused() {
+    fn replication_factor_above_the_live_brokers_is_refused() {
         let config = BrokerConfig::default();
         let image = one_broker(100);
         let topic = NewTopic {

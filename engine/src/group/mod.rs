@@ -236,11 +236,25 @@ impl Coordinator {
             return Err(ResponseError::NotCoordinator);
         };
         let batch = records::encode_batch(&records, now_ms());
-        match partition.append(&batch).await {
-            Ok(_) => {
+        let epoch = partition.leader_epoch();
+        let appended = match partition.append(&batch).await {
+            // Kafka's coordinator writes with acks=all, so a commit it
+            // acknowledges survives the loss of its leader.
+            Ok(result) => {
                 store.notify_appended();
-                Ok(())
+                partition
+                    .await_replicated(
+                        result.last_offset,
+                        epoch,
+                        1,
+                        self.config.offsets_commit_timeout_ms,
+                    )
+                    .await
             }
+            Err(e) => Err(e),
+        };
+        match appended {
+            Ok(()) => Ok(()),
             Err(e) => {
                 tracing::error!(
                     group = group_id,
@@ -988,24 +1002,52 @@ impl Coordinator {
         }
     }
 
-    /// Rebuilds this shard's groups and offsets from its `__consumer_offsets`
-    /// partitions: last record per key wins, tombstones delete.
-    pub async fn load<S: GroupStore>(&self, store: &S) {
+    /// Forgets the groups of `__consumer_offsets` partition `index`: this
+    /// node no longer leads it, so another coordinates them (Kafka's
+    /// unloading on resignation).
+    pub fn unload_partition<S: GroupStore>(&self, store: &S, index: i32) {
+        let partitions = store
+            .image()
+            .topic(OFFSETS_TOPIC)
+            .map_or(0, |t| t.partitions.len() as i32);
+        let mut groups = self.groups.borrow_mut();
+        let before = groups.len();
+        groups.retain(|id, _| partition_for(id, partitions) != index);
+        if groups.len() != before {
+            tracing::info!(
+                "{OFFSETS_TOPIC}-{index}: no longer led here; unloaded {} groups",
+                before - groups.len()
+            );
+        }
+    }
+
+    /// Rebuilds the groups and offsets of the `__consumer_offsets`
+    /// partitions `indexes` this shard leads (at start, or when it takes
+    /// over their leadership): last record per key wins, tombstones delete.
+    /// Reads to the log end: a new leader's log holds every acknowledged
+    /// commit even while its high watermark catches up.
+    pub async fn load_partitions<S: GroupStore>(&self, store: &S, indexes: &[i32]) {
         let image = store.image();
         let Some(topic) = image.topic(OFFSETS_TOPIC) else {
             return;
         };
+        for index in indexes {
+            self.unload_partition(store, *index);
+        }
         let mut latest: BTreeMap<RecordKey, Option<Bytes>> = BTreeMap::new();
         let mut records_read = 0usize;
         for index in 0..topic.partitions.len() as i32 {
-            let Some(partition) = store.offsets_partition(index) else {
+            if !indexes.contains(&index) {
+                continue;
+            }
+            let Some(partition) = store.offsets_partition(index).filter(|p| p.is_leader()) else {
                 continue;
             };
             let mut offset = partition.log_start_offset();
-            while offset < partition.high_watermark() {
+            while offset < partition.log_end_offset() {
                 // A copying read: replay parses the bytes in memory (a copying
                 // read's records are always in memory, so to_bytes copies nothing).
-                let read = match partition.read(offset, REPLAY_READ_BYTES, false).await {
+                let read = match partition.read(offset, REPLAY_READ_BYTES, false, true).await {
                     Ok(r) => r.records.to_bytes(),
                     Err(e) => {
                         tracing::error!(
@@ -1087,7 +1129,7 @@ impl Coordinator {
         if records_read > 0 {
             tracing::info!(
                 shard = store.shard_id(),
-                "loaded {} groups from {records_read} {OFFSETS_TOPIC} records",
+                "loaded {OFFSETS_TOPIC} partitions {indexes:?}: {records_read} records, {} groups on this shard",
                 groups.len()
             );
         }

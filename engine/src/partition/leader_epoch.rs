@@ -50,25 +50,57 @@ impl LeaderEpochCache {
         dir.join(CHECKPOINT_FILE)
     }
 
-    /// Loads the checkpoint and makes sure it records `epoch` starting no
-    /// later than `log_end_offset`. Startup and partition creation only: a
-    /// small file, written with a temp file and rename.
-    pub fn load_or_init(dir: &Path, epoch: i32, log_end_offset: i64) -> std::io::Result<Self> {
-        let mut cache = match std::fs::read_to_string(Self::path(dir)) {
-            Ok(text) => Self::parse(&text).unwrap_or_else(|| {
+    /// Loads the checkpoint (empty when there is none, or when it is
+    /// malformed: then rebuilt from the epochs appended from now on).
+    pub fn load(dir: &Path) -> std::io::Result<Self> {
+        match std::fs::read_to_string(Self::path(dir)) {
+            Ok(text) => Ok(Self::parse(&text).unwrap_or_else(|| {
                 tracing::warn!(dir = %dir.display(), "malformed {CHECKPOINT_FILE}; starting it again");
                 LeaderEpochCache::default()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LeaderEpochCache::default(),
-            Err(e) => return Err(e),
-        };
-        if cache.latest_epoch().is_none_or(|latest| latest < epoch) {
-            cache.entries.push((epoch, log_end_offset));
-            let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-            std::fs::write(&tmp, cache.render())?;
-            std::fs::rename(&tmp, Self::path(dir))?;
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LeaderEpochCache::default()),
+            Err(e) => Err(e),
         }
-        Ok(cache)
+    }
+
+    /// Records that `epoch` starts at `start_offset` when it is newer than
+    /// every epoch known (a leader taking over, or a follower appending the
+    /// first batch of a new epoch). Rare and small: written with a temp file
+    /// and rename on the shard thread.
+    pub fn assign(&mut self, dir: &Path, epoch: i32, start_offset: i64) -> std::io::Result<bool> {
+        if epoch < 0 || self.latest_epoch().is_some_and(|latest| latest >= epoch) {
+            return Ok(false);
+        }
+        assert!(
+            self.entries
+                .last()
+                .is_none_or(|(_, start)| *start <= start_offset),
+            "epoch start offsets only increase"
+        );
+        self.entries.push((epoch, start_offset));
+        self.store(dir)?;
+        Ok(true)
+    }
+
+    /// Forgets the epochs that start at or past `end_offset`: the log was
+    /// truncated there (Kafka's `truncateFromEnd`).
+    pub fn truncate_from_end(&mut self, dir: &Path, end_offset: i64) -> std::io::Result<()> {
+        let before = self.entries.len();
+        self.entries.retain(|(_, start)| *start < end_offset);
+        if self.entries.len() != before {
+            self.store(dir)?;
+        }
+        Ok(())
+    }
+
+    pub fn entries(&self) -> &[(i32, i64)] {
+        &self.entries
+    }
+
+    fn store(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+        std::fs::write(&tmp, self.render())?;
+        std::fs::rename(&tmp, Self::path(dir))
     }
 
     pub fn latest_epoch(&self) -> Option<i32> {
@@ -99,13 +131,17 @@ mod tests {
     #[test]
     fn checkpoint_round_trips_in_kafka_text_format() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = LeaderEpochCache::load_or_init(dir.path(), 0, 0).unwrap();
+        let mut cache = LeaderEpochCache::load(dir.path()).unwrap();
+        assert!(cache.assign(dir.path(), 0, 0).unwrap());
         let text = std::fs::read_to_string(dir.path().join(CHECKPOINT_FILE)).unwrap();
         assert_eq!(text, "0\n1\n0 0\n");
-        let again = LeaderEpochCache::load_or_init(dir.path(), 0, 500).unwrap();
+        assert!(!cache.assign(dir.path(), 0, 500).unwrap(), "an epoch starts once");
+        assert!(cache.assign(dir.path(), 2, 700).unwrap());
+        assert!(cache.assign(dir.path(), 4, 900).unwrap());
+        cache.truncate_from_end(dir.path(), 900).unwrap();
+        let again = LeaderEpochCache::load(dir.path()).unwrap();
         assert_eq!(again, cache);
-        let bumped = LeaderEpochCache::load_or_init(dir.path(), 2, 700).unwrap();
-        assert_eq!(bumped.entries, vec![(0, 0), (2, 700)]);
+        assert_eq!(again.entries, vec![(0, 0), (2, 700)]);
     }
 
     #[test]
@@ -124,7 +160,9 @@ mod tests {
     fn malformed_checkpoint_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CHECKPOINT_FILE), "0\n3\n5 1\n").unwrap();
-        let cache = LeaderEpochCache::load_or_init(dir.path(), 0, 42).unwrap();
+        let mut cache = LeaderEpochCache::load(dir.path()).unwrap();
+        assert!(cache.entries.is_empty());
+        cache.assign(dir.path(), 0, 42).unwrap();
         assert_eq!(cache.entries, vec![(0, 42)]);
     }
 }

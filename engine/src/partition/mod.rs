@@ -4,12 +4,14 @@
 //!
 //! Lives on exactly one shard (the owner recorded in the metadata image) and
 //! is touched by no other thread; other shards reach it through
-//! `shard::ShardOp` messages. Single node for now: the high watermark is the
-//! log end offset, since every acknowledged write is complete on the only
-//! replica.
+//! `shard::ShardOp` messages. Its replica role (leader or follower, see
+//! `replica`) decides who may append and how far consumers may read: up to
+//! the high watermark, which the leader derives from what its in-sync
+//! followers have fetched.
 
 pub mod leader_epoch;
 pub mod producer_state;
+pub mod replica;
 pub mod tail_cache;
 
 use std::cell::{Cell, RefCell};
@@ -21,6 +23,7 @@ use kafka_protocol::ResponseError;
 use crate::storage::{batch, AppendResult, Log, Records, StorageError};
 use leader_epoch::LeaderEpochCache;
 use producer_state::{ProducerStates, SequenceCheck};
+pub use replica::{Following, Role};
 use tail_cache::{CacheBudget, PartitionCache};
 
 /// Per-topic settings the partition enforces on its append path.
@@ -48,6 +51,12 @@ impl PartitionError {
     }
 }
 
+impl From<std::io::Error> for PartitionError {
+    fn from(e: std::io::Error) -> Self {
+        PartitionError::new(ResponseError::KafkaStorageError, e.to_string())
+    }
+}
+
 impl From<StorageError> for PartitionError {
     fn from(e: StorageError) -> Self {
         let code = match &e {
@@ -56,6 +65,7 @@ impl From<StorageError> for PartitionError {
             StorageError::Closed => ResponseError::NotLeaderOrFollower,
             StorageError::Io(_) | StorageError::Glommio(_) => ResponseError::KafkaStorageError,
             StorageError::Corrupt(_) => ResponseError::KafkaStorageError,
+            StorageError::NonContiguous { .. } => ResponseError::OffsetOutOfRange,
         };
         PartitionError::new(code, e.to_string())
     }
@@ -77,7 +87,12 @@ pub struct Partition {
     /// Epochs never go back; bumped by the controller when leadership moves.
     leader_epoch: Cell<i32>,
     /// Which epoch began at which offset (the leader-epoch checkpoint).
-    epochs: LeaderEpochCache,
+    epochs: RefCell<LeaderEpochCache>,
+    /// Leader (with its followers' progress) or follower of another node.
+    role: RefCell<Role>,
+    /// Fired when the high watermark moves or the role changes: acks=all
+    /// produces wait on it.
+    replication_changed: event_listener::Event,
     policy: RefCell<PartitionPolicy>,
     /// Idempotent producers' recent sequences (Kafka's producer state).
     producers: RefCell<ProducerStates>,
@@ -110,7 +125,7 @@ impl Partition {
         policy: PartitionPolicy,
         cache_budget: Rc<CacheBudget>,
     ) -> Result<Self, StorageError> {
-        let epochs = LeaderEpochCache::load_or_init(log.dir(), leader_epoch, log.log_end_offset())?;
+        let epochs = LeaderEpochCache::load(log.dir())?;
         let (producers, snapshot_offset) = rebuild_producer_states(&log).await?;
         Ok(Partition {
             topic,
@@ -118,7 +133,9 @@ impl Partition {
             index,
             log,
             leader_epoch: Cell::new(leader_epoch),
-            epochs,
+            epochs: RefCell::new(epochs),
+            role: RefCell::new(Role::Follower(Following::offline(leader_epoch))),
+            replication_changed: event_listener::Event::new(),
             policy: RefCell::new(policy),
             producers: RefCell::new(producers),
             idempotent_lock: crate::fifo::FifoLock::new(),
@@ -157,8 +174,16 @@ impl Partition {
         *self.policy.borrow_mut() = policy;
     }
 
-    /// Single node: everything written is on every in-sync replica.
+    /// The offset below which every record is on every in-sync replica:
+    /// consumers read up to here.
     pub fn high_watermark(&self) -> i64 {
+        match &*self.role.borrow() {
+            Role::Leader(l) => l.high_watermark(),
+            Role::Follower(f) => f.high_watermark.min(self.log.log_end_offset()),
+        }
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
         self.log.log_end_offset()
     }
 
@@ -169,6 +194,7 @@ impl Partition {
     /// Checks the client's batches (header, lengths, CRC32C, size limit) and
     /// appends them. The payload is never decompressed.
     pub async fn append(&self, records: &Bytes) -> Result<AppendResult, PartitionError> {
+        self.check_leader()?;
         let max_message_bytes = self.policy.borrow().max_message_bytes;
         let batches = batch::split_validated(records).map_err(|e| {
             let code = match e {
@@ -252,11 +278,13 @@ impl Partition {
     /// only for LogAppendTime topics, -1 otherwise.
     async fn write(&self, batches: Vec<Bytes>) -> Result<AppendResult, PartitionError> {
         let cached = batches.clone();
-        let mut result = self.log.append(batches).await?;
+        let epoch = self.leader_epoch();
+        let mut result = self.log.append_with_epoch(batches, epoch).await?;
         debug_assert!(result.last_offset >= result.base_offset);
         let log_append_time = self.policy.borrow().log_append_time;
         let stamp = log_append_time.then_some(result.log_append_time_ms);
-        self.cache.insert(&cached, result.base_offset, stamp);
+        self.cache.insert(&cached, result.base_offset, stamp, Some(epoch));
+        self.on_leader_appended(epoch)?;
         if !log_append_time {
             result.log_append_time_ms = -1;
         }
@@ -323,25 +351,54 @@ impl Partition {
 
     /// Whole batches from the one containing `offset`: from the tail cache
     /// when it holds that offset, else from the segment files (a zero-copy
-    /// file slice when `zero_copy`, see `Log::read_records`).
+    /// file slice when `zero_copy`, see `Log::read_records`). A consumer
+    /// (`upto_log_end` false) reads only below the high watermark; a
+    /// follower reads up to the log end.
     pub async fn read(
         &self,
         offset: i64,
         max_bytes: usize,
         zero_copy: bool,
+        upto_log_end: bool,
     ) -> Result<ReadOutcome, PartitionError> {
         let log_start_offset = self.log_start_offset();
+        let high_watermark = self.high_watermark();
+        let log_end_offset = self.log.log_end_offset();
+        let limit = if upto_log_end {
+            log_end_offset
+        } else {
+            high_watermark
+        };
+        if offset >= limit && offset >= log_start_offset && offset <= log_end_offset {
+            return Ok(ReadOutcome {
+                records: Records::default(),
+                high_watermark,
+                log_start_offset,
+            });
+        }
         self.cache.trim_below(log_start_offset);
         let cached = (offset >= log_start_offset)
             .then(|| self.cache.read(offset, max_bytes))
             .flatten();
+        // Past the watermark there are batches a consumer must not see: read
+        // into memory and cut there (a file slice cannot be cut by offset).
+        let bounded = limit < log_end_offset;
         let records = match cached {
             Some(records) => Records::Memory(records),
-            None => self.log.read_records(offset, max_bytes, zero_copy).await?,
+            None => {
+                self.log
+                    .read_records(offset, max_bytes, zero_copy && !bounded)
+                    .await?
+            }
+        };
+        let records = if bounded {
+            Records::Memory(batches_below(records, limit)?)
+        } else {
+            records
         };
         Ok(ReadOutcome {
             records,
-            high_watermark: self.high_watermark(),
+            high_watermark,
             log_start_offset: self.log_start_offset(),
         })
     }
@@ -354,7 +411,12 @@ impl Partition {
         current_leader_epoch: i32,
     ) -> Result<(i32, i64), PartitionError> {
         self.check_current_epoch(current_leader_epoch)?;
-        Ok(self.epochs.end_offset_for(requested_epoch, self.high_watermark()))
+        // Kafka answers the latest epoch with the log end offset: a follower
+        // keeps what the leader has, committed or not.
+        Ok(self
+            .epochs
+            .borrow()
+            .end_offset_for(requested_epoch, self.log.log_end_offset()))
     }
 
     fn check_current_epoch(&self, current_leader_epoch: i32) -> Result<(), PartitionError> {
@@ -448,6 +510,27 @@ fn decode_records(batch: &Bytes) -> Result<Vec<(i64, i64)>, PartitionError> {
 /// Rebuilds producer state for a log just opened: the newest snapshot at or
 /// below the log end offset, then every batch after it read back from the
 /// log. Returns the state and the offset the snapshot covered.
+/// The leading whole batches of `records` that end below `limit`.
+fn batches_below(records: Records, limit: i64) -> Result<Bytes, PartitionError> {
+    let Records::Memory(bytes) = records else {
+        return Err(PartitionError::new(
+            ResponseError::UnknownServerError,
+            "a bounded read got a file slice",
+        ));
+    };
+    let mut end = 0usize;
+    while end < bytes.len() {
+        let Ok(header) = batch::parse_header(&bytes[end..]) else {
+            break;
+        };
+        if header.last_offset() >= limit || end + header.total_bytes() > bytes.len() {
+            break;
+        }
+        end += header.total_bytes();
+    }
+    Ok(bytes.slice(..end))
+}
+
 async fn rebuild_producer_states(log: &Log) -> Result<(ProducerStates, i64), StorageError> {
     let dir = log.dir().to_path_buf();
     let log_end_offset = log.log_end_offset();
@@ -552,6 +635,7 @@ mod tests {
             )
             .await
             .unwrap();
+            p.lead_alone();
             for i in 0..20 {
                 // Producers send base offset 0; the log assigns the real ones.
                 p.append(&make_batch(0, 1 + i % 4, 200, 1_000 + i as i64))
@@ -562,7 +646,7 @@ mod tests {
             assert!(budget.bytes_used() > 0, "appends are cached");
             for offset in 0..end {
                 let tail = p
-                    .read(offset, 1 << 20, false)
+                    .read(offset, 1 << 20, false, false)
                     .await
                     .unwrap()
                     .records
@@ -617,6 +701,7 @@ mod tests {
             )
             .await
             .unwrap();
+            p.lead_alone();
             let p = Rc::new(p);
             for _ in 0..8 {
                 p.append(&make_batch(0, 1, 1000, 1_000)).await.unwrap();
@@ -660,17 +745,24 @@ mod tests {
             let p = Partition::open("t".into(), uuid::Uuid::nil(), 0, log.clone(), 0, policy(), budget)
                 .await
                 .unwrap();
+            p.lead_alone();
             for _ in 0..10 {
                 p.append(&batch).await.unwrap();
             }
             for offset in 0..10 {
-                let read = p.read(offset, 1, true).await.unwrap().records.to_bytes().unwrap();
+                let read = p
+                    .read(offset, 1, true, true)
+                    .await
+                    .unwrap()
+                    .records
+                    .to_bytes()
+                    .unwrap();
                 let header = batch::validate(&read).unwrap();
                 assert_eq!(header.base_offset.get(), offset);
             }
             p.delete_records(5).await.unwrap();
-            assert!(p.read(4, 1, true).await.is_err());
-            assert_eq!(p.read(9, 1, true).await.unwrap().records.len(), batch.len());
+            assert!(p.read(4, 1, true, true).await.is_err());
+            assert_eq!(p.read(9, 1, true, true).await.unwrap().records.len(), batch.len());
         });
     }
 }

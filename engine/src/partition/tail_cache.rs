@@ -28,7 +28,10 @@ use crate::storage::batch;
 
 struct Entry {
     last_offset: i64,
-    /// The batch as stored, except that its baseOffset may be the producer's.
+    /// The leader epoch the log stamped, when the bytes lack it.
+    leader_epoch: Option<i32>,
+    /// The batch as stored, except that its baseOffset (and leader epoch)
+    /// may be the producer's.
     bytes: Bytes,
 }
 
@@ -121,7 +124,15 @@ impl PartitionCache {
     /// Caches the batches of one completed append. `base_offset` is the
     /// offset the log gave the first batch; `log_append_time_ms` is set for
     /// LogAppendTime topics.
-    pub fn insert(self: &Rc<Self>, batches: &[Bytes], base_offset: i64, log_append_time_ms: Option<i64>) {
+    /// `leader_epoch`: stamped into each batch as it is read (the log's copy
+    /// has it; the cached client bytes do not); None keeps the bytes' own.
+    pub fn insert(
+        self: &Rc<Self>,
+        batches: &[Bytes],
+        base_offset: i64,
+        log_append_time_ms: Option<i64>,
+        leader_epoch: Option<i32>,
+    ) {
         if self.budget.bytes_max == 0 {
             return;
         }
@@ -149,6 +160,7 @@ impl PartitionCache {
                 base,
                 Entry {
                     last_offset: last,
+                    leader_epoch,
                     bytes,
                 },
             );
@@ -179,9 +191,26 @@ impl PartitionCache {
             let start = out.len();
             out.extend_from_slice(&entry.bytes);
             batch::set_base_offset(&mut out[start..], base);
+            if let Some(epoch) = entry.leader_epoch {
+                batch::set_partition_leader_epoch(&mut out[start..], epoch);
+            }
             expected = entry.last_offset + 1;
         }
         Some(out.freeze())
+    }
+
+    /// Drops every entry from `offset` on: the log was truncated there.
+    pub fn trim_from(&self, offset: i64) {
+        let stale: Vec<i64> = self
+            .entries
+            .borrow()
+            .iter()
+            .filter(|(base, e)| **base >= offset || e.last_offset >= offset)
+            .map(|(b, _)| *b)
+            .collect();
+        for base in stale {
+            self.remove(base);
+        }
     }
 
     /// Drops entries wholly below `offset` (retention, DeleteRecords).
@@ -211,7 +240,7 @@ mod tests {
         // The producer sent base offset 0; the log assigned 100 and 103.
         let a = make_batch(0, 3, 10, 1_000);
         let b = make_batch(0, 2, 10, 1_000);
-        cache.insert(&[a.clone(), b.clone()], 100, None);
+        cache.insert(&[a.clone(), b.clone()], 100, None, None);
         let out = cache.read(101, 1 << 20).unwrap();
         assert_eq!(out.len(), a.len() + b.len());
         let first = batch::validate(&out[..a.len()]).unwrap();
@@ -227,8 +256,8 @@ mod tests {
     fn read_stops_at_max_bytes_but_returns_the_first_batch_whole() {
         let cache = PartitionCache::new(CacheBudget::new(1 << 20));
         let a = make_batch(0, 1, 500, 1_000);
-        cache.insert(std::slice::from_ref(&a), 0, None);
-        cache.insert(std::slice::from_ref(&a), 1, None);
+        cache.insert(std::slice::from_ref(&a), 0, None, None);
+        cache.insert(std::slice::from_ref(&a), 1, None, None);
         assert_eq!(cache.read(0, 10).unwrap().len(), a.len());
         assert_eq!(cache.read(0, 2 * a.len()).unwrap().len(), 2 * a.len());
     }
@@ -239,10 +268,10 @@ mod tests {
         let budget = CacheBudget::new(3 * a.len());
         let p1 = PartitionCache::new(budget.clone());
         let p2 = PartitionCache::new(budget.clone());
-        p1.insert(std::slice::from_ref(&a), 0, None);
-        p2.insert(std::slice::from_ref(&a), 0, None);
-        p1.insert(std::slice::from_ref(&a), 1, None);
-        p2.insert(std::slice::from_ref(&a), 1, None);
+        p1.insert(std::slice::from_ref(&a), 0, None, None);
+        p2.insert(std::slice::from_ref(&a), 0, None, None);
+        p1.insert(std::slice::from_ref(&a), 1, None, None);
+        p2.insert(std::slice::from_ref(&a), 1, None, None);
         assert!(budget.bytes_used() <= 3 * a.len());
         assert!(p1.read(0, 1 << 20).is_none(), "oldest entry evicted");
         assert!(p2.read(0, 1 << 20).is_some());
@@ -255,7 +284,7 @@ mod tests {
         let a = make_batch(0, 2, 100, 1_000);
         let budget = CacheBudget::new(1 << 20);
         let cache = PartitionCache::new(budget.clone());
-        cache.insert(&[a.clone(), a.clone(), a.clone()], 0, None);
+        cache.insert(&[a.clone(), a.clone(), a.clone()], 0, None, None);
         cache.trim_below(4);
         assert!(cache.read(1, 1 << 20).is_none());
         assert!(cache.read(4, 1 << 20).is_some());
@@ -266,7 +295,7 @@ mod tests {
     fn log_append_time_entries_are_rewritten_copies() {
         let cache = PartitionCache::new(CacheBudget::new(1 << 20));
         let a = make_batch(0, 2, 10, 1_000);
-        cache.insert(std::slice::from_ref(&a), 7, Some(5_000));
+        cache.insert(std::slice::from_ref(&a), 7, Some(5_000), None);
         let out = cache.read(7, 1 << 20).unwrap();
         let header = batch::validate(&out).unwrap();
         assert!(header.timestamp_type_log_append());
@@ -277,7 +306,7 @@ mod tests {
     #[test]
     fn zero_budget_caches_nothing() {
         let cache = PartitionCache::new(CacheBudget::new(0));
-        cache.insert(&[make_batch(0, 1, 10, 1)], 0, None);
+        cache.insert(&[make_batch(0, 1, 10, 1)], 0, None, None);
         assert!(cache.read(0, 100).is_none());
     }
 }

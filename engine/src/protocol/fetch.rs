@@ -20,8 +20,11 @@ use crate::storage::Records;
 
 const FETCH_TOPIC_IDS_VERSION: i16 = 13;
 const READ_COMMITTED: i8 = 1;
+/// From v15 a follower names itself in `replica_state`, not `replica_id`.
+const FETCH_REPLICA_STATE_VERSION: i16 = 15;
 
 struct Slot {
+    current_leader_epoch: i32,
     topic_index: usize,
     topic: String,
     partition: i32,
@@ -38,6 +41,12 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> (Fetc
     let started = Instant::now();
     let view = shard.view();
     let image = &view.image;
+    // A follower's fetch (Kafka's replica fetch): reads to the log end.
+    let replica_id = if version >= FETCH_REPLICA_STATE_VERSION {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
     let mut slots: Vec<Slot> = Vec::new();
     for (topic_index, topic) in req.topics.into_iter().enumerate() {
@@ -78,6 +87,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> (Fetc
             }
             let owner = owner.ok();
             slots.push(Slot {
+                current_leader_epoch: p.current_leader_epoch,
                 topic_index,
                 topic: name.clone(),
                 partition: p.partition,
@@ -91,15 +101,15 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> (Fetc
     }
 
     let min_bytes = req.min_bytes.max(0) as usize;
-    read_all(shard, &mut slots).await;
+    read_all(shard, &mut slots, replica_id).await;
     let available: usize = slots.iter().map(|s| s.records.len()).sum();
     let max_wait_ms = req.max_wait_ms.max(0) as u64;
     let any_error = slots.iter().any(|s| s.response.error_code != 0);
     if available < min_bytes && !any_error && max_wait_ms > 0 && !slots.is_empty() {
         let waited_ms = started.elapsed().as_millis() as u64;
         if waited_ms < max_wait_ms {
-            wait_any(shard, &slots, max_wait_ms - waited_ms).await;
-            read_all(shard, &mut slots).await;
+            wait_any(shard, &slots, max_wait_ms - waited_ms, replica_id >= 0).await;
+            read_all(shard, &mut slots, replica_id).await;
         }
     }
 
@@ -137,7 +147,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> (Fetc
 }
 
 /// One read of every readable slot, one op per owning shard, all shards at once.
-async fn read_all(shard: &Rc<Shard>, slots: &mut [Slot]) {
+async fn read_all(shard: &Rc<Shard>, slots: &mut [Slot], replica_id: i32) {
     let work: Vec<(usize, FetchPart)> = slots
         .iter()
         .enumerate()
@@ -151,6 +161,8 @@ async fn read_all(shard: &Rc<Shard>, slots: &mut [Slot]) {
                         partition: s.partition,
                         offset: s.offset,
                         max_bytes: s.max_bytes,
+                        replica_id,
+                        current_leader_epoch: s.current_leader_epoch,
                     },
                 )
             })
@@ -185,7 +197,7 @@ async fn read_all(shard: &Rc<Shard>, slots: &mut [Slot]) {
 
 /// Waits until any owner shard reports new data, or `timeout_ms` passes.
 /// Waits left running on other shards end by their own deadline.
-async fn wait_any(shard: &Rc<Shard>, slots: &[Slot], timeout_ms: u64) {
+async fn wait_any(shard: &Rc<Shard>, slots: &[Slot], timeout_ms: u64, upto_log_end: bool) {
     let work: Vec<(usize, WaitPart)> = slots
         .iter()
         .filter_map(|s| {
@@ -196,6 +208,7 @@ async fn wait_any(shard: &Rc<Shard>, slots: &[Slot], timeout_ms: u64) {
                         topic: s.topic.clone(),
                         partition: s.partition,
                         offset: s.offset,
+                        upto_log_end,
                     },
                 )
             })

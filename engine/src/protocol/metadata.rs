@@ -164,7 +164,9 @@ fn topic_response(image: &MetadataImage, t: &TopicMeta) -> MetadataResponseTopic
                 .with_leader_id(BrokerId(p.leader))
                 .with_leader_epoch(p.leader_epoch)
                 .with_replica_nodes(ids(&|_| true))
-                .with_isr_nodes(ids(&|r| live(r)))
+                // The controller's ISR, as Kafka reports it (its last
+                // member stays listed while down, so a clean election waits).
+                .with_isr_nodes(p.in_sync().iter().map(|r| BrokerId(*r)).collect())
                 .with_offline_replicas(ids(&|r| !live(r)))
         })
         .collect();

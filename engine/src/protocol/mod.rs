@@ -12,9 +12,11 @@
 //! is sent).
 
 mod admin;
+mod elections;
 mod fetch;
 mod groups;
 mod list_offsets;
+mod log_dirs;
 mod metadata;
 mod offsets;
 mod produce;
@@ -32,11 +34,11 @@ use glommio::net::TcpStream;
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
     DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest, ElectLeadersRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -364,6 +366,22 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
                 correlation_id,
                 version,
                 &admin::delete_topics(shard, req, version).await,
+            )
+        }
+        ApiKey::DescribeLogDirs => {
+            let req = decode!(DescribeLogDirsRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &log_dirs::describe_log_dirs(shard, req).await,
+            )
+        }
+        ApiKey::ElectLeaders => {
+            let req = decode!(ElectLeadersRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &elections::elect_leaders(shard, req).await,
             )
         }
         ApiKey::CreatePartitions => {

@@ -11,8 +11,6 @@ use crate::shard::{ProduceOutcome, ProducePart, Shard, ShardOp, ShardReply};
 use crate::wire::str_bytes;
 
 const PRODUCE_TOPIC_IDS_VERSION: i16 = 13;
-/// Single node: every partition has exactly one replica, the leader.
-const IN_SYNC_REPLICAS: i32 = 1;
 
 /// acks=-1 needs `min.insync.replicas` in-sync replicas, as Kafka enforces.
 fn min_insync_replicas(
@@ -76,15 +74,21 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                     ResponseError::UnknownTopicId,
                     "This server does not host this topic ID.".into(),
                 ))
-            } else if let Some(required) = meta
-                .map(|m| min_insync_replicas(&m.configs, &shard.config))
-                .filter(|required| acks == -1 && *required > IN_SYNC_REPLICAS)
+            } else if let Some((required, in_sync)) = meta
+                .map(|m| {
+                    let in_sync = m
+                        .partitions
+                        .get(data.index.max(0) as usize)
+                        .map_or(0, |p| p.in_sync().len());
+                    (min_insync_replicas(&m.configs, &shard.config), in_sync)
+                })
+                .filter(|(required, in_sync)| acks == -1 && *required as usize > *in_sync && *in_sync > 0)
             {
+                // Checked before the append, as Kafka does; a shrink while
+                // the batch replicates gives NOT_ENOUGH_REPLICAS_AFTER_APPEND.
                 Some((
                     ResponseError::NotEnoughReplicas,
-                    format!(
-                        "min.insync.replicas is {required} but only {IN_SYNC_REPLICAS} replica is in sync"
-                    ),
+                    format!("min.insync.replicas is {required} but only {in_sync} replicas are in sync"),
                 ))
             } else {
                 match view.owner(&name, data.index) {
@@ -103,6 +107,11 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                                     topic: name.clone(),
                                     partition: data.index,
                                     records,
+                                    acks,
+                                    min_insync_replicas: meta.map_or(1, |m| {
+                                        min_insync_replicas(&m.configs, &shard.config).max(1) as usize
+                                    }),
+                                    timeout_ms: req.timeout_ms.max(0) as u64,
                                 },
                             ));
                             None

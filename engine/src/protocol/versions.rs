@@ -23,6 +23,8 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::CreateTopics => (2, 7),
         ApiKey::DeleteTopics => (1, 6),
         ApiKey::CreatePartitions => (0, 3),
+        ApiKey::ElectLeaders => (0, 2),
+        ApiKey::DescribeLogDirs => (1, 4),
         ApiKey::DescribeConfigs => (1, 4),
         ApiKey::DescribeCluster => (0, 2),
         ApiKey::AlterConfigs => (0, 2),

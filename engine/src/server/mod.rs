@@ -52,6 +52,9 @@ pub struct Startup {
     /// Set by a shard that cannot start, so the others leave the barriers too.
     pub startup_failed: Arc<AtomicBool>,
     pub shutdown: Arc<AtomicBool>,
+    /// Set by the controller shard once a controlled shutdown moved this
+    /// node's leaderships away (or gave up): the other shards serve until then.
+    pub leadership_released: Arc<AtomicBool>,
 }
 
 /// Starts one executor per shard, runs the broker until SIGTERM/SIGINT, and
@@ -183,6 +186,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         barrier: Arc::new(Barrier::new(nr_shards)),
         startup_failed: Arc::new(AtomicBool::new(false)),
         shutdown,
+        leadership_released: Arc::new(AtomicBool::new(false)),
     };
     let mut handles = Vec::with_capacity(nr_shards);
     for id in 0..nr_shards {
@@ -251,10 +255,10 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         RecoveryMode::Unclean
     };
     shard.open_mode.set(mode);
-    shard.apply(startup.view.clone(), mode).await;
-    // Groups are rebuilt before the port opens, so no request ever sees a
+    // Groups of the `__consumer_offsets` partitions led here are rebuilt
+    // inside `apply`, before the port opens, so no request ever sees a
     // half-loaded coordinator (Kafka's COORDINATOR_LOAD_IN_PROGRESS).
-    shard.groups.load(&*shard).await;
+    shard.apply(startup.view.clone(), mode).await;
 
     shard.serve_mesh(receivers);
 
@@ -319,6 +323,12 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
             c.log_flush_offset_checkpoint_interval_ms,
             |s| async move { s.checkpoint_producers().await },
         ),
+        // Kafka checks lagging followers every replica.lag.time.max.ms / 2.
+        every(
+            &shard,
+            (c.cluster.replica_lag_time_max_ms / 2).max(1),
+            |s| async move { s.check_isr().await },
+        ),
     ];
     if c.log_cleaner_enable {
         // Compaction of `cleanup.policy=compact` logs, one at a time.
@@ -340,6 +350,21 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     timers.push(flusher);
     while !startup.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+    // Controlled shutdown (Kafka's): leaderships move to in-sync followers
+    // before any shard stops serving, so a rolling restart loses no
+    // availability. Bounded by the controller request timeout.
+    if id == CONTROLLER_SHARD {
+        if let Some(plane) = shard.control_plane.get() {
+            plane.clone().controlled_shutdown().await;
+        }
+        startup.leadership_released.store(true, Ordering::Relaxed);
+    } else {
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(config.cluster.quorum_request_timeout_ms * 2);
+        while !startup.leadership_released.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
     }
     shard.stop();
     if let Some(listener) = &listener {

@@ -59,6 +59,7 @@ enum ControllerResponse {
 #[derive(Serialize, Deserialize)]
 enum WireReply {
     Topics(Vec<TopicOutcome>),
+    Elected(Vec<(String, i32, Option<WireRefusal>)>),
     Altered(Vec<Option<WireRefusal>>),
     ProducerId(Result<i64, WireRefusal>),
     Done(Result<(), WireRefusal>),
@@ -69,6 +70,11 @@ impl From<ControlReply> for WireReply {
     fn from(r: ControlReply) -> Self {
         match r {
             ControlReply::Topics(t) => WireReply::Topics(t),
+            ControlReply::Elected(e) => WireReply::Elected(
+                e.into_iter()
+                    .map(|(t, p, r)| (t, p, r.as_ref().map(refusal_to_wire)))
+                    .collect(),
+            ),
             ControlReply::Altered(a) => {
                 WireReply::Altered(a.iter().map(|o| o.as_ref().map(refusal_to_wire)).collect())
             }
@@ -83,6 +89,11 @@ impl From<WireReply> for ControlReply {
     fn from(r: WireReply) -> Self {
         match r {
             WireReply::Topics(t) => ControlReply::Topics(t),
+            WireReply::Elected(e) => ControlReply::Elected(
+                e.into_iter()
+                    .map(|(t, p, r)| (t, p, r.map(refusal_from_wire)))
+                    .collect(),
+            ),
             WireReply::Altered(a) => {
                 ControlReply::Altered(a.into_iter().map(|o| o.map(refusal_from_wire)).collect())
             }
@@ -132,6 +143,13 @@ fn refused(op: &ControlOp, reply: Option<ControlReply>, refusal: Refusal) -> Con
         (ControlOp::AlterConfigs { changes, .. }, None) => {
             ControlReply::Altered(changes.iter().map(|_| Some(refusal.clone())).collect())
         }
+        (ControlOp::ElectLeaders { partitions, .. }, _) => ControlReply::Elected(
+            partitions
+                .iter()
+                .flatten()
+                .map(|(t, p)| (t.clone(), *p, Some(refusal.clone())))
+                .collect(),
+        ),
         (ControlOp::ReserveProducerIds | ControlOp::AllocateProducerId, _) => {
             ControlReply::ProducerId(Err(refusal))
         }
@@ -168,6 +186,12 @@ pub struct ControlPlane {
     /// No heartbeat accepted for `broker.session.timeout.ms`: the controller
     /// has fenced this broker, so it leads nothing until it is heard again.
     self_fenced: Cell<bool>,
+    /// Held for each heartbeat round trip; a controlled shutdown takes it
+    /// last, so no heartbeat in flight can unfence the broker after it.
+    heartbeat_round: Semaphore,
+    heartbeats_stopped: Cell<bool>,
+    /// Active controller only: the last `auto.leader.rebalance.enable` check.
+    last_rebalance_check: Cell<Option<Instant>>,
 }
 
 impl ControlPlane {
@@ -178,6 +202,7 @@ impl ControlPlane {
         voter_addrs: BTreeMap<i32, SocketAddr>,
         published: Arc<NodeView>,
     ) -> Rc<ControlPlane> {
+        let start_fenced = voter_addrs.len() > 1 || quorum.is_none();
         Rc::new(ControlPlane {
             node_id: config.node_id,
             nr_shards,
@@ -194,7 +219,13 @@ impl ControlPlane {
             last_seen: RefCell::new(HashMap::new()),
             leading_since: Cell::new(None),
             heartbeat_accepted_at: Cell::new(Instant::now()),
-            self_fenced: Cell::new(false),
+            // In a cluster a starting broker leads nothing until a
+            // controller has accepted its registration (and moved what it
+            // led elsewhere if it restarted), as Kafka brokers start fenced.
+            self_fenced: Cell::new(start_fenced),
+            heartbeat_round: Semaphore::new(1),
+            heartbeats_stopped: Cell::new(false),
+            last_rebalance_check: Cell::new(None),
             config,
         })
     }
@@ -425,10 +456,25 @@ impl ControlPlane {
             }
             ControlOp::Heartbeat(b) => {
                 let was_fenced = image.brokers.get(&b.id).is_some_and(|old| old.fenced);
+                let restarted = image
+                    .brokers
+                    .get(&b.id)
+                    .is_some_and(|old| !old.fenced && old.incarnation != b.incarnation);
                 let mut next = image.with_broker(BrokerMeta {
                     fenced: was_fenced,
                     ..b.clone()
                 });
+                if restarted {
+                    // A restart within its session may have lost writes it
+                    // never flushed: like Kafka's controller, move its
+                    // leaderships to in-sync followers and take it out of
+                    // the ISRs (where it is not the last member); it
+                    // rejoins once it has caught up again.
+                    tracing::info!("broker {} restarted: its partitions elect again", b.id);
+                    next = next
+                        .with_broker_fenced(b.id, true, config.unclean_leader_election_enable)
+                        .with_broker_fenced(b.id, false, config.unclean_leader_election_enable);
+                }
                 if was_fenced {
                     tracing::info!("broker {} is back: unfenced", b.id);
                     next = next.with_broker_fenced(b.id, false, config.unclean_leader_election_enable);
@@ -462,6 +508,57 @@ impl ControlPlane {
                 };
                 (next, ControlReply::Done(Ok(())), false)
             }
+            ControlOp::ElectLeaders { unclean, partitions } => {
+                let (next, results) = image.with_elected_leaders(unclean, partitions.as_deref());
+                for (t, p, r) in &results {
+                    if r.is_none() {
+                        let leader = next.partition(t, *p).map_or(-1, |m| m.leader);
+                        tracing::info!(
+                            "{} election of {t}-{p}: broker {leader} leads",
+                            if unclean { "unclean" } else { "preferred" }
+                        );
+                    }
+                }
+                (next, ControlReply::Elected(results), false)
+            }
+            ControlOp::ControlledShutdown(id) => {
+                let next = match image.brokers.get(&id) {
+                    Some(b) if !b.fenced => {
+                        tracing::info!("broker {id} is shutting down: moving its leaderships");
+                        image.with_broker_fenced(id, true, config.unclean_leader_election_enable)
+                    }
+                    _ => image.clone(),
+                };
+                (next, ControlReply::Done(Ok(())), false)
+            }
+            ControlOp::AlterPartition {
+                topic_id,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => match image.with_isr(
+                &topic_id,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr.clone(),
+            ) {
+                Ok(next) => {
+                    let name = image.topic_by_id(&topic_id).map_or("?", |t| t.name.as_str());
+                    let before = image
+                        .partition(name, partition)
+                        .map(|p| p.in_sync().to_vec())
+                        .unwrap_or_default();
+                    tracing::info!(
+                        "ISR of {name}-{partition} changed from {before:?} to {isr:?} (leader {leader})"
+                    );
+                    (next, ControlReply::Done(Ok(())), false)
+                }
+                Err(refusal) => (image.clone(), ControlReply::Done(Err(refusal)), false),
+            },
             ControlOp::AllocateProducerId => (image.clone(), ControlReply::Unavailable, true),
         }
     }
@@ -497,6 +594,25 @@ impl ControlPlane {
             }
             ControlReply::ProducerId(Err(refusal)) => Err(refusal),
             _ => Err((ResponseError::CoordinatorNotAvailable, "no controller".into())),
+        }
+    }
+
+    /// Waits (bounded) until this node's image holds `offset`.
+    async fn await_image(&self, offset: u64) {
+        let deadline = Instant::now() + Duration::from_millis(self.config.cluster.quorum_request_timeout_ms);
+        while self.image().offset < offset && Instant::now() < deadline {
+            if self.quorum.is_none() {
+                self.fetch_image().await;
+                if self.image().offset >= offset {
+                    break;
+                }
+            }
+            let listener = self.changed().listen();
+            if self.image().offset >= offset {
+                break;
+            }
+            let pause = glommio::timer::sleep(Duration::from_millis(FORWARD_RETRY_MS));
+            let _ = futures::future::select(listener, Box::pin(pause)).await;
         }
     }
 
@@ -562,11 +678,22 @@ impl ControlPlane {
     pub async fn heartbeat_loop(self: Rc<Self>, shard: Rc<Shard>) {
         let interval = Duration::from_millis(self.config.cluster.broker_heartbeat_interval_ms);
         while !shard.is_stopping() {
+            let Ok(round) = self.heartbeat_round.acquire_permit(1).await else {
+                return;
+            };
+            if self.heartbeats_stopped.get() {
+                return;
+            }
             match self
                 .execute_or_forward(ControlOp::Heartbeat(self.broker_meta()))
                 .await
             {
-                (ControlReply::Done(Ok(())), _) => self.heartbeat_accepted(true),
+                (ControlReply::Done(Ok(())), offset) => {
+                    // Lead nothing on an image older than the registration
+                    // (a restart's elections are in it).
+                    self.await_image(offset).await;
+                    self.heartbeat_accepted(self.image().offset >= offset)
+                }
                 (ControlReply::Done(Err((code, message))), _) => {
                     tracing::debug!("heartbeat not accepted ({code:?}): {message}");
                     self.heartbeat_accepted(false);
@@ -576,7 +703,37 @@ impl ControlPlane {
             if self.quorum.is_none() {
                 self.fetch_image().await;
             }
+            drop(round);
             glommio::timer::sleep(interval).await;
+        }
+    }
+
+    /// Kafka's controlled shutdown: stops heartbeating, then asks the
+    /// controller to fence this broker now (its leaderships move to in-sync
+    /// followers, it leaves the ISRs) and waits until this node's shards
+    /// have applied that. A quorum of one, or a controller-only node, has
+    /// no one to hand over to.
+    pub async fn controlled_shutdown(self: Rc<Self>) {
+        let alone = self.quorum.is_some() && self.voter_addrs.len() <= 1;
+        if alone || !self.config.cluster.roles.broker {
+            return;
+        }
+        self.heartbeats_stopped.set(true);
+        let _round = self.heartbeat_round.acquire_permit(1).await;
+        let started = Instant::now();
+        match self
+            .execute_or_forward(ControlOp::ControlledShutdown(self.node_id))
+            .await
+        {
+            (ControlReply::Done(Ok(())), offset) => {
+                self.await_image(offset).await;
+                self.await_published(offset).await;
+                tracing::info!(
+                    "controlled shutdown: leaderships moved to other replicas in {} ms",
+                    started.elapsed().as_millis()
+                );
+            }
+            _ => tracing::warn!("controlled shutdown: no controller answered; stopping anyway"),
         }
     }
 
@@ -590,7 +747,8 @@ impl ControlPlane {
             self.heartbeat_accepted_at.set(Instant::now());
             false
         } else {
-            self.heartbeat_accepted_at.get().elapsed() > session
+            // Fenced stays fenced (a starting broker too) until accepted.
+            self.self_fenced.get() || self.heartbeat_accepted_at.get().elapsed() > session
         };
         if fenced != self.self_fenced.replace(fenced) {
             if fenced {
@@ -668,6 +826,29 @@ impl ControlPlane {
             let waited = now.duration_since(since) > session && live > 0;
             if image.topic(controller::OFFSETS_TOPIC).is_none() && (everyone || waited) {
                 let _ = self.execute(ControlOp::CreateOffsetsTopic).await;
+            }
+            let cluster = &self.config.cluster;
+            let rebalance_due = self.last_rebalance_check.get().is_none_or(|t| {
+                now.duration_since(t) >= Duration::from_millis(cluster.leader_imbalance_check_interval_ms)
+            });
+            if cluster.auto_leader_rebalance_enable && rebalance_due {
+                self.last_rebalance_check.set(Some(now));
+                let (movable, ratios) = image.leader_imbalance();
+                let over = ratios
+                    .values()
+                    .any(|r| *r > cluster.leader_imbalance_per_broker_percentage);
+                if over && !movable.is_empty() {
+                    tracing::info!(
+                        "leader imbalance {ratios:?} (%) over leader.imbalance.per.broker.percentage: electing preferred leaders of {} partitions",
+                        movable.len()
+                    );
+                    let _ = self
+                        .execute(ControlOp::ElectLeaders {
+                            unclean: false,
+                            partitions: Some(movable),
+                        })
+                        .await;
+                }
             }
         }
     }

@@ -16,6 +16,7 @@
 
 mod control;
 mod ops;
+mod replica;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ use crate::storage::RecoveryMode;
 pub use control::{fetch_first_image, ControlPlane};
 pub use ops::{
     ControlOp, ControlReply, DeleteRecordsOutcome, DeleteRecordsPart, EpochOutcome, EpochPart, FetchOutcome,
-    FetchPart, OffsetsOutcome, OffsetsPart, ProduceOutcome, ProducePart, WaitPart,
+    FetchPart, OffsetsOutcome, OffsetsPart, ProduceOutcome, ProducePart, ReplicaSize, WaitPart,
 };
 
 /// The shard that runs the node's control work: metadata changes (the
@@ -67,6 +68,10 @@ pub enum ShardOp {
     LeaderEpochs {
         parts: Vec<EpochPart>,
     },
+    /// DescribeLogDirs: this shard's replicas (those listed, or all).
+    ReplicaSizes {
+        wanted: Option<Vec<(String, i32)>>,
+    },
     /// A new metadata image (with this node's placement) from the
     /// controller shard; applied in order.
     Apply {
@@ -85,6 +90,7 @@ pub enum ShardReply {
     ListOffsets(Vec<OffsetsOutcome>),
     DeleteRecords(Vec<DeleteRecordsOutcome>),
     LeaderEpochs(Vec<EpochOutcome>),
+    ReplicaSizes(Vec<ReplicaSize>),
     Applied,
     Control(ControlReply),
     Group(crate::group::GroupReply),
@@ -126,6 +132,8 @@ pub struct Shard {
     /// `__consumer_offsets` partitions).
     pub(crate) groups: crate::group::Coordinator,
     stopping: Cell<bool>,
+    /// Leader nodes this shard runs a fetcher task for (`replica`).
+    fetchers: RefCell<std::collections::HashSet<i32>>,
     /// How this process opens a log for the first time: after an unclean
     /// stop, every log runs recovery, also those a metadata change (replayed
     /// by the quorum after start) opens later.
@@ -158,6 +166,7 @@ impl Shard {
             connections: Cell::new(0),
             connections_max: config.max_connections.div_ceil(nr_shards),
             stopping: Cell::new(false),
+            fetchers: RefCell::new(std::collections::HashSet::new()),
             open_mode: Cell::new(RecoveryMode::Clean),
             groups: crate::group::Coordinator::new(config.group.clone()),
         }
@@ -282,7 +291,7 @@ impl Shard {
 
     /// Brings this shard's partitions in line with `image`: opens the new ones,
     /// deletes the removed ones, updates settings of the rest.
-    pub(crate) async fn apply(&self, view: Arc<NodeView>, mode: RecoveryMode) {
+    pub(crate) async fn apply(self: &Rc<Self>, view: Arc<NodeView>, mode: RecoveryMode) {
         let old = self.image();
         let image = view.image.clone();
         assert!(image.epoch >= old.epoch, "metadata epoch went back");
@@ -314,7 +323,7 @@ impl Shard {
             }
         }
         for topic in image.topics.values() {
-            for (index, meta) in topic.partitions.iter().enumerate() {
+            for (index, _) in topic.partitions.iter().enumerate() {
                 let index = index as i32;
                 if view.placement.shard(&topic.id, index) != Some(self.id) {
                     continue;
@@ -323,9 +332,6 @@ impl Shard {
                 let existing = self.partitions.borrow().get(&key).cloned();
                 match existing {
                     Some(p) if p.topic_id() == topic.id => {
-                        if meta.leader_epoch > p.leader_epoch() {
-                            p.set_leader_epoch(meta.leader_epoch);
-                        }
                         let changed = old.topic(&topic.name).is_none_or(|t| t.configs != topic.configs);
                         if changed {
                             self.reconfigure(&p, topic);
@@ -339,6 +345,15 @@ impl Shard {
                     },
                 }
             }
+        }
+        // Every replica of the image has its role, those just opened too;
+        // groups follow their `__consumer_offsets` partition's leadership.
+        let (gained, lost) = self.update_roles(&view);
+        for index in lost {
+            self.groups.unload_partition(&**self, index);
+        }
+        if !gained.is_empty() {
+            self.groups.load_partitions(&**self, &gained).await;
         }
     }
 

@@ -19,6 +19,10 @@ pub struct ProducePart {
     pub topic: String,
     pub partition: i32,
     pub records: Bytes,
+    /// -1: answer once the ISR has the records (and `min_insync_replicas` hold).
+    pub acks: i16,
+    pub min_insync_replicas: usize,
+    pub timeout_ms: u64,
 }
 
 pub struct ProduceOutcome {
@@ -35,6 +39,9 @@ pub struct FetchPart {
     pub partition: i32,
     pub offset: i64,
     pub max_bytes: usize,
+    /// The fetching follower's node id; -1 for a consumer.
+    pub replica_id: i32,
+    pub current_leader_epoch: i32,
 }
 
 pub struct FetchOutcome {
@@ -49,6 +56,8 @@ pub struct WaitPart {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// A follower waits for the log end, a consumer for the high watermark.
+    pub upto_log_end: bool,
 }
 
 pub struct OffsetsPart {
@@ -88,6 +97,14 @@ pub struct EpochPart {
     pub leader_epoch: i32,
 }
 
+pub struct ReplicaSize {
+    pub topic: String,
+    pub partition: i32,
+    pub size_bytes: u64,
+    /// How far this replica's log end is behind the high watermark it knows.
+    pub offset_lag: i64,
+}
+
 pub struct EpochOutcome {
     pub slot: usize,
     pub error: Option<PartitionError>,
@@ -123,10 +140,29 @@ pub enum ControlOp {
     Heartbeat(crate::controller::BrokerMeta),
     /// The broker missed its session: it leads nothing until it returns.
     FenceBroker(i32),
+    /// ElectLeaders: preferred (or `unclean`) elections of the listed
+    /// partitions, every eligible one when None.
+    ElectLeaders {
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    },
+    /// A broker about to stop asks to be fenced now (Kafka's ControlledShutdown).
+    ControlledShutdown(i32),
+    /// A leader's new ISR for a partition (Kafka's AlterPartition).
+    AlterPartition {
+        topic_id: uuid::Uuid,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
 }
 
 pub enum ControlReply {
     Topics(Vec<TopicOutcome>),
+    /// Per partition elected: None, or why not.
+    Elected(Vec<(String, i32, Option<crate::controller::Refusal>)>),
     /// One outcome per AlterConfigs resource, in request order.
     Altered(Vec<Option<Refusal>>),
     ProducerId(Result<i64, Refusal>),
@@ -172,6 +208,20 @@ impl Shard {
                 }
                 ShardReply::DeleteRecords(results)
             }
+            ShardOp::ReplicaSizes { wanted } => {
+                let partitions = self.partitions.borrow();
+                let sizes = partitions
+                    .iter()
+                    .filter(|(key, _)| wanted.as_ref().is_none_or(|w| w.contains(key)))
+                    .map(|((topic, partition), p)| ReplicaSize {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        size_bytes: p.log().size_bytes(),
+                        offset_lag: (p.high_watermark() - p.log_end_offset()).max(0),
+                    })
+                    .collect();
+                ShardReply::ReplicaSizes(sizes)
+            }
             ShardOp::LeaderEpochs { parts } => {
                 ShardReply::LeaderEpochs(parts.into_iter().map(|p| self.leader_epoch_one(p)).collect())
             }
@@ -205,7 +255,25 @@ impl Shard {
             outcome.error = Some(not_here(&part.topic, part.partition));
             return outcome;
         };
-        match partition.append(&part.records).await {
+        let epoch = partition.leader_epoch();
+        let appended = match partition.append(&part.records).await {
+            // Followers long-poll on the append notification: wake them
+            // before waiting for them.
+            Ok(result) if part.acks == -1 => {
+                self.notify_appended();
+                partition
+                    .await_replicated(
+                        result.last_offset,
+                        epoch,
+                        part.min_insync_replicas,
+                        part.timeout_ms,
+                    )
+                    .await
+                    .map(|()| result)
+            }
+            other => other,
+        };
+        match appended {
             Ok(result) => {
                 self.notify_appended();
                 partition.snapshot_after_roll();
@@ -226,7 +294,7 @@ impl Shard {
         outcome
     }
 
-    async fn fetch_one(&self, part: FetchPart) -> FetchOutcome {
+    async fn fetch_one(self: &Rc<Self>, part: FetchPart) -> FetchOutcome {
         let mut outcome = FetchOutcome {
             slot: part.slot,
             error: None,
@@ -238,10 +306,27 @@ impl Shard {
             outcome.error = Some(not_here(&part.topic, part.partition));
             return outcome;
         };
+        let follower = part.replica_id >= 0;
+        if follower {
+            if let Err(e) = self.on_follower_fetch(
+                &partition,
+                part.replica_id,
+                part.offset,
+                part.current_leader_epoch,
+            ) {
+                outcome.error = Some(e);
+                return outcome;
+            }
+        }
         outcome.high_watermark = partition.high_watermark();
         outcome.log_start_offset = partition.log_start_offset();
         match partition
-            .read(part.offset, part.max_bytes, self.config.fetch_zero_copy_enable)
+            .read(
+                part.offset,
+                part.max_bytes,
+                self.config.fetch_zero_copy_enable,
+                follower,
+            )
             .await
         {
             Ok(read) => {
@@ -261,8 +346,14 @@ impl Shard {
         loop {
             let listener = self.appended.listen();
             let ready = parts.iter().any(|w| {
-                self.partition(&w.topic, w.partition)
-                    .is_none_or(|p| p.high_watermark() > w.offset)
+                self.partition(&w.topic, w.partition).is_none_or(|p| {
+                    let end = if w.upto_log_end {
+                        p.log_end_offset()
+                    } else {
+                        p.high_watermark()
+                    };
+                    end > w.offset
+                })
             });
             if ready || self.is_stopping() {
                 return;

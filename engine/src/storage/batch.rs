@@ -186,6 +186,14 @@ pub(crate) fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[..8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// Writes `epoch` into partitionLeaderEpoch (bytes 12..16, not CRC covered),
+/// as Kafka's leader does to every batch it appends: followers and consumers
+/// learn from it which leader wrote the batch (the leader-epoch cache, and
+/// divergence checks after a leader change).
+pub(crate) fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    batch[12..16].copy_from_slice(&epoch.to_be_bytes());
+}
+
 /// LogAppendTime: marks the batch's timestamps as the broker's (attribute
 /// bit 3), sets maxTimestamp to `now_ms` and recomputes the CRC32C, as Kafka
 /// does for `message.timestamp.type=LogAppendTime`. Record payloads are
@@ -252,6 +260,18 @@ mod tests {
         set_base_offset(&mut bytes, 1234);
         let header = validate(&bytes).expect("still valid");
         assert_eq!(header.base_offset.get(), 1234);
+    }
+
+    #[test]
+    fn leader_epoch_stamp_keeps_crc_valid_and_touches_only_its_field() {
+        let sent = make_batch(5, 3, 16, 7);
+        let mut bytes = sent.to_vec();
+        set_partition_leader_epoch(&mut bytes, 42);
+        let header = validate(&bytes).expect("not CRC covered");
+        assert_eq!(header.partition_leader_epoch.get(), 42);
+        assert_eq!(header.base_offset.get(), 5);
+        assert_eq!(&bytes[..12], &sent[..12]);
+        assert_eq!(&bytes[16..], &sent[16..]);
     }
 
     #[test]

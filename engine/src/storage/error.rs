@@ -23,6 +23,10 @@ pub enum StorageError {
     InvalidBatch(#[from] BatchError),
     #[error("log is closed")]
     Closed,
+    /// A replicated append whose batches do not continue the log exactly
+    /// (a gap or an overlap): nothing of it was written.
+    #[error("replicated batches do not continue the log: expected base offset {expected}, got {got}")]
+    NonContiguous { expected: i64, got: i64 },
 }
 
 impl StorageError {
@@ -43,6 +47,10 @@ impl StorageError {
             },
             StorageError::InvalidBatch(e) => StorageError::InvalidBatch(e.clone()),
             StorageError::Closed => StorageError::Closed,
+            StorageError::NonContiguous { expected, got } => StorageError::NonContiguous {
+                expected: *expected,
+                got: *got,
+            },
         }
     }
 

@@ -383,6 +383,26 @@ impl SegmentIndex {
         (u64::from(position), self.base_offset + i64::from(relative))
     }
 
+    /// Drops every entry of the batches at or after the last indexed batch
+    /// starting at or below `offset` and returns `(position, offset)` of that
+    /// batch: scanning from there re-derives the entries for whatever is
+    /// kept, and passes the batch holding `offset` (truncation cuts there).
+    /// `(0, base)` with a fresh index when no entry is at or below `offset`.
+    pub fn rewind_to(&mut self, offset: i64) -> (u64, i64) {
+        assert!(
+            offset >= self.base_offset,
+            "offset {offset} below segment {}",
+            self.base_offset
+        );
+        // Bounded by the entry count: each round drops one entry or returns.
+        loop {
+            let (position, resume_offset) = self.resume_point();
+            if resume_offset <= offset {
+                return (position, resume_offset);
+            }
+        }
+    }
+
     /// Position from which to scan for the batch holding `offset`.
     pub fn position_for_offset(&self, offset: i64) -> u64 {
         let relative = (offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
@@ -529,5 +549,34 @@ mod tests {
         assert_eq!((resume_position, resume_offset), (9_000, 9));
         index.on_batch(9, 9_000, 1_000, 9, 2_500);
         assert_eq!(index.offsets.last(), Some((9, 9_000)));
+    }
+
+    #[test]
+    fn segment_index_rewound_and_rescanned_equals_one_built_from_the_kept_batches() {
+        // (base offset, max timestamp) of 2-offset, 700-byte batches; the
+        // timestamps go back and forth so the time index keeps only maxima.
+        let batches: Vec<(i64, i64)> = (0..30).map(|i| (100 + 2 * i, (i * 37) % 23)).collect();
+        let feed = |index: &mut SegmentIndex, from: usize, to: usize| {
+            for (i, &(base, timestamp)) in batches.iter().enumerate().take(to).skip(from) {
+                index.on_batch(base, i as u64 * 700, 700, timestamp, 1_500);
+            }
+        };
+        let mut full = SegmentIndex::new(100);
+        feed(&mut full, 0, batches.len());
+        full.seal();
+        for kept in [0usize, 1, 2, 5, 17, 29] {
+            // Cut at the batch `kept`, from an offset inside it.
+            let mut rewound = full.clone();
+            let (position, offset) = rewound.rewind_to(batches[kept].0 + 1);
+            assert!(offset <= batches[kept].0);
+            let from = usize::try_from(position / 700).expect("position");
+            assert_eq!(batches[from].0, offset);
+            feed(&mut rewound, from, kept);
+            let mut fresh = SegmentIndex::new(100);
+            feed(&mut fresh, 0, kept);
+            assert_eq!(rewound.offsets.encode(), fresh.offsets.encode(), "kept {kept}");
+            assert_eq!(rewound.times.encode(), fresh.times.encode(), "kept {kept}");
+            assert_eq!(rewound.max_timestamp(), fresh.max_timestamp(), "kept {kept}");
+        }
     }
 }

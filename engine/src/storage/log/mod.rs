@@ -5,8 +5,8 @@
 //! open, close and the accessors. The rest of `impl Log` is split by concern
 //! so that each part's invariants can be read in one place: `writer.rs`
 //! (appends, rolls, flushes), `reads.rs`, `recovery.rs` (what open does to
-//! the files it finds) and `retention.rs` (retention, DeleteRecords,
-//! compaction).
+//! the files it finds), `retention.rs` (retention, DeleteRecords,
+//! compaction) and `truncation.rs` (a follower cutting its log's end).
 //!
 //! Back of envelope (PERFORMANCE.md machine, 2 cores): one write per group
 //! commit, each rewriting at most one partial 4 KiB block already written, so
@@ -21,6 +21,7 @@
 mod reads;
 mod recovery;
 mod retention;
+mod truncation;
 mod writer;
 
 use std::cell::{Cell, RefCell};
@@ -130,6 +131,17 @@ impl State {
 
     fn active_mut(&mut self) -> Option<&mut Segment> {
         self.segments.values_mut().next_back().map(|s| &mut **s)
+    }
+
+    /// The writer's place is free: wakes whoever waits for that (close,
+    /// truncation). Only with nothing queued: appends queue only while
+    /// `writer_running` is set.
+    fn go_idle(&mut self) {
+        assert!(self.pending.is_empty(), "an idle writer leaves nothing queued");
+        self.writer_running = false;
+        for waiter in self.idle_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
     }
 
     fn next_base_after(&self, base: i64) -> Option<i64> {

@@ -111,23 +111,33 @@ impl Log {
                 // replaces a segment once.
                 continue;
             }
-            if zero_copy {
-                if let Some(found) = self
-                    .locate_slice(
-                        base, generation, &file, size, stable_end, position, offset, max_bytes,
-                    )
-                    .await?
-                {
-                    return Ok(Some(found));
+            let found: Result<Option<Records>, StorageError> = async {
+                if zero_copy {
+                    let sliced = self
+                        .locate_slice(
+                            base, generation, &file, size, stable_end, position, offset, max_bytes,
+                        )
+                        .await?;
+                    if sliced.is_some() {
+                        return Ok(sliced);
+                    }
                 }
+                Ok(read_batches(&file, size, position, offset, max_bytes)
+                    .await?
+                    .map(Records::Memory))
             }
-            return Ok(read_batches(&file, size, position, offset, max_bytes)
-                .await?
-                .map(Records::Memory));
+            .await;
+            if self.segment_generation(base) != Some(generation) {
+                // Truncated (or compacted, or deleted) while being read: the
+                // answer, or the error, may come from cut bytes. Bounded:
+                // each retry follows a change of the segment's files.
+                continue;
+            }
+            return found;
         }
     }
 
-    fn segment_generation(&self, base: i64) -> Option<u64> {
+    pub(super) fn segment_generation(&self, base: i64) -> Option<u64> {
         self.state.borrow().segments.get(&base).map(|s| s.generation)
     }
 
@@ -251,7 +261,7 @@ impl Log {
 
     /// Loads (validating, or rebuilding and warning) a sealed segment's
     /// indexes on first use. A segment deleted meanwhile is left alone.
-    async fn ensure_index(&self, base: i64) -> Result<(), StorageError> {
+    pub(super) async fn ensure_index(&self, base: i64) -> Result<(), StorageError> {
         let (size, next_offset, interval, generation) = {
             let state = self.state.borrow();
             let Some(segment) = state.segments.get(&base) else {
@@ -316,7 +326,7 @@ impl Log {
     /// share one file). A file deleted by retention surfaces as
     /// `Io(NotFound)`. Once the log is closed, reads open a file of their
     /// own, closed when dropped, so a closed log leaves nothing cached.
-    async fn segment_file(&self, base: i64) -> Result<Rc<DmaFile>, StorageError> {
+    pub(super) async fn segment_file(&self, base: i64) -> Result<Rc<DmaFile>, StorageError> {
         let path = file_path(&self.dir, base, LOG_SUFFIX);
         let (closed, active) = {
             let state = self.state.borrow();

@@ -107,7 +107,7 @@ impl Log {
         Ok(())
     }
 
-    async fn persist_log_start_offset(&self) -> Result<(), StorageError> {
+    pub(super) async fn persist_log_start_offset(&self) -> Result<(), StorageError> {
         if self.log_start_offset_writing.replace(true) {
             return Ok(());
         }

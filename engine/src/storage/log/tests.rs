@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::storage::batch::{split_validated, validate, BatchError};
+use crate::storage::segment;
 use crate::storage::testutil::make_batch;
 
 fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
@@ -904,6 +905,448 @@ fn append_rejects_an_empty_append_and_a_malformed_batch() {
             Err(StorageError::InvalidBatch(_))
         ));
         assert_eq!(log.log_end_offset(), 0);
+    });
+}
+
+/// `batch` with `epoch` in its partitionLeaderEpoch (not CRC covered), as a
+/// client or a leader may have sent it.
+fn with_epoch(batch: &Bytes, epoch: i32) -> Bytes {
+    let mut bytes = batch.to_vec();
+    bytes[12..16].copy_from_slice(&epoch.to_be_bytes());
+    Bytes::from(bytes)
+}
+
+/// Whole, CRC-valid batches of a read, with their headers.
+fn read_headers(bytes: &Bytes) -> Vec<crate::storage::BatchHeader> {
+    split_validated(bytes)
+        .expect("reads return whole valid batches")
+        .iter()
+        .map(|b| *validate(b).expect("valid"))
+        .collect()
+}
+
+#[test]
+fn append_with_epoch_stamps_the_leader_epoch_and_keeps_the_crc_valid() {
+    run(|| async {
+        for log_append_time in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = LogConfig {
+                log_append_time,
+                ..LogConfig::default()
+            };
+            let log = open(dir.path(), config, RecoveryMode::Clean).await;
+            let sent = [make_batch(0, 3, 50, 1_000), make_batch(0, 2, 50, 1_000)];
+            let stamped = log.append_with_epoch(sent.to_vec(), 7).await.expect("append");
+            assert_eq!((stamped.base_offset, stamped.last_offset), (0, 4));
+            // A plain append leaves the field as the client sent it.
+            let plain = log
+                .append(vec![with_epoch(&make_batch(0, 1, 50, 1_000), 3)])
+                .await
+                .expect("append");
+            assert_eq!(plain.base_offset, 5);
+
+            let read = log.read(0, 1 << 20).await.expect("read");
+            let headers = read_headers(&read);
+            let epochs: Vec<i32> = headers.iter().map(|h| h.partition_leader_epoch.get()).collect();
+            assert_eq!(epochs, vec![7, 7, 3], "log_append_time {log_append_time}");
+            let offsets: Vec<(i64, i64)> = headers
+                .iter()
+                .map(|h| (h.base_offset.get(), h.last_offset()))
+                .collect();
+            assert_eq!(offsets, vec![(0, 2), (3, 4), (5, 5)]);
+            assert_eq!(
+                headers.iter().all(|h| h.timestamp_type_log_append()),
+                log_append_time
+            );
+            if !log_append_time {
+                // Only baseOffset and the epoch differ from what was sent.
+                assert_eq!(&read[16..sent[0].len()], &sent[0][16..]);
+            }
+            log.close().await.expect("close");
+        }
+    });
+}
+
+#[test]
+fn append_replicated_keeps_the_leaders_offsets_takes_compaction_gaps_and_refuses_overlaps() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        let first = [
+            with_epoch(&make_batch(0, 3, 40, 500), 4),
+            with_epoch(&make_batch(3, 2, 40, 600), 5),
+        ];
+        let result = log.append_replicated(first.to_vec()).await.expect("replicate");
+        assert_eq!((result.base_offset, result.last_offset), (0, 4));
+        let read = log.read(0, 1 << 20).await.expect("read");
+        assert_eq!(
+            read,
+            Bytes::from([&first[0][..], &first[1][..]].concat()),
+            "byte for byte"
+        );
+        let size = log.size_bytes();
+
+        let refused = [
+            (vec![make_batch(4, 2, 40, 700)], 5, 4),
+            (vec![make_batch(5, 2, 40, 700), make_batch(6, 1, 40, 700)], 7, 6),
+            (vec![make_batch(9, 1, 40, 700), make_batch(9, 1, 40, 700)], 10, 9),
+        ];
+        for (batches, want_expected, want_got) in refused {
+            match log.append_replicated(batches).await {
+                Err(StorageError::NonContiguous { expected, got }) => {
+                    assert_eq!((expected, got), (want_expected, want_got));
+                }
+                other => panic!("overlap accepted: {other:?}"),
+            }
+            assert_eq!(
+                (log.log_end_offset(), log.size_bytes()),
+                (5, size),
+                "nothing written"
+            );
+        }
+
+        let next = log
+            .append_replicated(vec![make_batch(5, 2, 40, 700)])
+            .await
+            .expect("replicate");
+        assert_eq!((next.base_offset, next.last_offset), (5, 6));
+
+        // Queued together: one that would go back below the log end is
+        // refused alone; a gap (offsets compaction removed on the leader)
+        // is kept, as Kafka's followers keep it.
+        let queued = [
+            make_batch(7, 2, 40, 800),
+            make_batch(12, 1, 40, 800),
+            make_batch(9, 1, 40, 800),
+            make_batch(14, 1, 40, 800),
+        ];
+        let tasks: Vec<_> = queued
+            .iter()
+            .map(|batch| {
+                let (log, batch) = (log.clone(), batch.clone());
+                glommio::spawn_local(async move { log.append_replicated(vec![batch]).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await);
+        }
+        assert!(matches!(&results[0], Ok(r) if r.base_offset == 7));
+        assert!(matches!(&results[1], Ok(r) if r.base_offset == 12));
+        assert!(matches!(
+            &results[2],
+            Err(StorageError::NonContiguous { expected: 13, got: 9 })
+        ));
+        assert!(matches!(&results[3], Ok(r) if r.base_offset == 14));
+        assert_eq!(log.log_end_offset(), 15);
+        let read = log.read(0, 1 << 20).await.expect("read");
+        assert_eq!(
+            batch_offsets(&read),
+            vec![(0, 2), (3, 4), (5, 6), (7, 8), (12, 12), (14, 14)]
+        );
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_follower_replicating_every_batch_holds_the_same_files_as_its_leader() {
+    run(|| async {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (leader_dir, follower_dir) = (root.path().join("leader"), root.path().join("follower"));
+        let leader = open(&leader_dir, small_segments(8 * 1024), RecoveryMode::Clean).await;
+        let follower = open(&follower_dir, small_segments(8 * 1024), RecoveryMode::Clean).await;
+        for i in 0..60usize {
+            let batch = make_batch(0, 1 + i % 4, 200 + 13 * i, i as i64);
+            leader.append_with_epoch(vec![batch], 3).await.expect("lead");
+        }
+        // The follower's fetch loop: whatever the leader returns from the
+        // follower's end offset on, replicated as is.
+        while follower.log_end_offset() < leader.log_end_offset() {
+            let fetched = leader.read(follower.log_end_offset(), 3000).await.expect("fetch");
+            let batches = split_validated(&fetched).expect("whole batches");
+            follower.append_replicated(batches).await.expect("replicate");
+        }
+        assert_eq!(follower.segment_count(), leader.segment_count());
+        assert!(leader.segment_count() > 3, "segments: {}", leader.segment_count());
+        leader.close().await.expect("close");
+        follower.close().await.expect("close");
+        for suffix in ["log", "index", "timeindex"] {
+            let (leader_files, follower_files) = (
+                segment_files(&leader_dir, suffix),
+                segment_files(&follower_dir, suffix),
+            );
+            assert_eq!(leader_files.len(), follower_files.len());
+            for (l, f) in leader_files.iter().zip(&follower_files) {
+                assert_eq!(l.file_name(), f.file_name());
+                assert_eq!(
+                    std::fs::read(l).expect("read"),
+                    std::fs::read(f).expect("read"),
+                    "{l:?}"
+                );
+            }
+        }
+    });
+}
+
+/// Appends `count` batches of 3 records each, returning (assigned base
+/// offset, batch as sent) for each.
+async fn append_sent(log: &Log, count: usize, value_bytes: usize) -> Vec<(i64, Bytes)> {
+    let mut sent = Vec::new();
+    for i in 0..count {
+        let batch = make_batch(0, 3, value_bytes, 1_000 + i as i64 * 10);
+        let appended = log.append(vec![batch.clone()]).await.expect("append");
+        sent.push((appended.base_offset, batch));
+    }
+    sent
+}
+
+/// The log holds exactly `sent` and ends at `log_end_offset`, through
+/// copying and zero-copy reads alike; nothing is readable at or past the end.
+async fn assert_holds(log: &Log, sent: &[(i64, Bytes)], log_end_offset: i64) {
+    assert_eq!(log.log_end_offset(), log_end_offset);
+    assert_reads_back(log, sent).await;
+    let mut next = log.log_start_offset();
+    let mut expected = sent.iter();
+    while next < log_end_offset {
+        let records = log.read_records(next, 8 * 1024, true).await.expect("read");
+        let bytes = records.to_bytes().expect("bytes");
+        for got in split_validated(&bytes).expect("whole valid batches") {
+            let (base_offset, want) = expected.next().expect("no more batches than sent");
+            let header = validate(&got).expect("valid");
+            assert_eq!(header.base_offset.get(), *base_offset);
+            assert_eq!(&got[8..], &want[8..]);
+            next = header.last_offset() + 1;
+        }
+    }
+    assert!(expected.next().is_none(), "every batch read back zero-copy");
+    assert!(log
+        .read(log_end_offset, 1 << 20)
+        .await
+        .expect("read at end")
+        .is_empty());
+    assert!(matches!(
+        log.read(log_end_offset + 1, 1 << 20).await,
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+}
+
+/// The batches of `sent` that end below `log_end_offset`.
+fn kept_below(sent: &[(i64, Bytes)], log_end_offset: i64) -> Vec<(i64, Bytes)> {
+    let kept: Vec<(i64, Bytes)> = sent
+        .iter()
+        .filter(|(base, batch)| {
+            base + i64::from(validate(batch).expect("valid").last_offset_delta.get()) < log_end_offset
+        })
+        .cloned()
+        .collect();
+    let end = kept.last().map_or(0, |(base, batch)| {
+        base + i64::from(validate(batch).expect("valid").last_offset_delta.get()) + 1
+    });
+    assert!(
+        kept.is_empty() || end == log_end_offset,
+        "the cut is at a batch boundary"
+    );
+    kept
+}
+
+/// One truncation case, checked both ways round: truncate, crash at once and
+/// recover uncleanly, append, close and reopen cleanly; and truncate, append
+/// (on the writer state the truncation left), close and reopen cleanly,
+/// append, crash and recover uncleanly. After each step the log holds
+/// exactly the batches below `expected_end` plus those appended since, and
+/// appends continue at its end.
+async fn check_truncation(config: LogConfig, batches: usize, offset: i64, expected_end: i64) {
+    for crash_first in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        let sent = append_sent(&log, batches, 300).await;
+        log.truncate_to(offset).await.expect("truncate");
+        let mut kept = kept_below(&sent, expected_end);
+        assert_holds(&log, &kept, expected_end).await;
+        assert_eq!(segment_files(dir.path(), "log").len(), log.segment_count());
+        let active = segment::file_path(dir.path(), log.active_base_offset(), "index");
+        assert!(!active.exists(), "no stale index for the active segment");
+        let mut end = expected_end;
+        if !crash_first {
+            // Odd size: the next append starts inside a partial block.
+            let batch = make_batch(0, 3, 111, 8_000);
+            let appended = log.append(vec![batch.clone()]).await.expect("append");
+            assert_eq!((appended.base_offset, appended.last_offset), (end, end + 2));
+            kept.push((end, batch));
+            end += 3;
+            assert_holds(&log, &kept, end).await;
+        }
+
+        let mode = if crash_first {
+            crash(log);
+            RecoveryMode::Unclean
+        } else {
+            log.close().await.expect("close");
+            RecoveryMode::Clean
+        };
+        let log = open(dir.path(), config.clone(), mode).await;
+        assert!(
+            log.recovery_report().bytes_truncated < BLOCK_BYTES,
+            "O_DIRECT padding only: nothing torn, nothing cut"
+        );
+        assert_holds(&log, &kept, end).await;
+        let batch = make_batch(0, 2, 100, 9_000);
+        let appended = log.append(vec![batch.clone()]).await.expect("append");
+        assert_eq!((appended.base_offset, appended.last_offset), (end, end + 1));
+        kept.push((end, batch));
+        end += 2;
+        assert_holds(&log, &kept, end).await;
+
+        let mode = if crash_first {
+            log.close().await.expect("close");
+            RecoveryMode::Clean
+        } else {
+            crash(log);
+            RecoveryMode::Unclean
+        };
+        let log = open(dir.path(), config.clone(), mode).await;
+        if mode == RecoveryMode::Clean {
+            assert_eq!(log.recovery_report().segments_scanned, 0);
+            assert_eq!(log.recovery_report().indexes_rebuilt, 0);
+        }
+        assert_holds(&log, &kept, end).await;
+        log.close().await.expect("close");
+    }
+}
+
+#[test]
+fn truncate_to_a_batch_boundary_in_the_active_segment() {
+    run(|| async {
+        check_truncation(LogConfig::default(), 10, 15, 15).await;
+    });
+}
+
+#[test]
+fn truncate_to_mid_batch_removes_the_whole_batch_holding_the_offset() {
+    run(|| async {
+        check_truncation(LogConfig::default(), 10, 16, 15).await;
+        check_truncation(LogConfig::default(), 10, 29, 27).await;
+        check_truncation(LogConfig::default(), 10, 1, 0).await;
+    });
+}
+
+#[test]
+fn truncate_to_an_earlier_sealed_segment_deletes_the_later_ones() {
+    run(|| async {
+        let config = small_segments(8 * 1024);
+        // Where the segments start with 60 batches of ~1 KiB.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        append_sent(&log, 60, 300).await;
+        let bases: Vec<i64> = log.state.borrow().segments.keys().copied().collect();
+        assert!(bases.len() > 5, "segments: {bases:?}");
+        // Mid-batch in the second segment, a few batches in.
+        let base = bases[1];
+        let offset = base + 3 * 4 + 1;
+        assert!(offset + 3 < bases[2]);
+        log.truncate_to(offset).await.expect("truncate");
+        assert_eq!(log.log_end_offset(), base + 12);
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(log.active_base_offset(), base);
+        assert_eq!(segment_files(dir.path(), "log").len(), 2);
+        assert_eq!(
+            segment_files(dir.path(), "index").len(),
+            1,
+            "only the sealed one's"
+        );
+        assert_eq!(segment_files(dir.path(), "timeindex").len(), 1);
+        log.close().await.expect("close");
+
+        check_truncation(config.clone(), 60, offset, base + 12).await;
+        // At a segment's base: it stays, empty, as the active segment.
+        check_truncation(config.clone(), 60, bases[3], bases[3]).await;
+        // Inside the first batch of the first segment.
+        check_truncation(config, 60, 2, 0).await;
+    });
+}
+
+#[test]
+fn truncate_to_below_the_log_start_starts_over_empty_at_the_offset() {
+    run(|| async {
+        let config = small_segments(4 * 1024);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        append_sent(&log, 40, 300).await;
+        log.advance_log_start_offset(61).await.expect("delete records");
+        log.truncate_to(30).await.expect("truncate");
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (30, 30));
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(
+            segment_files(dir.path(), "log"),
+            vec![segment::file_path(dir.path(), 30, "log")]
+        );
+        assert!(segment_files(dir.path(), "index").is_empty());
+        assert_holds(&log, &[], 30).await;
+        let batch = make_batch(0, 3, 300, 5);
+        let appended = log.append(vec![batch.clone()]).await.expect("append");
+        assert_eq!(appended.base_offset, 30);
+        let sent = vec![(30, batch)];
+        assert_holds(&log, &sent, 33).await;
+        crash(log);
+        let log = open(dir.path(), config.clone(), RecoveryMode::Unclean).await;
+        assert_eq!(log.log_start_offset(), 30);
+        assert_holds(&log, &sent, 33).await;
+        log.close().await.expect("close");
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        assert_eq!(log.log_start_offset(), 30);
+        assert_holds(&log, &sent, 33).await;
+
+        // A follower behind its leader's log start starts over there.
+        log.truncate_fully_and_start_at(1_000).await.expect("start over");
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (1_000, 1_000));
+        let batch = make_batch(1_000, 2, 300, 5);
+        let replicated = log
+            .append_replicated(vec![batch.clone()])
+            .await
+            .expect("replicate");
+        assert_eq!(replicated.base_offset, 1_000);
+        let sent = vec![(1_000, batch)];
+        assert_holds(&log, &sent, 1_002).await;
+        log.close().await.expect("close");
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        assert_eq!(log.log_start_offset(), 1_000);
+        assert_holds(&log, &sent, 1_002).await;
+        crash(log);
+        let log = open(dir.path(), config, RecoveryMode::Unclean).await;
+        assert_eq!(log.log_start_offset(), 1_000);
+        assert_holds(&log, &sent, 1_002).await;
+        assert_eq!(segment_files(dir.path(), "log").len(), 1);
+    });
+}
+
+#[test]
+fn truncate_to_at_or_past_the_log_end_changes_nothing() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), small_segments(8 * 1024), RecoveryMode::Clean).await;
+        let sent = append_sent(&log, 20, 300).await;
+        let files = |dir: &Path| -> Vec<(std::path::PathBuf, u64)> {
+            segment_files(dir, "log")
+                .into_iter()
+                .map(|p| {
+                    let len = std::fs::metadata(&p).expect("stat").len();
+                    (p, len)
+                })
+                .collect()
+        };
+        let before = (log.log_end_offset(), log.size_bytes(), files(dir.path()));
+        for offset in [60, 61, i64::MAX] {
+            log.truncate_to(offset).await.expect("no-op");
+            assert_eq!(
+                (log.log_end_offset(), log.size_bytes(), files(dir.path())),
+                before
+            );
+        }
+        assert_holds(&log, &sent, 60).await;
+        let appended = log.append(vec![make_batch(0, 1, 10, 0)]).await.expect("append");
+        assert_eq!(appended.base_offset, 60);
+        log.close().await.expect("close");
+        assert!(matches!(log.truncate_to(10).await, Err(StorageError::Closed)));
     });
 }
 

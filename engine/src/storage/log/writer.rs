@@ -2,7 +2,14 @@
 //! appends, rolls, and the flush policy. Kept apart because it is the only
 //! code that writes the active segment: its invariants (one writer task, the
 //! partial tail block rewritten in place, nothing published by a short write)
-//! hold only if nothing else touches the segment's bytes.
+//! hold only if nothing else touches the segment's bytes. (Truncation, in
+//! `truncation.rs`, changes them too, but only while it holds the writer's
+//! place: see `Log::claim_writer`.)
+//!
+//! Three kinds of append share the queue and the writes: the leader's
+//! (`append`, offsets assigned here), the leader's with its epoch stamped
+//! (`append_with_epoch`), and a follower's copy of the leader's batches
+//! (`append_replicated`, written byte for byte at the offsets they carry).
 
 use std::rc::Rc;
 
@@ -24,9 +31,29 @@ use super::{
 pub(super) struct PendingAppend {
     batches: Vec<Bytes>,
     bytes: u64,
+    /// Offsets the append takes: the log end offset moves this far.
     offsets: i64,
     records: u64,
+    mode: AppendMode,
 }
+
+/// What the writer does to an append's batches while copying them into the
+/// DMA buffer.
+#[derive(Clone, Copy, Debug)]
+enum AppendMode {
+    /// The leader's append: baseOffset rewritten to the assigned offset,
+    /// LogAppendTime stamped when the topic uses it, and partitionLeaderEpoch
+    /// stamped when given.
+    Leader { leader_epoch: Option<i32> },
+    /// A follower's copy of the leader's batches: written byte for byte. Its
+    /// first batch starts at `base_offset`, which must not be below the log
+    /// end offset when it is written (checked by the writer, since appends
+    /// queue). Above it is a gap compaction left in the leader's log, which
+    /// Kafka's followers accept too.
+    Replicated { base_offset: i64 },
+}
+
+type Reply = oneshot::Sender<Result<AppendResult, StorageError>>;
 
 impl Log {
     /// Appends whole, validated v2 batches atomically and contiguously.
@@ -40,7 +67,43 @@ impl Log {
     /// its own task, so a caller that drops its future cannot stall the queue
     /// (its batches may still be written).
     pub async fn append(&self, batches: Vec<Bytes>) -> Result<AppendResult, StorageError> {
-        let pending = describe(batches)?;
+        let pending = describe(batches, AppendMode::Leader { leader_epoch: None })?;
+        self.enqueue(pending).await
+    }
+
+    /// As `append`, and the writer also stamps `leader_epoch` into each
+    /// batch's partitionLeaderEpoch (not CRC covered) in the copy written, as
+    /// Kafka's leader does. Same queue, same group commit.
+    pub async fn append_with_epoch(
+        &self,
+        batches: Vec<Bytes>,
+        leader_epoch: i32,
+    ) -> Result<AppendResult, StorageError> {
+        let mode = AppendMode::Leader {
+            leader_epoch: Some(leader_epoch),
+        };
+        self.enqueue(describe(batches, mode)?).await
+    }
+
+    /// A follower's append: batches fetched from the leader, which already
+    /// carry their offsets, epochs and timestamps, written byte for byte.
+    /// The first batch's baseOffset must be at or past the log end offset at
+    /// the moment of the write, and each next batch must start after the one
+    /// before (gaps are offsets compaction removed on the leader); otherwise
+    /// nothing of this append is written and it fails with `NonContiguous`
+    /// (other queued appends are not affected). Indexes, rolls and the flush
+    /// policy are those of any append.
+    pub async fn append_replicated(&self, batches: Vec<Bytes>) -> Result<AppendResult, StorageError> {
+        let base_offset = match batches.first().map(|b| batch::parse_header(b)) {
+            Some(Ok(header)) => header.base_offset.get(),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(BatchError::Empty.into()),
+        };
+        self.enqueue(describe(batches, AppendMode::Replicated { base_offset })?)
+            .await
+    }
+
+    async fn enqueue(&self, pending: PendingAppend) -> Result<AppendResult, StorageError> {
         let (reply, answer) = oneshot::channel();
         let start_writer = {
             let mut state = self.state.borrow_mut();
@@ -51,12 +114,18 @@ impl Log {
             !std::mem::replace(&mut state.writer_running, true)
         };
         if start_writer {
-            let Some(this) = self.this.upgrade() else {
-                return Err(StorageError::Closed);
-            };
-            glommio::spawn_local(async move { this.run_writer().await }).detach();
+            self.spawn_writer()?;
         }
         answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Starts the writer task; the caller has set `writer_running`.
+    pub(super) fn spawn_writer(&self) -> Result<(), StorageError> {
+        let Some(this) = self.this.upgrade() else {
+            return Err(StorageError::Closed);
+        };
+        glommio::spawn_local(async move { this.run_writer().await }).detach();
+        Ok(())
     }
 
     async fn run_writer(self: Rc<Self>) {
@@ -64,10 +133,7 @@ impl Log {
             let drained: Vec<_> = {
                 let mut state = self.state.borrow_mut();
                 if state.pending.is_empty() {
-                    state.writer_running = false;
-                    for waiter in state.idle_waiters.drain(..) {
-                        let _ = waiter.send(());
-                    }
+                    state.go_idle();
                     return;
                 }
                 // Moves the queue's buffer out, so an idle log keeps none.
@@ -77,12 +143,9 @@ impl Log {
         }
     }
 
-    async fn write_drained(
-        &self,
-        drained: Vec<(PendingAppend, oneshot::Sender<Result<AppendResult, StorageError>>)>,
-    ) {
+    async fn write_drained(&self, drained: Vec<(PendingAppend, Reply)>) {
         let now = now_ms();
-        let (appends, replies): (Vec<_>, Vec<_>) = drained.into_iter().unzip();
+        let (appends, replies) = self.refuse_non_contiguous(drained);
         let mut results: Vec<Option<AppendResult>> = vec![None; appends.len()];
         let mut failure = None;
         let mut first = 0;
@@ -130,6 +193,38 @@ impl Log {
             };
             let _ = reply.send(answer);
         }
+    }
+
+    /// Answers (with `NonContiguous`) the replicated appends that would not
+    /// start where the log ends once the appends drained before them are
+    /// written, and returns the others. Checked here, against the real log
+    /// end offset, because appends queue: the end a caller saw may have
+    /// moved. Exact: if an earlier write fails, every later append fails too.
+    fn refuse_non_contiguous(
+        &self,
+        drained: Vec<(PendingAppend, Reply)>,
+    ) -> (Vec<PendingAppend>, Vec<Reply>) {
+        let mut expected = self.state.borrow().log_end_offset;
+        let mut appends = Vec::with_capacity(drained.len());
+        let mut replies = Vec::with_capacity(drained.len());
+        for (append, reply) in drained {
+            if let AppendMode::Replicated { base_offset } = append.mode {
+                if base_offset < expected {
+                    let refused = StorageError::NonContiguous {
+                        expected,
+                        got: base_offset,
+                    };
+                    let _ = reply.send(Err(refused));
+                    continue;
+                }
+                // A replicated append's `offsets` spans its gaps too.
+                expected = base_offset;
+            }
+            expected += append.offsets;
+            appends.push(append);
+            replies.push(reply);
+        }
+        (appends, replies)
     }
 
     /// `flush.ms` of this log (u64::MAX: never on time).
@@ -189,14 +284,15 @@ impl Log {
     /// Writes one run of appends to the active segment in one aligned write.
     ///
     /// Why hand-written rather than a crate (or glommio's DmaStreamWriter):
-    /// the writer must (1) rewrite baseOffset in the copy while filling the
-    /// DMA buffer, with no second copy, (2) place several callers' batches in
-    /// one write and know each batch's file position for the index, (3)
-    /// return only when the bytes are on the device and readable, with the
-    /// logical size (not the padded file size) as the truth, and (4) rewrite
-    /// the partial last block instead of leaving padding holes, so the file
-    /// stays a contiguous run of batches that Kafka tools can read. A stream
-    /// writer buffers across calls and pads at close only, which loses (3).
+    /// the writer must (1) rewrite baseOffset (and the leader epoch) in the
+    /// copy while filling the DMA buffer, with no second copy, (2) place
+    /// several callers' batches in one write and know each batch's file
+    /// position for the index, (3) return only when the bytes are on the
+    /// device and readable, with the logical size (not the padded file size)
+    /// as the truth, and (4) rewrite the partial last block instead of
+    /// leaving padding holes, so the file stays a contiguous run of batches
+    /// that Kafka tools can read. A stream writer buffers across calls and
+    /// pads at close only, which loses (3).
     async fn write_run(&self, run: &[PendingAppend], now: i64) -> Result<Vec<AppendResult>, StorageError> {
         let (tail, size, log_end_offset, log_start_offset, log_append_time) = {
             let state = self.state.borrow();
@@ -231,15 +327,38 @@ impl Log {
         let mut results = Vec::with_capacity(run.len());
         for append in run {
             let base_offset = next_offset;
+            let (assign, leader_epoch) = match append.mode {
+                AppendMode::Leader { leader_epoch } => (true, leader_epoch),
+                AppendMode::Replicated { base_offset } => {
+                    // write_drained refused every replicated append that
+                    // starts below the log end.
+                    assert!(base_offset >= next_offset, "replicated append continues the log");
+                    next_offset = base_offset;
+                    (false, None)
+                }
+            };
+            let base_offset = if assign { base_offset } else { next_offset };
             for bytes in &append.batches {
                 let copy = &mut out[cursor..cursor + bytes.len()];
                 copy.copy_from_slice(bytes);
-                batch::set_base_offset(copy, next_offset);
-                if log_append_time {
-                    batch::set_log_append_time(copy, now)?;
+                if assign {
+                    batch::set_base_offset(copy, next_offset);
+                    if let Some(epoch) = leader_epoch {
+                        batch::set_partition_leader_epoch(copy, epoch);
+                    }
+                    if log_append_time {
+                        batch::set_log_append_time(copy, now)?;
+                    }
                 }
                 let header = batch::parse_header(copy)?;
                 assert_eq!(header.total_bytes(), bytes.len(), "batch length changed");
+                if assign {
+                    assert_eq!(header.base_offset.get(), next_offset, "offsets are dense");
+                } else {
+                    // A compaction gap from the leader: never backwards.
+                    assert!(header.base_offset.get() >= next_offset, "offsets only increase");
+                    next_offset = header.base_offset.get();
+                }
                 let last_offset = header.last_offset();
                 assert!(last_offset >= next_offset, "offsets only increase");
                 placed.push((
@@ -377,7 +496,9 @@ impl Log {
             file.fdatasync().await?;
         }
         let mut state = self.state.borrow_mut();
-        state.recovery_point = state.recovery_point.max(log_end_offset);
+        // Capped at the current end: a truncation may have lowered it while
+        // the sync ran (what is below the new end was synced all the same).
+        state.recovery_point = state.recovery_point.max(log_end_offset).min(state.log_end_offset);
         state.messages_since_flush = 0;
         state.last_flush_ms = now_ms();
         Ok(())
@@ -393,8 +514,11 @@ impl Log {
 }
 
 /// Checks an append's batches (already CRC-validated by the caller) enough
-/// to keep the log's invariants, and sums what the writer needs.
-fn describe(batches: Vec<Bytes>) -> Result<PendingAppend, StorageError> {
+/// to keep the log's invariants, and sums what the writer needs. A
+/// replicated append's batches must also follow each other without an
+/// overlap (where it starts is the writer's check); its `offsets` is the span
+/// from its first offset to its last, gaps included.
+fn describe(batches: Vec<Bytes>, mode: AppendMode) -> Result<PendingAppend, StorageError> {
     if batches.is_empty() {
         return Err(BatchError::Empty.into());
     }
@@ -403,14 +527,31 @@ fn describe(batches: Vec<Bytes>) -> Result<PendingAppend, StorageError> {
         bytes: 0,
         offsets: 0,
         records: 0,
+        mode,
+    };
+    let mut next_offset = match mode {
+        AppendMode::Replicated { base_offset } => Some(base_offset),
+        AppendMode::Leader { .. } => None,
     };
     for bytes in &batches {
         let header = batch::check_shape(bytes)?;
+        if let Some(expected) = next_offset {
+            let got = header.base_offset.get();
+            if got < expected {
+                return Err(StorageError::NonContiguous { expected, got });
+            }
+            // Saturating: the offsets come from another broker, and one
+            // beyond any log end is refused by the writer anyway.
+            next_offset = Some(got.saturating_add(i64::from(header.last_offset_delta.get()) + 1));
+        }
         let last_offset_delta = header.last_offset_delta.get();
         let records_count = header.records_count.get();
         pending.bytes += bytes.len() as u64;
         pending.offsets += i64::from(last_offset_delta) + 1;
         pending.records += records_count as u64;
+    }
+    if let (AppendMode::Replicated { base_offset }, Some(end)) = (mode, next_offset) {
+        pending.offsets = end - base_offset;
     }
     pending.batches = batches;
     Ok(pending)

@@ -1,0 +1,67 @@
+//! ElectLeaders (KIP-460): preferred or unclean leader elections, asked of
+//! the active controller through the control plane like any admin change.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse, TopicName};
+use kafka_protocol::ResponseError;
+
+use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
+use crate::wire::str_bytes;
+
+/// `election_type` 1 (v1+): unclean; 0: preferred.
+const UNCLEAN: i8 = 1;
+
+pub async fn elect_leaders(shard: &Rc<Shard>, req: ElectLeadersRequest) -> ElectLeadersResponse {
+    let partitions: Option<Vec<(String, i32)>> = req.topic_partitions.map(|topics| {
+        topics
+            .into_iter()
+            .flat_map(|t| {
+                let name = t.topic.to_string();
+                t.partitions.into_iter().map(move |p| (name.clone(), p))
+            })
+            .collect()
+    });
+    let asked = partitions.clone().unwrap_or_default();
+    let op = ControlOp::ElectLeaders {
+        unclean: req.election_type == UNCLEAN,
+        partitions,
+    };
+    let results = match shard.call(CONTROLLER_SHARD, ShardOp::Control(op)).await {
+        ShardReply::Control(ControlReply::Elected(results)) => results,
+        _ => asked
+            .into_iter()
+            .map(|(t, p)| {
+                (
+                    t,
+                    p,
+                    Some((
+                        ResponseError::NotController,
+                        "no active controller answered".to_string(),
+                    )),
+                )
+            })
+            .collect(),
+    };
+    let mut by_topic: BTreeMap<String, Vec<PartitionResult>> = BTreeMap::new();
+    for (topic, partition, refusal) in results {
+        let mut r = PartitionResult::default().with_partition_id(partition);
+        if let Some((code, message)) = refusal {
+            r.error_code = code.code();
+            r.error_message = Some(str_bytes(&message));
+        }
+        by_topic.entry(topic).or_default().push(r);
+    }
+    ElectLeadersResponse::default().with_replica_election_results(
+        by_topic
+            .into_iter()
+            .map(|(topic, partition_result)| {
+                ReplicaElectionResult::default()
+                    .with_topic(TopicName(str_bytes(&topic)))
+                    .with_partition_result(partition_result)
+            })
+            .collect(),
+    )
+}

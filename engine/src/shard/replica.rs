@@ -1,0 +1,464 @@
+//! The shard's replica manager: roles from metadata images, one fetcher
+//! task per leader node this shard follows, the ISR checks, and the ISR
+//! changes sent to the controller (AlterPartition in meaning).
+//!
+//! Lives on every shard, for the replicas the node placement gives it.
+//! Called by `Shard::apply` (roles), the fetch path (a follower's fetch
+//! reaching a leader), and the server's timers (`check_isr`).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, OffsetForLeaderEpochRequest, TopicName};
+use kafka_protocol::ResponseError;
+
+use super::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
+use crate::clock::now_ms;
+use crate::controller::{NodeView, NO_LEADER};
+use crate::partition::Partition;
+use crate::replication::client::{LeaderConnection, FETCH_VERSION, OFFSET_FOR_LEADER_EPOCH_VERSION};
+use crate::replication::state::{truncation, Truncation};
+use crate::wire::str_bytes;
+
+/// Pause of a fetcher whose partitions all failed (a leader change the
+/// image has not brought yet), so it does not spin.
+const FETCH_ERROR_PAUSE_MS: u64 = 50;
+/// Pause before resending an ISR change no controller answered.
+const ISR_RETRY_MS: u64 = 200;
+
+type Key = (String, i32);
+
+impl Shard {
+    /// Sets each local replica's role from `view`: leader where the image
+    /// names this node (and the node is not fenced), else follower of the
+    /// named leader; starts a fetcher for each leader node followed.
+    /// Returns the `__consumer_offsets` partitions this shard started and
+    /// stopped leading: their groups load and unload with leadership.
+    pub(crate) fn update_roles(self: &Rc<Self>, view: &NodeView) -> (Vec<i32>, Vec<i32>) {
+        let now = now_ms();
+        let parts: Vec<(Key, Rc<Partition>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        let mut leaders_followed = Vec::new();
+        let (mut gained, mut lost) = (Vec::new(), Vec::new());
+        for ((topic, index), p) in parts {
+            let offsets = topic == crate::controller::OFFSETS_TOPIC;
+            let Some(meta) = view.image.partition(&topic, index) else {
+                continue;
+            };
+            let leads = meta.leader == view.node_id && !view.fenced;
+            if leads {
+                match p.become_leader(view.node_id, meta, now) {
+                    Ok(true) => {
+                        tracing::debug!(
+                            "{topic}-{index}: leader at epoch {} (ISR {:?})",
+                            meta.leader_epoch,
+                            meta.in_sync()
+                        );
+                        if offsets {
+                            gained.push(index);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!("{topic}-{index}: cannot take leadership: {e}"),
+                }
+            } else {
+                let leader = if meta.leader == view.node_id {
+                    NO_LEADER
+                } else {
+                    meta.leader
+                };
+                let was_leader = p.is_leader();
+                p.become_follower(leader, meta.leader_epoch);
+                if offsets && was_leader {
+                    lost.push(index);
+                }
+                if leader != NO_LEADER && !leaders_followed.contains(&leader) {
+                    leaders_followed.push(leader);
+                }
+            }
+        }
+        for leader in leaders_followed {
+            if self.fetchers.borrow_mut().insert(leader) {
+                let shard = self.clone();
+                glommio::spawn_local(async move { shard.run_fetcher(leader).await }).detach();
+            }
+        }
+        (gained, lost)
+    }
+
+    /// The partitions of this shard that follow `leader`.
+    fn followed_from(&self, leader: i32) -> Vec<(Key, Rc<Partition>)> {
+        self.partitions
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.following().is_some_and(|f| f.leader == leader))
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Copies `leader`'s partitions to this shard's followers until none is
+    /// left to follow from it: truncation first where needed, then long-
+    /// polled fetches of all of them in one request.
+    async fn run_fetcher(self: Rc<Self>, leader: i32) {
+        let cluster = &self.config.cluster;
+        let mut connection: Option<LeaderConnection> = None;
+        loop {
+            let parts = self.followed_from(leader);
+            if parts.is_empty() || self.is_stopping() {
+                // Same tick as the check: an image that adds a partition
+                // for this leader after it starts a new fetcher.
+                self.fetchers.borrow_mut().remove(&leader);
+                return;
+            }
+            let view = self.view();
+            let Some(addr) = view
+                .image
+                .brokers
+                .get(&leader)
+                .and_then(|b| std::net::ToSocketAddrs::to_socket_addrs(&(b.host.as_str(), b.port)).ok())
+                .and_then(|mut a| a.next())
+            else {
+                glommio::timer::sleep(Duration::from_millis(cluster.replica_fetch_backoff_ms)).await;
+                continue;
+            };
+            if connection.as_ref().is_none_or(|c| c.addr() != addr) {
+                match LeaderConnection::connect(
+                    addr,
+                    cluster.replica_socket_timeout_ms,
+                    cluster.replica_fetch_response_max_bytes + (1 << 20),
+                )
+                .await
+                {
+                    Ok(c) => connection = Some(c),
+                    Err(e) => {
+                        tracing::debug!("follower fetch: cannot reach leader {leader} at {addr}: {e}");
+                        glommio::timer::sleep(Duration::from_millis(cluster.replica_fetch_backoff_ms)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(conn) = connection.as_mut() else { continue };
+            let result = self.fetch_round(conn, leader, &parts).await;
+            match result {
+                Ok(true) => {}
+                Ok(false) => glommio::timer::sleep(Duration::from_millis(FETCH_ERROR_PAUSE_MS)).await,
+                Err(e) => {
+                    tracing::debug!("follower fetch from leader {leader} failed: {e}");
+                    connection = None;
+                    glommio::timer::sleep(Duration::from_millis(cluster.replica_fetch_backoff_ms)).await;
+                }
+            }
+        }
+    }
+
+    /// One round: OffsetForLeaderEpoch for the partitions that must
+    /// truncate, else one Fetch for the rest. Ok(false): nothing moved.
+    async fn fetch_round(
+        &self,
+        conn: &mut LeaderConnection,
+        leader: i32,
+        parts: &[(Key, Rc<Partition>)],
+    ) -> std::io::Result<bool> {
+        let truncating: Vec<&(Key, Rc<Partition>)> = parts
+            .iter()
+            .filter(|(_, p)| p.following().is_some_and(|f| f.needs_truncation))
+            .collect();
+        if !truncating.is_empty() {
+            return self.truncate_round(conn, &truncating).await;
+        }
+        let cluster = &self.config.cluster;
+        let mut by_topic: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
+        let mut sent = HashMap::new();
+        for ((topic, index), p) in parts {
+            let Some(f) = p.following() else { continue };
+            let offset = p.log_end_offset();
+            sent.insert((topic.as_str(), *index), (p.clone(), offset, f.leader_epoch));
+            by_topic.entry(topic.as_str()).or_default().push(
+                FetchPartition::default()
+                    .with_partition(*index)
+                    .with_current_leader_epoch(f.leader_epoch)
+                    .with_fetch_offset(offset)
+                    .with_last_fetched_epoch(-1)
+                    .with_log_start_offset(p.log_start_offset())
+                    .with_partition_max_bytes(cluster.replica_fetch_max_bytes.min(i32::MAX as usize) as i32),
+            );
+        }
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(self.config.node_id))
+            .with_max_wait_ms(cluster.replica_fetch_wait_max_ms.min(i32::MAX as u64) as i32)
+            .with_min_bytes(1)
+            .with_max_bytes(cluster.replica_fetch_response_max_bytes.min(i32::MAX as usize) as i32)
+            .with_session_epoch(-1)
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        FetchTopic::default()
+                            .with_topic(TopicName(str_bytes(topic)))
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
+            );
+        let timeout_ms = cluster.replica_socket_timeout_ms + cluster.replica_fetch_wait_max_ms;
+        let response = conn.call(&request, FETCH_VERSION, timeout_ms).await?;
+        let mut progressed = false;
+        for topic in response.responses {
+            for r in topic.partitions {
+                let Some((p, offset, epoch)) = sent.get(&(topic.topic.as_str(), r.partition_index)) else {
+                    continue;
+                };
+                // The role may have changed while the fetch waited.
+                if p.following().is_none_or(|f| {
+                    f.leader != leader || f.leader_epoch != *epoch || p.log_end_offset() != *offset
+                }) {
+                    continue;
+                }
+                match ResponseError::try_from_code(r.error_code) {
+                    None => {
+                        let records = r.records.unwrap_or_default();
+                        progressed |= !records.is_empty();
+                        if let Err(e) = p.append_replicated(&records, r.high_watermark).await {
+                            tracing::warn!(
+                                "{}-{}: replicated append failed: {}",
+                                topic.topic.as_str(),
+                                r.partition_index,
+                                e.message
+                            );
+                            p.become_follower_again();
+                        } else {
+                            progressed = true;
+                        }
+                    }
+                    Some(ResponseError::OffsetOutOfRange) => {
+                        if *offset < r.log_start_offset {
+                            // The leader deleted what this replica lacks:
+                            // start over at its log start (Kafka's rule).
+                            if let Err(e) = p.truncate_fully(r.log_start_offset).await {
+                                tracing::error!(
+                                    "{}-{}: cannot restart at the leader's log start: {}",
+                                    topic.topic.as_str(),
+                                    r.partition_index,
+                                    e.message
+                                );
+                            }
+                        } else {
+                            p.become_follower_again();
+                        }
+                    }
+                    Some(code) => {
+                        tracing::debug!(
+                            "{}-{}: follower fetch answered {code:?}",
+                            topic.topic.as_str(),
+                            r.partition_index
+                        );
+                    }
+                }
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Asks the leader where each diverged epoch ended and truncates there.
+    async fn truncate_round(
+        &self,
+        conn: &mut LeaderConnection,
+        parts: &[&(Key, Rc<Partition>)],
+    ) -> std::io::Result<bool> {
+        let mut by_topic: HashMap<&str, Vec<OffsetForLeaderPartition>> = HashMap::new();
+        let mut asked = HashMap::new();
+        for ((topic, index), p) in parts.iter().map(|x| (&x.0, &x.1)) {
+            let Some(f) = p.following() else { continue };
+            let history = p.epoch_history();
+            let Some(&(latest, _)) = history.last() else {
+                // No epoch known (an empty log, or one from before epochs
+                // were kept): keep only what the leader confirmed.
+                let keep = f.high_watermark.min(p.log_end_offset());
+                if let Err(e) = p.truncate_to(keep).await {
+                    tracing::error!("{topic}-{index}: truncation failed: {}", e.message);
+                    continue;
+                }
+                p.truncation_done();
+                continue;
+            };
+            asked.insert((topic.as_str(), *index), (p.clone(), history, f.leader_epoch));
+            by_topic.entry(topic.as_str()).or_default().push(
+                OffsetForLeaderPartition::default()
+                    .with_partition(*index)
+                    .with_current_leader_epoch(f.leader_epoch)
+                    .with_leader_epoch(latest),
+            );
+        }
+        if by_topic.is_empty() {
+            return Ok(true);
+        }
+        let request = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(self.config.node_id))
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        OffsetForLeaderTopic::default()
+                            .with_topic(TopicName(str_bytes(topic)))
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
+            );
+        let response = conn
+            .call(
+                &request,
+                OFFSET_FOR_LEADER_EPOCH_VERSION,
+                self.config.cluster.replica_socket_timeout_ms,
+            )
+            .await?;
+        let mut progressed = false;
+        for topic in response.topics {
+            for r in topic.partitions {
+                let Some((p, history, epoch)) = asked.get(&(topic.topic.as_str(), r.partition)) else {
+                    continue;
+                };
+                if p.following()
+                    .is_none_or(|f| f.leader_epoch != *epoch || !f.needs_truncation)
+                {
+                    continue;
+                }
+                if r.error_code != 0 {
+                    tracing::debug!(
+                        "{}-{}: OffsetForLeaderEpoch answered error {}",
+                        topic.topic.as_str(),
+                        r.partition,
+                        r.error_code
+                    );
+                    continue;
+                }
+                let end = p.log_end_offset();
+                let (target, done) = match truncation(history, end, (r.leader_epoch, r.end_offset)) {
+                    Truncation::To(offset) => (offset, true),
+                    Truncation::ToAndAskAgain(offset) => (offset, false),
+                };
+                if let Err(e) = p.truncate_to(target).await {
+                    tracing::error!(
+                        "{}-{}: truncation failed: {}",
+                        topic.topic.as_str(),
+                        r.partition,
+                        e.message
+                    );
+                    continue;
+                }
+                if done {
+                    p.truncation_done();
+                }
+                progressed = true;
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// A follower's fetch reached this leader: records its progress and
+    /// sends an ISR expansion the progress earned.
+    pub(crate) fn on_follower_fetch(
+        self: &Rc<Self>,
+        p: &Rc<Partition>,
+        follower: i32,
+        fetch_offset: i64,
+        current_leader_epoch: i32,
+    ) -> Result<(), crate::partition::PartitionError> {
+        let effect = p.on_follower_fetch(follower, fetch_offset, current_leader_epoch, now_ms())?;
+        if effect.high_watermark_advanced.is_some() {
+            self.notify_appended();
+        }
+        if let Some(isr) = effect.expand_isr {
+            tracing::info!(
+                "{}-{}: follower {follower} caught up at {fetch_offset}; asking to expand the ISR to {isr:?}",
+                p.topic(),
+                p.index()
+            );
+            self.propose_isr(p.clone(), isr);
+        }
+        Ok(())
+    }
+
+    /// Every `replica.lag.time.max.ms` / 2: drops followers that have not
+    /// caught up for `replica.lag.time.max.ms` from the ISRs this shard leads.
+    pub(crate) async fn check_isr(self: &Rc<Self>) {
+        let lag_max_ms = self.config.cluster.replica_lag_time_max_ms as i64;
+        let now = now_ms();
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for p in parts {
+            let shrink = p.with_leadership(|l| l.shrink(now, lag_max_ms).map(|isr| (isr, l.isr.clone())));
+            if let Some(Some((isr, before))) = shrink {
+                tracing::warn!(
+                    "{}-{}: shrinking the ISR from {before:?} to {isr:?}: followers not caught up for {lag_max_ms} ms",
+                    p.topic(),
+                    p.index()
+                );
+                self.propose_isr(p, isr);
+            }
+        }
+    }
+
+    /// Sends `isr` to the controller for `p`; the committed change comes
+    /// back in an image (`Partition::become_leader` settles it). Only a
+    /// refusal for good (INVALID_REQUEST, INELIGIBLE_REPLICA) drops it; a
+    /// stale epoch waits for the image on its way; no answer resends it
+    /// while it is still pending, since a request that timed out may yet
+    /// be applied (the simulation's seed 1277 shows what giving up loses).
+    fn propose_isr(self: &Rc<Self>, p: Rc<Partition>, isr: Vec<i32>) {
+        let Some((leader_epoch, partition_epoch)) = p.with_leadership(|l| {
+            l.propose(isr.clone());
+            (l.leader_epoch, l.partition_epoch)
+        }) else {
+            return;
+        };
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            while !shard.is_stopping() && p.isr_pending(leader_epoch, partition_epoch, &isr) {
+                let op = ControlOp::AlterPartition {
+                    topic_id: p.topic_id(),
+                    partition: p.index(),
+                    leader: shard.config.node_id,
+                    leader_epoch,
+                    partition_epoch,
+                    isr: isr.clone(),
+                };
+                match shard.call(CONTROLLER_SHARD, ShardOp::Control(op)).await {
+                    ShardReply::Control(ControlReply::Done(Ok(()))) => return,
+                    ShardReply::Control(ControlReply::Done(Err((code, message)))) => match code {
+                        ResponseError::InvalidRequest | ResponseError::IneligibleReplica => {
+                            tracing::info!(
+                                "{}-{}: ISR {isr:?} refused ({code:?}): {message}",
+                                p.topic(),
+                                p.index()
+                            );
+                            if p.isr_refused(leader_epoch, partition_epoch, &isr) {
+                                shard.notify_appended();
+                            }
+                            return;
+                        }
+                        ResponseError::FencedLeaderEpoch
+                        | ResponseError::InvalidUpdateVersion
+                        | ResponseError::NotLeaderOrFollower
+                        | ResponseError::UnknownTopicId
+                        | ResponseError::UnknownTopicOrPartition => return,
+                        _ => tracing::debug!(
+                            "{}-{}: ISR change not answered ({code:?}); resending",
+                            p.topic(),
+                            p.index()
+                        ),
+                    },
+                    _ => {}
+                }
+                glommio::timer::sleep(Duration::from_millis(ISR_RETRY_MS)).await;
+            }
+        })
+        .detach();
+    }
+}

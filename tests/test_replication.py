@@ -1,0 +1,396 @@
+"""Replicated partitions on a real multi-node cluster (loopback only).
+
+What is checked, with confluent-kafka (librdkafka) and raw requests:
+  * RF=3, min.insync.replicas=2, acks=all with a ledger of acknowledged
+    records: the leader's node is SIGKILLed mid-stream (REPLICATION_ROUNDS
+    times, a random partition's leader each round); produce resumes within the
+    broker session plus an election; the old node restarts, truncates to the
+    new leader's history and rejoins the ISR; at the end every acknowledged
+    record is read back at its offset, from leaders that were followers;
+  * a follower cut off (SIGSTOP) leaves the ISR and acks=all goes on with 2 of
+    3; with 2 of 3 cut off acks=all fails with NOT_ENOUGH_REPLICAS while acks=1
+    works; after SIGCONT the ISR grows back to all three;
+  * unclean.leader.election.enable off vs on with every ISR member gone: off
+    keeps the partition offline until the ISR member returns (and loses
+    nothing); on elects the surviving replica, and exactly the offsets only
+    the old leader had are lost (the old leader truncates them when it returns);
+  * a consumer group's committed offsets survive its coordinator's node being
+    killed (`__consumer_offsets` replicated 3 ways); an idempotent producer
+    across a leader kill leaves no duplicate and no gap.
+
+Every wait is bounded; failures carry every node's log tail.
+"""
+
+import os
+import random
+import re
+import signal
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+import kafka_raw as kr
+from cluster import Cluster, metadata
+from conftest import _dump_logs, unique_topic
+
+pytestmark = pytest.mark.timeout(420)
+
+ROUNDS = int(os.environ.get("REPLICATION_ROUNDS", "2"))
+LAG_MS = 2000
+REPLICATION_SETS = {
+    "replica.lag.time.max.ms": LAG_MS,
+    "offsets.topic.replication.factor": 3,
+    "offsets.topic.num.partitions": 6,
+}
+NOT_ENOUGH_REPLICAS = 19
+
+
+@pytest.fixture
+def cluster_of(request, tmp_path_factory):
+    clusters = []
+
+    def make(n, sets=None, shards=1):
+        c = Cluster(tmp_path_factory.mktemp(f"repl-{request.node.name[:30]}"), n,
+                    sets={**REPLICATION_SETS, **(sets or {})}, shards=shards)
+        clusters.append(c)
+        c.start_all()
+        return c
+
+    yield make
+    failed = getattr(request.node, "_shardlog_failed", False)
+    for c in clusters:
+        for n in c.nodes:
+            if n.alive():
+                try:
+                    os.kill(n.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        note = c.teardown()
+        failed = failed or bool(note)
+    if failed:
+        for c in clusters:
+            _dump_logs(c.nodes, f"failure in {request.node.nodeid}")
+
+
+def create(c, name, partitions=1, rf=3, config=None, assignment=None, timeout=30.0):
+    a = AdminClient({"bootstrap.servers": c.live_bootstrap})
+    if assignment is not None:
+        t = NewTopic(name, num_partitions=len(assignment), replication_factor=-1, replica_assignment=assignment,
+                     config=config or {})
+    else:
+        t = NewTopic(name, num_partitions=partitions, replication_factor=rf, config=config or {})
+    a.create_topics([t], request_timeout=timeout)[name].result(timeout=timeout + 10)
+    n = partitions if assignment is None else len(assignment)
+    for i in c.alive_ids():  # every node knows it before the test sends to one
+        c.wait(lambda: partitions_of(c, name, ids=[i]) is not None, timeout, f"node {i} to know {name}")
+    return wait_isr(c, name, n, full=True)
+
+
+def partitions_of(c, name, ids=None):
+    """{partition: metadata dict} from the first live node that answers, or None."""
+    for i in ids or c.alive_ids():
+        try:
+            md = metadata(c.node(i).bootstrap, topics=[name], timeout=3.0)
+        except Exception:  # noqa: BLE001 - a node being down is data here
+            continue
+        t = md["topics"].get(name)
+        if t and t["error_code"] == 0:
+            return t["partitions"]
+    return None
+
+
+def wait_isr(c, name, partitions, full=False, pred=None, timeout=40.0, what=None):
+    """Wait until every partition of `name` has a live leader and (full) an ISR of all
+    its replicas, or `pred(parts)` holds. Returns the partitions' metadata."""
+    last = {}
+
+    def check():
+        parts = partitions_of(c, name)
+        last["parts"] = parts
+        if parts is None or len(parts) != partitions:
+            return None
+        if pred is not None:
+            return parts if pred(parts) else None
+        for p in parts.values():
+            if p["leader"] not in c.alive_ids():
+                return None
+            if full and sorted(p["isr"]) != sorted(p["replicas"]):
+                return None
+        return parts
+
+    return c.wait(check, timeout, what or f"{name}: live leaders{' and full ISRs' if full else ''}",
+                  state=lambda: last)
+
+
+class LedgerProducer:
+    """A background confluent-kafka producer (acks=all) keeping a ledger of
+    every acknowledged record: value -> (partition, offset)."""
+
+    def __init__(self, bootstrap, topic, **conf):
+        self.p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5,
+                           "message.timeout.ms": 60000, "request.timeout.ms": 10000,
+                           "reconnect.backoff.max.ms": 500, "topic.metadata.refresh.interval.ms": 1000,
+                           **conf})
+        self.topic = topic
+        self.acked = {}
+        self.errors = []
+        self.sent = 0
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_delivery(self, err, msg):
+        if err is not None:
+            self.errors.append(err)
+        else:
+            self.acked[msg.value()] = (msg.partition(), msg.offset(), time.monotonic())
+
+    def _run(self):
+        while not self.stop_flag.is_set():
+            try:
+                self.p.produce(self.topic, value=b"v%08d" % self.sent, key=b"k%d" % (self.sent % 97),
+                               on_delivery=self._on_delivery)
+                self.sent += 1
+            except BufferError:
+                pass
+            self.p.poll(0.001 if self.sent % 50 else 0.01)
+            if self.sent - len(self.acked) > 20000:
+                time.sleep(0.01)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def acked_after(self, t):
+        return sum(1 for (_, _, at) in list(self.acked.values()) if at > t)
+
+    def finish(self, timeout=60.0):
+        self.stop_flag.set()
+        self.thread.join(timeout=10)
+        left = self.p.flush(timeout)
+        assert left == 0, f"{left} records still unacknowledged after {timeout}s"
+
+
+def read_all(bootstrap, topic, partitions, timeout=90.0):
+    """{partition: [(offset, value)]} of everything below each high watermark."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{random.random()}",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
+    try:
+        marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=15.0)[1] for p in range(partitions)}
+        out = {p: [] for p in range(partitions)}
+        todo = {p for p in range(partitions) if marks[p] > 0}
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + timeout
+        while todo:
+            assert time.monotonic() < deadline, f"timed out reading {topic}: {({p: len(v) for p, v in out.items()})} of {marks}"
+            for m in c.consume(num_messages=10000, timeout=0.5):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise AssertionError(f"consume error: {m.error()}")
+                out[m.partition()].append((m.offset(), m.value()))
+                if m.offset() + 1 >= marks[m.partition()]:
+                    todo.discard(m.partition())
+        return out, marks
+    finally:
+        c.close()
+
+
+def check_ledger(acked, read):
+    at = {(p, o): v for p, rows in read.items() for o, v in rows}
+    missing = [(v, po) for v, (*po, _) in acked.items() if at.get(tuple(po)) != v]
+    assert not missing, f"{len(missing)} acknowledged records not at their offsets, e.g. {missing[:5]}"
+    for p, rows in read.items():
+        offsets = [o for o, _ in rows]
+        assert offsets == sorted(set(offsets)), f"partition {p}: offsets not unique and increasing"
+
+
+def test_acks_all_survives_leader_kills_and_the_old_leader_rejoins(cluster_of):
+    c = cluster_of(3)
+    topic = unique_topic("ledger")
+    create(c, topic, partitions=3, config={"min.insync.replicas": "2"})
+    prod = LedgerProducer(c.bootstrap, topic).start()
+    rng = random.Random(int(os.environ.get("REPLICATION_SEED", "11")))
+    failovers = []
+    try:
+        c.wait(lambda: len(prod.acked) > 2000, 30, "first acknowledgements")
+        for rnd in range(ROUNDS):
+            parts = wait_isr(c, topic, 3, full=True, timeout=60, what=f"round {rnd}: full ISRs before the kill")
+            victim = parts[rng.randrange(3)]["leader"]
+            killed_at = time.monotonic()
+            c.kill(victim)
+            c.wait(lambda: prod.acked_after(killed_at + 0.05) > 100, 30,
+                   f"round {rnd}: acks=all produce to resume after node {victim} was killed",
+                   state=lambda: {"errors": [str(e) for e in prod.errors[-3:]]})
+            resumed = min(at for (_, _, at) in list(prod.acked.values()) if at > killed_at + 0.05)
+            failovers.append(resumed - killed_at)
+            c.node(victim).restart()
+            wait_isr(c, topic, 3, full=True, timeout=60, what=f"round {rnd}: node {victim} back in every ISR")
+        c.wait(lambda: len(prod.acked) > 2000 * (ROUNDS + 1), 60, "more acknowledgements")
+    finally:
+        prod.finish()
+    assert not prod.errors, f"{len(prod.errors)} delivery errors, e.g. {prod.errors[:3]}"
+    # Every acknowledged record at its offset, read from the current leaders.
+    read, marks = read_all(c.bootstrap, topic, 3)
+    check_ledger(prod.acked, read)
+    # And once more after moving every leadership: followers held them too.
+    leaders_now = {p["leader"] for p in partitions_of(c, topic).values()}
+    victim = sorted(leaders_now)[0]
+    c.kill(victim)
+    wait_isr(c, topic, 3, pred=lambda ps: all(p["leader"] not in (victim, -1) for p in ps.values()), timeout=30,
+             what=f"leaders away from node {victim}")
+    read, _ = read_all(c.live_bootstrap, topic, 3)
+    check_ledger(prod.acked, read)
+    print(f"failover (kill -> first acks=all ack) per round: {[round(f, 2) for f in failovers]} s; "
+          f"{len(prod.acked)} records acknowledged")
+    budget_s = 3.0 + 2 * 1.0 + 5.0  # session + election + client metadata refresh
+    assert max(failovers) < budget_s, f"failover took {failovers} s"
+
+
+def raw_produce(bootstrap, topic, partition, acks, n=1):
+    with kr.Conn(bootstrap, timeout=15) as conn:
+        resp = conn.produce(topic, partition, kr.record_batch([(b"k", b"x" * 10)] * n), acks=acks, timeout_ms=5000)
+    return resp["partitions"][(topic, partition)]
+
+
+def test_isr_shrinks_and_grows_with_stopped_followers(cluster_of):
+    # Five voters, so the controller quorum outlives two stopped nodes.
+    c = cluster_of(5)
+    topic = unique_topic("isr")
+    create(c, topic, assignment=[[1, 2, 3]], config={"min.insync.replicas": "2"})
+    leader = c.node(1).bootstrap
+    assert raw_produce(leader, topic, 0, -1)["error_code"] == 0
+    stopped = []
+    try:
+        os.kill(c.node(3).pid, signal.SIGSTOP)
+        stopped.append(3)
+        wait_isr(c, topic, 1, pred=lambda ps: sorted(ps[0]["isr"]) == [1, 2], timeout=30,
+                 what="ISR to shrink to [1, 2] with node 3 stopped")
+        r = raw_produce(leader, topic, 0, -1, n=10)
+        assert r["error_code"] == 0, f"acks=all with 2 of 3 in sync: {r}"
+        os.kill(c.node(2).pid, signal.SIGSTOP)
+        stopped.append(2)
+        wait_isr(c, topic, 1, pred=lambda ps: sorted(ps[0]["isr"]) == [1], timeout=30,
+                 what="ISR to shrink to [1] with nodes 2 and 3 stopped")
+        r = raw_produce(leader, topic, 0, -1)
+        assert r["error_code"] == NOT_ENOUGH_REPLICAS, f"acks=all with 1 of 3 in sync: {r}"
+        r = raw_produce(leader, topic, 0, 1, n=5)
+        assert r["error_code"] == 0, f"acks=1 with 1 of 3 in sync: {r}"
+    finally:
+        for i in stopped:
+            os.kill(c.node(i).pid, signal.SIGCONT)
+    wait_isr(c, topic, 1, pred=lambda ps: sorted(ps[0]["isr"]) == [1, 2, 3] and ps[0]["leader"] == 1, timeout=40,
+             what="ISR to grow back to [1, 2, 3] after SIGCONT")
+    r = raw_produce(leader, topic, 0, -1)
+    assert r["error_code"] == 0, f"acks=all with the ISR healed: {r}"
+    read, marks = read_all(c.bootstrap, topic, 1)
+    assert marks[0] == 1 + 10 + 5 + 1, marks
+    assert len(read[0]) == marks[0]
+
+
+def offline(parts):
+    return parts[0]["leader"] == -1
+
+
+def test_unclean_election_off_waits_for_the_isr_and_on_loses_exactly_the_unreplicated_offsets(cluster_of):
+    c = cluster_of(5)
+    clean, dirty = unique_topic("clean"), unique_topic("dirty")
+    create(c, clean, assignment=[[4, 5]], config={"min.insync.replicas": "1"})
+    create(c, dirty, assignment=[[4, 5]], config={"min.insync.replicas": "1",
+                                                    "unclean.leader.election.enable": "true"})
+    for t in (clean, dirty):
+        assert raw_produce(c.node(4).bootstrap, t, 0, -1, n=100)["error_code"] == 0
+    c.kill(5)
+    for t in (clean, dirty):
+        wait_isr(c, t, 1, pred=lambda ps: ps[0]["isr"] == [4], timeout=30, what=f"{t}: ISR [4] without node 5")
+        assert raw_produce(c.node(4).bootstrap, t, 0, -1, n=50)["error_code"] == 0
+    c.kill(4)
+    for t in (clean, dirty):
+        wait_isr(c, t, 1, pred=offline, timeout=30, what=f"{t}: offline with nodes 4 and 5 gone")
+    c.node(5).restart()
+    wait_isr(c, dirty, 1, pred=lambda ps: ps[0]["leader"] == 5 and ps[0]["isr"] == [5], timeout=30,
+             what="the unclean topic led by node 5 alone")
+    # Unclean off: node 5 was not in the ISR, so no leader, for as long as we look.
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        assert offline(partitions_of(c, clean)), f"{clean} got a leader without an ISR member: {partitions_of(c, clean)}"
+        time.sleep(0.5)
+    read, marks = read_all(c.live_bootstrap, dirty, 1)
+    assert marks[0] == 100, f"the unclean leader holds offsets 0..{marks[0]}, expected 0..100"
+    c.node(4).restart()
+    wait_isr(c, clean, 1, pred=lambda ps: ps[0]["leader"] == 4, timeout=30, what="the clean topic led by node 4 again")
+    read, marks = read_all(c.live_bootstrap, clean, 1)
+    assert marks[0] == 150 and len(read[0]) == 150, f"unclean off lost nothing: {marks}"
+    wait_isr(c, dirty, 1, pred=lambda ps: sorted(ps[0]["isr"]) == [4, 5], timeout=40,
+             what="node 4 back in the unclean topic's ISR after truncating")
+    m = c.wait(lambda: re.search(rf"{dirty}-0.*truncated from (\d+) to (\d+)", c.node(4).run_log()), 10,
+               "node 4 to log its truncation")
+    assert (int(m.group(1)), int(m.group(2))) == (150, 100), f"lost offsets: {m.group(0)}"
+    read, marks = read_all(c.live_bootstrap, dirty, 1)
+    assert marks[0] == 100 and [o for o, _ in read[0]] == list(range(100))
+
+
+def test_group_offsets_and_idempotent_producer_survive_node_kills(cluster_of):
+    c = cluster_of(3)
+    topic = unique_topic("grp")
+    create(c, topic, partitions=3, config={"min.insync.replicas": "2"})
+    # Idempotent producer across a leader kill: no duplicate, no gap.
+    prod = LedgerProducer(c.bootstrap, topic, **{"enable.idempotence": True}).start()
+    try:
+        c.wait(lambda: len(prod.acked) > 3000, 30, "first acknowledgements")
+        victim = partitions_of(c, topic)[0]["leader"]
+        c.kill(victim)
+        killed_at = time.monotonic()
+        c.wait(lambda: prod.acked_after(killed_at) > 3000, 40, "idempotent produce to resume")
+        c.node(victim).restart()
+        wait_isr(c, topic, 3, full=True, timeout=60)
+    finally:
+        prod.finish()
+    assert not prod.errors, prod.errors[:3]
+    read, marks = read_all(c.bootstrap, topic, 3)
+    check_ledger(prod.acked, read)
+    values = [v for rows in read.values() for _, v in rows]
+    assert len(values) == len(set(values)), f"{len(values) - len(set(values))} duplicates"
+    assert set(values) == set(prod.acked), "records read that were never acknowledged, or gaps"
+    total = sum(marks.values())
+
+    # A group commits half, its coordinator's node dies, the group resumes there.
+    group = unique_topic("g")
+    conf = {"bootstrap.servers": c.bootstrap, "group.id": group, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 1000}
+    cons = Consumer(conf)
+    cons.subscribe([topic])
+    seen = []
+    deadline = time.monotonic() + 60
+    while len(seen) < total // 2:
+        assert time.monotonic() < deadline, f"first consumer read {len(seen)} of {total // 2}"
+        for m in cons.consume(500, timeout=0.5):
+            if not m.error():
+                seen.append((m.partition(), m.offset()))
+    cons.commit(asynchronous=False)
+    committed = {tp.partition: tp.offset for tp in cons.committed([TopicPartition(topic, p) for p in range(3)],
+                                                                   timeout=10)}
+    cons.close()
+    from cluster import find_coordinator
+    err, coord, _, _ = find_coordinator(c.bootstrap.split(",")[0], group)
+    assert err == 0
+    c.kill(coord)
+    cons = Consumer({**conf, "bootstrap.servers": c.live_bootstrap})
+    cons.subscribe([topic])
+    first = {}
+    rest = []
+    deadline = time.monotonic() + 90
+    while len(rest) < total - sum(max(o, 0) for o in committed.values()):
+        assert time.monotonic() < deadline, (
+            f"second consumer read {len(rest)}; committed {committed}, total {total}\n{c.tails()}")
+        for m in cons.consume(500, timeout=0.5):
+            if not m.error():
+                first.setdefault(m.partition(), m.offset())
+                rest.append((m.partition(), m.offset()))
+    cons.close()
+    for p, o in first.items():
+        assert o == max(committed[p], 0), f"partition {p} resumed at {o}, committed {committed[p]}"
+    assert len(rest) == len(set(rest)), "duplicates after the coordinator moved"
