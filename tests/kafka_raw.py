@@ -113,6 +113,16 @@ def compact_string(s):
     return uvarint(len(b) + 1) + b
 
 
+def compact_array(items, enc):
+    """A flexible-version array; None encodes as null."""
+    if items is None:
+        return uvarint(0)
+    return uvarint(len(items) + 1) + b"".join(enc(i) for i in items)
+
+
+TAGS = uvarint(0)  # no tagged fields
+
+
 # --- decoder ------------------------------------------------------------------
 
 
@@ -157,6 +167,29 @@ class Reader:
 
     def remaining(self):
         return len(self.data) - self.pos
+
+    # flexible versions (KIP-482): varint lengths, tagged fields
+    def uvarint(self):
+        shift = value = 0
+        while True:
+            b = self._take(1)[0]
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+
+    def compact_string(self):
+        n = self.uvarint() - 1
+        return None if n < 0 else self._take(n).decode()
+
+    def compact_array(self, dec):
+        n = self.uvarint() - 1
+        return None if n < 0 else [dec(self) for _ in range(n)]
+
+    def tagged_fields(self):
+        for _ in range(self.uvarint()):
+            self.uvarint()
+            self._take(self.uvarint())
 
 
 # --- framing ------------------------------------------------------------------

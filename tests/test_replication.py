@@ -29,7 +29,7 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kafka_raw as kr
@@ -46,6 +46,8 @@ REPLICATION_SETS = {
     "offsets.topic.num.partitions": 6,
 }
 NOT_ENOUGH_REPLICAS = 19
+RETRIABLE = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.OFFSET_NOT_AVAILABLE,
+             KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError._TRANSPORT}
 
 
 @pytest.fixture
@@ -173,13 +175,27 @@ class LedgerProducer:
         assert left == 0, f"{left} records still unacknowledged after {timeout}s"
 
 
+def watermark(consumer, topic, partition, timeout=30.0):
+    """The high watermark, retrying what a leader change answers meanwhile
+    (NOT_LEADER_OR_FOLLOWER, and KIP-207's OFFSET_NOT_AVAILABLE while a new
+    leader's watermark catches up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0)[1]
+        except KafkaException as e:
+            if time.monotonic() > deadline or e.args[0].code() not in RETRIABLE:
+                raise
+            time.sleep(0.2)
+
+
 def read_all(bootstrap, topic, partitions, timeout=90.0):
     """{partition: [(offset, value)]} of everything below each high watermark."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{random.random()}",
                   "enable.auto.commit": False, "enable.partition.eof": True,
                   "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
     try:
-        marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=15.0)[1] for p in range(partitions)}
+        marks = {p: watermark(c, topic, p) for p in range(partitions)}
         out = {p: [] for p in range(partitions)}
         todo = {p for p in range(partitions) if marks[p] > 0}
         c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
@@ -394,3 +410,128 @@ def test_group_offsets_and_idempotent_producer_survive_node_kills(cluster_of):
     for p, o in first.items():
         assert o == max(committed[p], 0), f"partition {p} resumed at {o}, committed {committed[p]}"
     assert len(rest) == len(set(rest)), "duplicates after the coordinator moved"
+
+
+ALTER_PARTITION_REASSIGNMENTS = 45
+LIST_PARTITION_REASSIGNMENTS = 46
+
+
+def reassign(bootstrap, topic, partition, replicas):
+    """AlterPartitionReassignments v0 of one partition (replicas None: cancel) -> (error_code, message)."""
+    body = (kr.int32(30000)
+            + kr.compact_array([topic], lambda t: kr.compact_string(t) + kr.compact_array(
+                [partition], lambda p: kr.int32(p) + kr.compact_array(replicas, kr.int32) + kr.TAGS) + kr.TAGS)
+            + kr.TAGS)
+    with kr.Conn(bootstrap, timeout=35) as conn:
+        r = conn.request(ALTER_PARTITION_REASSIGNMENTS, 0, body, flexible_header=True)
+    r.tagged_fields()
+    r.int32()  # throttle
+    top_error, top_message = r.int16(), r.compact_string()
+    assert top_error == 0, (top_error, top_message)
+
+    def part(r):
+        out = (r.int32(), r.int16(), r.compact_string())
+        r.tagged_fields()
+        return out
+
+    def topic_result(r):
+        name, parts = r.compact_string(), r.compact_array(part)
+        r.tagged_fields()
+        return name, parts
+
+    results = r.compact_array(topic_result)
+    (name, [(index, code, message)]), = results
+    assert (name, index) == (topic, partition)
+    return code, message
+
+
+def ongoing_reassignments(bootstrap):
+    """ListPartitionReassignments v0 (all topics) -> {(topic, partition): (replicas, adding, removing)}."""
+    with kr.Conn(bootstrap, timeout=10) as conn:
+        r = conn.request(LIST_PARTITION_REASSIGNMENTS, 0, kr.int32(10000) + kr.compact_array(None, None) + kr.TAGS,
+                         flexible_header=True)
+    r.tagged_fields()
+    r.int32()
+    assert r.int16() == 0
+    r.compact_string()
+    out = {}
+
+    def part(r):
+        p = r.int32()
+        lists = [r.compact_array(lambda r: r.int32()) for _ in range(3)]
+        r.tagged_fields()
+        return p, tuple(lists)
+
+    def topic(r):
+        name = r.compact_string()
+        for p, lists in r.compact_array(part):
+            out[(name, p)] = lists
+        r.tagged_fields()
+
+    r.compact_array(topic)
+    return out
+
+
+def test_reassignment_moves_a_replica_without_losing_a_record_and_elections_follow(cluster_of, tmp_path):
+    from confluent_kafka import ElectionType
+    c = cluster_of(3)
+    topic = unique_topic("move")
+    create(c, topic, assignment=[[1, 2]], config={"min.insync.replicas": "1"})
+    assert raw_produce(c.node(1).bootstrap, topic, 0, -1, n=500)["error_code"] == 0
+    assert reassign(c.node(2).bootstrap, topic, 0, [9])[0] == 39, "an unregistered broker: INVALID_REPLICA_ASSIGNMENT"
+    assert reassign(c.node(2).bootstrap, topic, 0, None)[0] == 85, "nothing to cancel: NO_REASSIGNMENT_IN_PROGRESS"
+    code, message = reassign(c.node(2).bootstrap, topic, 0, [3, 2])
+    assert code == 0, message
+    # Node 3 catches up as a follower, then node 1 leaves the replicas.
+    parts = wait_isr(c, topic, 1, pred=lambda ps: ps[0]["replicas"] == [3, 2] and sorted(ps[0]["isr"]) == [2, 3],
+                     timeout=40, what="replicas [3, 2], both in sync")
+    assert parts[0]["leader"] in (2, 3)
+    c.wait(lambda: not ongoing_reassignments(c.node(3).bootstrap), 20, "the reassignment to leave the listing")
+    c.wait(lambda: not (c.node(1).data_dir / f"{topic}-0").exists(), 20, "node 1 to delete its old replica")
+    read, marks = read_all(c.bootstrap, topic, 1)
+    assert marks[0] == 500 and [o for o, _ in read[0]] == list(range(500))
+    # Preferred election: leadership to node 3, the first replica.
+    a = AdminClient({"bootstrap.servers": c.bootstrap})
+    tp = TopicPartition(topic, 0)
+    if parts[0]["leader"] != 3:
+        result = a.elect_leaders(ElectionType.PREFERRED, [tp]).result(timeout=30)
+        assert result[tp] is None, f"preferred election: {result}"
+        wait_isr(c, topic, 1, pred=lambda ps: ps[0]["leader"] == 3, timeout=20, what="node 3 to lead")
+    result = a.elect_leaders(ElectionType.PREFERRED, [tp]).result(timeout=30)
+    assert result[tp] is not None and result[tp].code() == KafkaError.ELECTION_NOT_NEEDED, result
+    # DescribeLogDirs (raw v1) from node 3 lists the moved replica with its bytes.
+    with kr.Conn(c.node(3).bootstrap, timeout=10) as conn:
+        r = conn.request(35, 1, kr.int32(-1))
+    r.int32()
+    dirs = r.array(lambda r: (r.int16(), r.string(), r.array(lambda r: (r.string(), r.array(
+        lambda r: (r.int32(), r.int64(), r.int64(), r.bool())))))) or []
+    (err, path, topics), = dirs
+    sizes = {name: parts for name, parts in topics}
+    assert err == 0 and path.endswith("data"), dirs
+    assert sizes[topic][0][0] == 0 and sizes[topic][0][1] > 500 * 10, sizes.get(topic)
+    assert raw_produce(c.node(3).bootstrap, topic, 0, -1)["error_code"] == 0
+
+
+def test_rolling_restart_with_controlled_shutdown_loses_no_acknowledged_record(cluster_of):
+    c = cluster_of(3)
+    topic = unique_topic("roll")
+    create(c, topic, partitions=3, config={"min.insync.replicas": "2"})
+    prod = LedgerProducer(c.bootstrap, topic).start()
+    try:
+        c.wait(lambda: len(prod.acked) > 1000, 30, "first acknowledgements")
+        for node in c.nodes:
+            said = "controlled shutdown: leaderships moved"
+            before = node.log_text().count(said)
+            node.stop()  # SIGTERM: controlled shutdown first
+            assert node.log_text().count(said) == before + 1, node.log_text()[-3000:]
+            led = [p for p in partitions_of(c, topic).values() if p["leader"] == node.node_id]
+            assert not led, f"node {node.node_id} still leads {led} after its controlled shutdown"
+            node.start()
+            wait_isr(c, topic, 3, full=True, timeout=60, what=f"node {node.node_id} back in every ISR")
+            mark = len(prod.acked)
+            c.wait(lambda: len(prod.acked) > mark + 500, 30, "produce to go on")
+    finally:
+        prod.finish()
+    assert not prod.errors, f"{len(prod.errors)} delivery errors, e.g. {prod.errors[:3]}"
+    read, _ = read_all(c.bootstrap, topic, 3)
+    check_ledger(prod.acked, read)

@@ -55,6 +55,13 @@ pub struct PartitionMeta {
     /// partition epoch; an AlterPartition made from an older one is refused.
     #[serde(default)]
     pub partition_epoch: i32,
+    /// A reassignment in progress (KIP-455): replicas being added (still
+    /// catching up; already in `replicas`) and replicas to drop once every
+    /// added one is in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<i32>,
 }
 
 impl PartitionMeta {
@@ -66,6 +73,8 @@ impl PartitionMeta {
             replicas,
             leader_epoch: 0,
             partition_epoch: 0,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         }
     }
 
@@ -76,6 +85,51 @@ impl PartitionMeta {
         } else {
             &self.isr
         }
+    }
+
+    /// The replicas a reassignment in progress ends with.
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing_replicas.contains(r))
+            .collect()
+    }
+
+    /// Ends a reassignment whose added replicas are all in sync: the
+    /// removed ones leave the replicas and the ISR, and leadership moves to
+    /// an in-sync target replica if the leader was removed. Returns whether
+    /// it completed.
+    fn complete_reassignment(&mut self, live: &std::collections::HashSet<i32>) -> bool {
+        if self.adding_replicas.is_empty() && self.removing_replicas.is_empty() {
+            return false;
+        }
+        if !self.adding_replicas.iter().all(|r| self.in_sync().contains(r)) {
+            return false;
+        }
+        let target = self.target_replicas();
+        let isr: Vec<i32> = self
+            .in_sync()
+            .iter()
+            .copied()
+            .filter(|r| target.contains(r))
+            .collect();
+        if isr.is_empty() {
+            return false;
+        }
+        if !target.contains(&self.leader) {
+            let next = isr
+                .iter()
+                .copied()
+                .find(|r| live.contains(r))
+                .unwrap_or(NO_LEADER);
+            self.set_leader(next);
+        }
+        self.replicas = target;
+        self.isr = isr;
+        self.adding_replicas.clear();
+        self.removing_replicas.clear();
+        true
     }
 
     fn set_leader(&mut self, leader: i32) {
@@ -540,12 +594,117 @@ impl MetadataImage {
                 format!("broker {r} is fenced and cannot join the ISR"),
             ));
         }
+        let live: std::collections::HashSet<i32> = self.live_brokers().iter().map(|b| b.id).collect();
         let mut next = self.clone();
         next.epoch += 1;
         let t = next.topics.get_mut(&name).expect("checked above");
         let p = &mut t.partitions[partition as usize];
         p.isr = isr;
+        if p.complete_reassignment(&live) {
+            tracing::info!(
+                "reassignment of {name}-{partition} complete: replicas {:?}, leader {}",
+                p.replicas,
+                p.leader
+            );
+        }
         p.partition_epoch += 1;
+        Ok(next)
+    }
+
+    /// AlterPartitionReassignments (KIP-455) for one partition: `target`
+    /// replicas (None cancels the one in progress). The new replicas join
+    /// `replicas` now and catch up as followers; the old ones leave once
+    /// every new one is in the ISR (`with_isr`), so the partition never has
+    /// fewer in-sync copies than before.
+    pub fn with_reassignment(
+        &self,
+        topic: &str,
+        partition: i32,
+        target: Option<Vec<i32>>,
+    ) -> Result<MetadataImage, Refusal> {
+        let live: std::collections::HashSet<i32> = self.live_brokers().iter().map(|b| b.id).collect();
+        let mut next = self.clone();
+        let p = next
+            .topics
+            .get_mut(topic)
+            .and_then(|t| {
+                t.partitions
+                    .get_mut(usize::try_from(partition).unwrap_or(usize::MAX))
+            })
+            .ok_or((
+                ResponseError::UnknownTopicOrPartition,
+                format!("no partition {topic}-{partition}"),
+            ))?;
+        match target {
+            None => {
+                if p.adding_replicas.is_empty() && p.removing_replicas.is_empty() {
+                    return Err((
+                        ResponseError::NoReassignmentInProgress,
+                        format!("no reassignment of {topic}-{partition} is in progress"),
+                    ));
+                }
+                // Back to the replicas before it: the added ones leave.
+                let original: Vec<i32> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| !p.adding_replicas.contains(r))
+                    .collect();
+                let isr: Vec<i32> = p
+                    .in_sync()
+                    .iter()
+                    .copied()
+                    .filter(|r| original.contains(r))
+                    .collect();
+                if !original.contains(&p.leader) {
+                    let leader = isr
+                        .iter()
+                        .copied()
+                        .find(|r| live.contains(r))
+                        .unwrap_or(NO_LEADER);
+                    p.set_leader(leader);
+                }
+                p.replicas = original;
+                p.isr = if isr.is_empty() { vec![p.leader] } else { isr };
+                p.adding_replicas.clear();
+                p.removing_replicas.clear();
+            }
+            Some(target) => {
+                if target.is_empty() || target.iter().enumerate().any(|(i, r)| target[..i].contains(r)) {
+                    return Err((
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("replicas {target:?} must be distinct and not empty"),
+                    ));
+                }
+                if let Some(r) = target.iter().find(|r| !self.brokers.contains_key(r)) {
+                    return Err((
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("broker {r} is not registered"),
+                    ));
+                }
+                // A new target replaces one in progress, from the original replicas.
+                let current: Vec<i32> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| !p.adding_replicas.contains(r) || target.contains(r))
+                    .collect();
+                if current == target {
+                    p.adding_replicas.clear();
+                    p.removing_replicas.clear();
+                } else {
+                    p.adding_replicas = target.iter().copied().filter(|r| !current.contains(r)).collect();
+                    p.removing_replicas = current.iter().copied().filter(|r| !target.contains(r)).collect();
+                    let mut replicas = target.clone();
+                    replicas.extend(p.removing_replicas.iter().copied());
+                    p.replicas = replicas;
+                    p.isr.retain(|r| p.replicas.contains(r));
+                    p.complete_reassignment(&live);
+                }
+            }
+        }
+        p.partition_epoch += 1;
+        next.epoch += 1;
         Ok(next)
     }
 
@@ -1266,6 +1425,115 @@ mod tests {
 
     fn part(image: &MetadataImage) -> PartitionMeta {
         image.partition("r", 0).unwrap().clone()
+    }
+
+    fn with_broker(image: MetadataImage, id: i32) -> MetadataImage {
+        image.with_broker(BrokerMeta {
+            id,
+            incarnation: Uuid::new_v4(),
+            host: "127.0.0.1".into(),
+            port: 9090 + id as u16,
+            rack: None,
+            partitions_max: 100,
+            fenced: false,
+        })
+    }
+
+    #[test]
+    fn preferred_and_unclean_elections_answer_as_kafka_does() {
+        let image = three_brokers().with_broker_fenced(1, true, false);
+        let asked = [("r".to_string(), 0), ("r".to_string(), 5)];
+        // Preferred replica 1 is fenced and out of the ISR.
+        let (_, out) = image.with_elected_leaders(false, Some(&asked));
+        assert_eq!(
+            out[0].2.as_ref().unwrap().0,
+            ResponseError::PreferredLeaderNotAvailable
+        );
+        assert_eq!(
+            out[1].2.as_ref().unwrap().0,
+            ResponseError::UnknownTopicOrPartition
+        );
+        // Back, caught up (ISR grows): preferred election moves leadership home.
+        let back = image.with_broker_fenced(1, false, false);
+        let p = part(&back);
+        let back = back
+            .with_isr(
+                &back.topic("r").unwrap().id,
+                0,
+                p.leader,
+                p.leader_epoch,
+                p.partition_epoch,
+                vec![2, 3, 1],
+            )
+            .unwrap();
+        let (movable, ratios) = back.leader_imbalance();
+        assert_eq!((movable.len(), ratios.get(&1)), (1, Some(&100)));
+        let (elected, out) = back.with_elected_leaders(false, None);
+        assert_eq!(out, vec![("r".to_string(), 0, None)]);
+        let p = part(&elected);
+        assert_eq!((p.leader, p.leader_epoch), (1, 2));
+        let (_, out) = elected.with_elected_leaders(false, Some(&asked[..1]));
+        assert_eq!(out[0].2.as_ref().unwrap().0, ResponseError::ElectionNotNeeded);
+        // Unclean: every ISR member gone, a live out-of-sync replica leads alone.
+        let gone = three_brokers()
+            .with_broker_fenced(2, true, false)
+            .with_broker_fenced(3, true, false)
+            .with_broker_fenced(1, true, false);
+        assert_eq!(part(&gone).isr, vec![1]);
+        let gone = gone.with_broker_fenced(2, false, false);
+        assert_eq!(part(&gone).leader, NO_LEADER, "clean: waits for broker 1");
+        let (elected, out) = gone.with_elected_leaders(true, Some(&asked[..1]));
+        assert_eq!(out[0].2, None);
+        let p = part(&elected);
+        assert_eq!((p.leader, p.isr.as_slice()), (2, &[2][..]));
+    }
+
+    #[test]
+    fn a_reassignment_adds_first_and_removes_once_the_new_replica_is_in_sync() {
+        let image = with_broker(three_brokers(), 4);
+        let id = image.topic("r").unwrap().id;
+        // Move the replica on broker 1 (the leader) to broker 4.
+        let moving = image.with_reassignment("r", 0, Some(vec![4, 2, 3])).unwrap();
+        let p = part(&moving);
+        assert_eq!(p.replicas, vec![4, 2, 3, 1]);
+        assert_eq!(
+            (p.adding_replicas.as_slice(), p.removing_replicas.as_slice()),
+            (&[4][..], &[1][..])
+        );
+        assert_eq!(
+            (p.leader, p.isr.as_slice()),
+            (1, &[1, 2, 3][..]),
+            "nothing moves until 4 caught up"
+        );
+        // Broker 4 caught up: the leader adds it to the ISR, which completes the move.
+        let done = moving
+            .with_isr(&id, 0, 1, p.leader_epoch, p.partition_epoch, vec![1, 2, 3, 4])
+            .unwrap();
+        let p = part(&done);
+        assert_eq!(p.replicas, vec![4, 2, 3]);
+        assert!(p.adding_replicas.is_empty() && p.removing_replicas.is_empty());
+        assert_eq!(p.isr, vec![2, 3, 4]);
+        assert_ne!(p.leader, 1, "the removed leader hands over");
+        assert!(p.isr.contains(&p.leader));
+        // A cancelled reassignment goes back to the replicas before it (in
+        // Kafka's order: the target's first).
+        let cancelled = moving.with_reassignment("r", 0, None).unwrap();
+        let p = part(&cancelled);
+        assert_eq!((p.replicas.as_slice(), p.leader), (&[2, 3, 1][..], 1));
+        assert!(p.adding_replicas.is_empty() && p.removing_replicas.is_empty());
+        assert_eq!(
+            image.with_reassignment("r", 0, None).unwrap_err().0,
+            ResponseError::NoReassignmentInProgress
+        );
+        assert_eq!(
+            image.with_reassignment("r", 0, Some(vec![9])).unwrap_err().0,
+            ResponseError::InvalidReplicaAssignment
+        );
+        // The records replay to the same image (followers of the metadata log).
+        let replayed = image
+            .replay(&records::changes(&image, &moving), image.offset + 1)
+            .unwrap();
+        assert_eq!(part(&replayed), part(&moving));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub enum MetadataRecord {
         leader_epoch: i32,
         #[serde(default)]
         partition_epoch: i32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        adding_replicas: Vec<i32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removing_replicas: Vec<i32>,
     },
     /// A new leader or ISR (AlterPartition, fencing, elections).
     PartitionChange {
@@ -111,14 +115,20 @@ pub fn changes(from: &MetadataImage, to: &MetadataImage) -> Vec<MetadataRecord> 
             let before = old.and_then(|o| o.partitions.get(i));
             match before {
                 Some(b) if b == p => {}
-                Some(b) if b.replicas == p.replicas => out.push(MetadataRecord::PartitionChange {
-                    topic_id: t.id,
-                    partition: i as i32,
-                    leader: p.leader,
-                    leader_epoch: p.leader_epoch,
-                    isr: p.isr.clone(),
-                    partition_epoch: p.partition_epoch,
-                }),
+                Some(b)
+                    if b.replicas == p.replicas
+                        && b.adding_replicas == p.adding_replicas
+                        && b.removing_replicas == p.removing_replicas =>
+                {
+                    out.push(MetadataRecord::PartitionChange {
+                        topic_id: t.id,
+                        partition: i as i32,
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        isr: p.isr.clone(),
+                        partition_epoch: p.partition_epoch,
+                    })
+                }
                 _ => out.push(MetadataRecord::Partition {
                     topic_id: t.id,
                     partition: i as i32,
@@ -127,6 +137,8 @@ pub fn changes(from: &MetadataImage, to: &MetadataImage) -> Vec<MetadataRecord> 
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
+                    adding_replicas: p.adding_replicas.clone(),
+                    removing_replicas: p.removing_replicas.clone(),
                 }),
             }
         }
@@ -197,6 +209,8 @@ impl MetadataImage {
                 leader,
                 leader_epoch,
                 partition_epoch,
+                adding_replicas,
+                removing_replicas,
             } => {
                 let t = self.topic_mut(topic_id)?;
                 let meta = PartitionMeta {
@@ -205,6 +219,8 @@ impl MetadataImage {
                     leader: *leader,
                     leader_epoch: *leader_epoch,
                     partition_epoch: *partition_epoch,
+                    adding_replicas: adding_replicas.clone(),
+                    removing_replicas: removing_replicas.clone(),
                 };
                 let i = *partition as usize;
                 if i == t.partitions.len() {

@@ -460,6 +460,14 @@ impl Partition {
         const EARLIEST: i64 = -2;
         const MAX_TIMESTAMP: i64 = -3;
         const EARLIEST_LOCAL: i64 = -4;
+        if timestamp != EARLIEST && timestamp != EARLIEST_LOCAL && !self.high_watermark_settled() {
+            // KIP-207: a new leader's watermark may still lag what the old
+            // leader exposed; answering it would take offsets back.
+            return Err(PartitionError::new(
+                ResponseError::OffsetNotAvailable,
+                "the new leader's high watermark has not caught up yet",
+            ));
+        }
         match timestamp {
             LATEST => Ok((self.high_watermark(), -1)),
             EARLIEST | EARLIEST_LOCAL => Ok((self.log_start_offset(), -1)),

@@ -61,6 +61,16 @@ impl Partition {
         matches!(&*self.role.borrow(), Role::Leader(_))
     }
 
+    /// False while this leader's high watermark is below where its epoch
+    /// began (Kafka's KIP-207 check): until the ISR catches up with it,
+    /// ListOffsets answers OFFSET_NOT_AVAILABLE and clients retry.
+    pub fn high_watermark_settled(&self) -> bool {
+        match &*self.role.borrow() {
+            Role::Leader(l) => l.high_watermark() >= l.epoch_start_offset,
+            Role::Follower(_) => true,
+        }
+    }
+
     /// The follower's view, when it follows.
     pub fn following(&self) -> Option<Following> {
         match &*self.role.borrow() {
@@ -139,7 +149,9 @@ impl Partition {
         if let Role::Leader(l) = &mut *role {
             if l.leader_epoch == meta.leader_epoch {
                 if meta.partition_epoch > l.partition_epoch {
-                    l.replicas = meta.replicas.clone();
+                    if l.replicas != meta.replicas {
+                        l.set_replicas(meta.replicas.clone());
+                    }
                     if l.on_isr_committed(meta.in_sync().to_vec(), meta.partition_epoch)
                         .is_some()
                     {
@@ -290,6 +302,12 @@ impl Partition {
     pub async fn truncate_to(&self, offset: i64) -> Result<(), PartitionError> {
         let before = self.log.log_end_offset();
         if offset >= before {
+            // No records to cut, but an epoch that started at the log end
+            // (this replica led it without writing) is not the leader's:
+            // forgetting it is what lets the next question converge.
+            self.epochs
+                .borrow_mut()
+                .truncate_from_end(self.log.dir(), offset)?;
             return Ok(());
         }
         let _turn = self.idempotent_lock.ticket().acquire().await;

@@ -30,7 +30,7 @@ pub async fn elect_leaders(shard: &Rc<Shard>, req: ElectLeadersRequest) -> Elect
         partitions,
     };
     let results = match shard.call(CONTROLLER_SHARD, ShardOp::Control(op)).await {
-        ShardReply::Control(ControlReply::Elected(results)) => results,
+        ShardReply::Control(ControlReply::Partitions(results)) => results,
         _ => asked
             .into_iter()
             .map(|(t, p)| {

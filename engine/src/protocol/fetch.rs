@@ -209,6 +209,7 @@ async fn wait_any(shard: &Rc<Shard>, slots: &[Slot], timeout_ms: u64, upto_log_e
                         partition: s.partition,
                         offset: s.offset,
                         upto_log_end,
+                        high_watermark_seen: s.response.high_watermark,
                     },
                 )
             })

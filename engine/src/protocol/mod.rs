@@ -21,6 +21,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_id;
+mod reassignments;
 pub mod versions;
 mod zero_copy;
 
@@ -32,11 +33,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest, ElectLeadersRequest, FetchRequest,
-    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    AlterConfigsRequest, AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeLogDirsRequest, ElectLeadersRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
     ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
@@ -367,6 +369,14 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
                 version,
                 &admin::delete_topics(shard, req, version).await,
             )
+        }
+        ApiKey::AlterPartitionReassignments => {
+            let req = decode!(AlterPartitionReassignmentsRequest);
+            encode_response(correlation_id, version, &reassignments::alter(shard, req).await)
+        }
+        ApiKey::ListPartitionReassignments => {
+            let req = decode!(ListPartitionReassignmentsRequest);
+            encode_response(correlation_id, version, &reassignments::list(shard, req))
         }
         ApiKey::DescribeLogDirs => {
             let req = decode!(DescribeLogDirsRequest);

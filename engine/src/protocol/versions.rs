@@ -25,6 +25,8 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::CreatePartitions => (0, 3),
         ApiKey::ElectLeaders => (0, 2),
         ApiKey::DescribeLogDirs => (1, 4),
+        ApiKey::AlterPartitionReassignments => (0, 0),
+        ApiKey::ListPartitionReassignments => (0, 0),
         ApiKey::DescribeConfigs => (1, 4),
         ApiKey::DescribeCluster => (0, 2),
         ApiKey::AlterConfigs => (0, 2),

@@ -46,6 +46,9 @@ pub struct Leadership {
     pub epoch_start_offset: i64,
     log_end_offset: i64,
     high_watermark: i64,
+    /// Brokers the controller fenced (or that are shutting down): they
+    /// may still fetch, but are not proposed into the ISR (KIP-841).
+    ineligible: Vec<i32>,
 }
 
 /// What a follower's fetch changed on the leader.
@@ -100,6 +103,7 @@ impl Leadership {
             epoch_start_offset: log_end_offset,
             log_end_offset,
             high_watermark: known_high_watermark.clamp(0, log_end_offset.max(0)),
+            ineligible: Vec::new(),
         };
         leadership.update_high_watermark();
         leadership
@@ -176,7 +180,7 @@ impl Leadership {
     /// reached both the high watermark and this epoch's start, and no other
     /// change is pending.
     fn expansion_for(&self, id: i32) -> Option<Vec<i32>> {
-        if self.pending_isr.is_some() || self.isr.contains(&id) {
+        if self.pending_isr.is_some() || self.isr.contains(&id) || self.ineligible.contains(&id) {
             return None;
         }
         let f = self.followers.get(&id)?;
@@ -214,6 +218,34 @@ impl Leadership {
                 .filter(|r| !lagging.contains(r))
                 .collect()
         })
+    }
+
+    /// The brokers the controller has fenced, as of the latest image.
+    pub fn set_ineligible(&mut self, fenced: &[i32]) {
+        if self.ineligible != fenced {
+            self.ineligible = fenced.to_vec();
+        }
+    }
+
+    /// The partition's replicas changed (a reassignment added or removed
+    /// some): track the new followers from their first fetch, forget the
+    /// removed ones.
+    pub fn set_replicas(&mut self, replicas: Vec<i32>) {
+        self.followers.retain(|id, _| replicas.contains(id));
+        for r in &replicas {
+            if *r != self.local_id && !self.followers.contains_key(r) {
+                self.followers.insert(
+                    *r,
+                    FollowerProgress {
+                        log_end_offset: -1,
+                        last_caught_up_ms: -1,
+                        last_fetch_leader_log_end_offset: -1,
+                        last_fetch_ms: -1,
+                    },
+                );
+            }
+        }
+        self.replicas = replicas;
     }
 
     /// Records an ISR sent to the controller (an expansion from

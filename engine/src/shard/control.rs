@@ -59,7 +59,7 @@ enum ControllerResponse {
 #[derive(Serialize, Deserialize)]
 enum WireReply {
     Topics(Vec<TopicOutcome>),
-    Elected(Vec<(String, i32, Option<WireRefusal>)>),
+    Partitions(Vec<(String, i32, Option<WireRefusal>)>),
     Altered(Vec<Option<WireRefusal>>),
     ProducerId(Result<i64, WireRefusal>),
     Done(Result<(), WireRefusal>),
@@ -70,7 +70,7 @@ impl From<ControlReply> for WireReply {
     fn from(r: ControlReply) -> Self {
         match r {
             ControlReply::Topics(t) => WireReply::Topics(t),
-            ControlReply::Elected(e) => WireReply::Elected(
+            ControlReply::Partitions(e) => WireReply::Partitions(
                 e.into_iter()
                     .map(|(t, p, r)| (t, p, r.as_ref().map(refusal_to_wire)))
                     .collect(),
@@ -89,7 +89,7 @@ impl From<WireReply> for ControlReply {
     fn from(r: WireReply) -> Self {
         match r {
             WireReply::Topics(t) => ControlReply::Topics(t),
-            WireReply::Elected(e) => ControlReply::Elected(
+            WireReply::Partitions(e) => ControlReply::Partitions(
                 e.into_iter()
                     .map(|(t, p, r)| (t, p, r.map(refusal_from_wire)))
                     .collect(),
@@ -143,11 +143,17 @@ fn refused(op: &ControlOp, reply: Option<ControlReply>, refusal: Refusal) -> Con
         (ControlOp::AlterConfigs { changes, .. }, None) => {
             ControlReply::Altered(changes.iter().map(|_| Some(refusal.clone())).collect())
         }
-        (ControlOp::ElectLeaders { partitions, .. }, _) => ControlReply::Elected(
+        (ControlOp::ElectLeaders { partitions, .. }, _) => ControlReply::Partitions(
             partitions
                 .iter()
                 .flatten()
                 .map(|(t, p)| (t.clone(), *p, Some(refusal.clone())))
+                .collect(),
+        ),
+        (ControlOp::Reassign { changes }, _) => ControlReply::Partitions(
+            changes
+                .iter()
+                .map(|(t, p, _)| (t.clone(), *p, Some(refusal.clone())))
                 .collect(),
         ),
         (ControlOp::ReserveProducerIds | ControlOp::AllocateProducerId, _) => {
@@ -519,7 +525,28 @@ impl ControlPlane {
                         );
                     }
                 }
-                (next, ControlReply::Elected(results), false)
+                (next, ControlReply::Partitions(results), false)
+            }
+            ControlOp::Reassign { changes } => {
+                let mut next = image.clone();
+                let mut results = Vec::with_capacity(changes.len());
+                for (topic, partition, target) in changes {
+                    match next.with_reassignment(&topic, partition, target.clone()) {
+                        Ok(after) => {
+                            let p = after.partition(&topic, partition).cloned();
+                            tracing::info!(
+                                "reassignment of {topic}-{partition} to {target:?}: replicas {:?}, adding {:?}, removing {:?}",
+                                p.as_ref().map(|p| p.replicas.clone()),
+                                p.as_ref().map(|p| p.adding_replicas.clone()),
+                                p.as_ref().map(|p| p.removing_replicas.clone())
+                            );
+                            next = after;
+                            results.push((topic, partition, None));
+                        }
+                        Err(refusal) => results.push((topic, partition, Some(refusal))),
+                    }
+                }
+                (next, ControlReply::Partitions(results), false)
             }
             ControlOp::ControlledShutdown(id) => {
                 let next = match image.brokers.get(&id) {
@@ -828,9 +855,10 @@ impl ControlPlane {
                 let _ = self.execute(ControlOp::CreateOffsetsTopic).await;
             }
             let cluster = &self.config.cluster;
-            let rebalance_due = self.last_rebalance_check.get().is_none_or(|t| {
-                now.duration_since(t) >= Duration::from_millis(cluster.leader_imbalance_check_interval_ms)
-            });
+            // As Kafka's: the first check an interval after taking over.
+            let last_check = self.last_rebalance_check.get().unwrap_or(since).max(since);
+            let rebalance_due = now.duration_since(last_check)
+                >= Duration::from_millis(cluster.leader_imbalance_check_interval_ms);
             if cluster.auto_leader_rebalance_enable && rebalance_due {
                 self.last_rebalance_check.set(Some(now));
                 let (movable, ratios) = image.leader_imbalance();

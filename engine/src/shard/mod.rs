@@ -311,9 +311,15 @@ impl Shard {
         for key in gone {
             let removed = self.partitions.borrow_mut().remove(&key);
             let Some(p) = removed else { continue };
-            // A partition that merely moved to another shard keeps its files.
+            // A partition that merely moved to another shard keeps its
+            // files; one deleted, or no longer replicated on this node (a
+            // reassignment moved it away), loses them, as Kafka's
+            // StopReplica with delete.
             let topic_deleted = image.topic(&key.0).map(|m| m.id) != Some(p.topic_id());
-            let result = if topic_deleted {
+            let replica_removed = image
+                .partition(&key.0, key.1)
+                .is_some_and(|m| !m.replicas.contains(&view.node_id));
+            let result = if topic_deleted || replica_removed {
                 p.log().delete().await
             } else {
                 p.log().close().await

@@ -58,6 +58,10 @@ pub struct WaitPart {
     pub offset: i64,
     /// A follower waits for the log end, a consumer for the high watermark.
     pub upto_log_end: bool,
+    /// The high watermark the first read answered: a follower's wait also
+    /// ends when it moves, so followers learn it at once (as Kafka completes
+    /// delayed fetches on a watermark change) and a new leader starts from it.
+    pub high_watermark_seen: i64,
 }
 
 pub struct OffsetsPart {
@@ -146,6 +150,11 @@ pub enum ControlOp {
         unclean: bool,
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// AlterPartitionReassignments: per partition the target replicas, or
+    /// None to cancel the reassignment in progress.
+    Reassign {
+        changes: Vec<(String, i32, Option<Vec<i32>>)>,
+    },
     /// A broker about to stop asks to be fenced now (Kafka's ControlledShutdown).
     ControlledShutdown(i32),
     /// A leader's new ISR for a partition (Kafka's AlterPartition).
@@ -161,8 +170,8 @@ pub enum ControlOp {
 
 pub enum ControlReply {
     Topics(Vec<TopicOutcome>),
-    /// Per partition elected: None, or why not.
-    Elected(Vec<(String, i32, Option<crate::controller::Refusal>)>),
+    /// Per partition (ElectLeaders, AlterPartitionReassignments): None, or why not.
+    Partitions(Vec<(String, i32, Option<crate::controller::Refusal>)>),
     /// One outcome per AlterConfigs resource, in request order.
     Altered(Vec<Option<Refusal>>),
     ProducerId(Result<i64, Refusal>),
@@ -347,12 +356,11 @@ impl Shard {
             let listener = self.appended.listen();
             let ready = parts.iter().any(|w| {
                 self.partition(&w.topic, w.partition).is_none_or(|p| {
-                    let end = if w.upto_log_end {
-                        p.log_end_offset()
+                    if w.upto_log_end {
+                        p.log_end_offset() > w.offset || p.high_watermark() > w.high_watermark_seen
                     } else {
-                        p.high_watermark()
-                    };
-                    end > w.offset
+                        p.high_watermark() > w.offset
+                    }
                 })
             });
             if ready || self.is_stopping() {

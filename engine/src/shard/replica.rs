@@ -47,6 +47,13 @@ impl Shard {
             .iter()
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
+        let fenced: Vec<i32> = view
+            .image
+            .brokers
+            .values()
+            .filter(|b| b.fenced)
+            .map(|b| b.id)
+            .collect();
         let mut leaders_followed = Vec::new();
         let (mut gained, mut lost) = (Vec::new(), Vec::new());
         for ((topic, index), p) in parts {
@@ -70,6 +77,7 @@ impl Shard {
                     Ok(false) => {}
                     Err(e) => tracing::error!("{topic}-{index}: cannot take leadership: {e}"),
                 }
+                p.with_leadership(|l| l.set_ineligible(&fenced));
             } else {
                 let leader = if meta.leader == view.node_id {
                     NO_LEADER
@@ -111,9 +119,11 @@ impl Shard {
     async fn run_fetcher(self: Rc<Self>, leader: i32) {
         let cluster = &self.config.cluster;
         let mut connection: Option<LeaderConnection> = None;
+        tracing::debug!(shard = self.id, "fetcher for leader {leader} started");
         loop {
             let parts = self.followed_from(leader);
             if parts.is_empty() || self.is_stopping() {
+                tracing::debug!(shard = self.id, "fetcher for leader {leader} stopped");
                 // Same tick as the check: an image that adds a partition
                 // for this leader after it starts a new fetcher.
                 self.fetchers.borrow_mut().remove(&leader);
@@ -172,14 +182,23 @@ impl Shard {
             .iter()
             .filter(|(_, p)| p.following().is_some_and(|f| f.needs_truncation))
             .collect();
+        let mut progressed = false;
         if !truncating.is_empty() {
-            return self.truncate_round(conn, &truncating).await;
+            tracing::debug!(
+                "asking leader {leader} where {} partitions diverge",
+                truncating.len()
+            );
+            progressed = self.truncate_round(conn, &truncating).await?;
         }
+        // The others fetch in the same round: one partition's truncation
+        // never holds up the rest.
         let cluster = &self.config.cluster;
         let mut by_topic: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
         let mut sent = HashMap::new();
         for ((topic, index), p) in parts {
-            let Some(f) = p.following() else { continue };
+            let Some(f) = p.following().filter(|f| !f.needs_truncation) else {
+                continue;
+            };
             let offset = p.log_end_offset();
             sent.insert((topic.as_str(), *index), (p.clone(), offset, f.leader_epoch));
             by_topic.entry(topic.as_str()).or_default().push(
@@ -208,9 +227,12 @@ impl Shard {
                     })
                     .collect(),
             );
+        if sent.is_empty() {
+            return Ok(progressed);
+        }
         let timeout_ms = cluster.replica_socket_timeout_ms + cluster.replica_fetch_wait_max_ms;
         let response = conn.call(&request, FETCH_VERSION, timeout_ms).await?;
-        let mut progressed = false;
+
         for topic in response.responses {
             for r in topic.partitions {
                 let Some((p, offset, epoch)) = sent.get(&(topic.topic.as_str(), r.partition_index)) else {
@@ -344,6 +366,13 @@ impl Shard {
                     Truncation::To(offset) => (offset, true),
                     Truncation::ToAndAskAgain(offset) => (offset, false),
                 };
+                tracing::debug!(
+                    "{}-{}: leader has epoch {} to {}; log end {end}, history {history:?}: truncate to {target}",
+                    topic.topic.as_str(),
+                    r.partition,
+                    r.leader_epoch,
+                    r.end_offset
+                );
                 if let Err(e) = p.truncate_to(target).await {
                     tracing::error!(
                         "{}-{}: truncation failed: {}",
@@ -353,7 +382,9 @@ impl Shard {
                     );
                     continue;
                 }
-                if done {
+                // Asking again about the same history would get the same
+                // answer: then this is as far as it goes.
+                if done || p.epoch_history() == *history {
                     p.truncation_done();
                 }
                 progressed = true;
