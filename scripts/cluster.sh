@@ -175,7 +175,14 @@ cmd_start() {
         for kv in "${sets_words[@]}"; do extra+=(--set "$kv"); done
     fi
 
-    echo "cluster.id $id, controller.quorum.voters $voters"
+    # Replicated by default, as a production cluster is: every partition on
+    # min(3, n) nodes, acks=all needing two copies from three nodes on
+    # (SHARDLOG_SETS overrides any of these).
+    rf=$((n < 3 ? n : 3))
+    min_isr=$((rf < 3 ? 1 : 2))
+    defaults=(--set "default.replication.factor=$rf" --set "offsets.topic.replication.factor=$rf"
+        --set "min.insync.replicas=$min_isr")
+    echo "cluster.id $id, controller.quorum.voters $voters, replication factor $rf, min.insync.replicas $min_isr"
     declare -A offset
     trap 'stop_started; exit 130' INT TERM
     for ((i = 1; i <= n; i++)); do
@@ -193,7 +200,7 @@ cmd_start() {
             --set "listeners=PLAINTEXT://$HOST:$kafka,CONTROLLER://$HOST:$ctrl" \
             --set "controller.quorum.voters=$voters" \
             --set "cluster.id=$id" \
-            "${extra[@]}" \
+            "${defaults[@]}" "${extra[@]}" \
             >>"$log" 2>&1 </dev/null &
         pid=$!
         echo "$pid" >"$(pid_file "$i")"

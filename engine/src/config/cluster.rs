@@ -73,6 +73,8 @@ pub struct ClusterConfig {
     /// `replica.socket.timeout.ms`: a follower's request to its leader fails
     /// after this (beyond its long-poll wait).
     pub replica_socket_timeout_ms: u64,
+    /// `replica.high.watermark.checkpoint.interval.ms`.
+    pub replica_high_watermark_checkpoint_interval_ms: u64,
     /// `auto.leader.rebalance.enable`: the controller moves leadership back
     /// to preferred replicas (the first of each partition's replicas).
     pub auto_leader_rebalance_enable: bool,
@@ -109,6 +111,7 @@ impl Default for ClusterConfig {
             replica_fetch_response_max_bytes: 10 * 1024 * 1024,
             replica_fetch_backoff_ms: 1_000,
             replica_socket_timeout_ms: 30_000,
+            replica_high_watermark_checkpoint_interval_ms: 5_000,
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_ms: 300_000,
             leader_imbalance_per_broker_percentage: 10,
@@ -153,6 +156,9 @@ impl ClusterConfig {
             }
             "replica.fetch.backoff.ms" => self.replica_fetch_backoff_ms = parse_positive(key, v)?,
             "replica.socket.timeout.ms" => self.replica_socket_timeout_ms = parse_positive(key, v)?,
+            "replica.high.watermark.checkpoint.interval.ms" => {
+                self.replica_high_watermark_checkpoint_interval_ms = parse_positive(key, v)?
+            }
             "auto.leader.rebalance.enable" => self.auto_leader_rebalance_enable = super::parse(key, v)?,
             "leader.imbalance.check.interval.seconds" => {
                 self.leader_imbalance_check_interval_ms = parse_positive::<u64>(key, v)?.saturating_mul(1000)

@@ -61,6 +61,16 @@ impl Partition {
         matches!(&*self.role.borrow(), Role::Leader(_))
     }
 
+    /// The high watermark checkpointed before a restart: a replica starts
+    /// from it (capped by its log end) rather than from zero.
+    pub fn set_checkpointed_high_watermark(&self, high_watermark: i64) {
+        if let Role::Follower(f) = &mut *self.role.borrow_mut() {
+            f.high_watermark = f
+                .high_watermark
+                .max(high_watermark.min(self.log.log_end_offset()));
+        }
+    }
+
     /// False while this leader's high watermark is below where its epoch
     /// began (Kafka's KIP-207 check): until the ISR catches up with it,
     /// ListOffsets answers OFFSET_NOT_AVAILABLE and clients retry.

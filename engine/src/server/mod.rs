@@ -323,6 +323,11 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
             c.log_flush_offset_checkpoint_interval_ms,
             |s| async move { s.checkpoint_producers().await },
         ),
+        every(
+            &shard,
+            c.cluster.replica_high_watermark_checkpoint_interval_ms,
+            |s| async move { s.checkpoint_high_watermarks() },
+        ),
         // Kafka checks lagging followers every replica.lag.time.max.ms / 2.
         every(
             &shard,

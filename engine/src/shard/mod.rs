@@ -15,6 +15,7 @@
 //! forwarded produce are a refcounted `Bytes` slice, never copied.
 
 mod control;
+mod hw_checkpoint;
 mod ops;
 mod replica;
 
@@ -134,6 +135,10 @@ pub struct Shard {
     stopping: Cell<bool>,
     /// Leader nodes this shard runs a fetcher task for (`replica`).
     fetchers: RefCell<std::collections::HashSet<i32>>,
+    /// High watermarks checkpointed before this start (`hw_checkpoint`),
+    /// read at the first open; and what this shard last wrote.
+    checkpointed_watermarks: std::cell::OnceCell<hw_checkpoint::Watermarks>,
+    last_written_watermarks: RefCell<Vec<(String, i32, i64)>>,
     /// How this process opens a log for the first time: after an unclean
     /// stop, every log runs recovery, also those a metadata change (replayed
     /// by the quorum after start) opens later.
@@ -167,6 +172,8 @@ impl Shard {
             connections_max: config.max_connections.div_ceil(nr_shards),
             stopping: Cell::new(false),
             fetchers: RefCell::new(std::collections::HashSet::new()),
+            checkpointed_watermarks: std::cell::OnceCell::new(),
+            last_written_watermarks: RefCell::new(Vec::new()),
             open_mode: Cell::new(RecoveryMode::Clean),
             groups: crate::group::Coordinator::new(config.group.clone()),
         }
@@ -286,7 +293,33 @@ impl Shard {
             self.tail_cache.clone(),
         )
         .await?;
+        let checkpointed = self
+            .checkpointed_watermarks
+            .get_or_init(|| hw_checkpoint::load_all(&self.config.data_dir));
+        if let Some(hw) = checkpointed.get(&(topic.name.clone(), index)) {
+            partition.set_checkpointed_high_watermark(*hw);
+        }
         Ok(Rc::new(partition))
+    }
+
+    /// Writes this shard's high-watermark checkpoint if any moved since the
+    /// last one (`replica.high.watermark.checkpoint.interval.ms`, and at
+    /// clean shutdown).
+    pub(crate) fn checkpoint_high_watermarks(&self) {
+        let mut watermarks: Vec<(String, i32, i64)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|((t, i), p)| (t.clone(), *i, p.high_watermark()))
+            .collect();
+        watermarks.sort_unstable();
+        if *self.last_written_watermarks.borrow() == watermarks {
+            return;
+        }
+        match hw_checkpoint::store(&self.config.data_dir, self.id, &watermarks) {
+            Ok(()) => *self.last_written_watermarks.borrow_mut() = watermarks,
+            Err(e) => tracing::error!(shard = self.id, "cannot write the high-watermark checkpoint: {e}"),
+        }
     }
 
     /// Brings this shard's partitions in line with `image`: opens the new ones,
@@ -469,6 +502,7 @@ impl Shard {
     }
 
     pub(crate) async fn close_all(&self) -> bool {
+        self.checkpoint_high_watermarks();
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let mut clean = true;
         for p in parts {
