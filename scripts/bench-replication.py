@@ -64,6 +64,13 @@ def machine():
     return f"{os.cpu_count()} cores, Linux {platform.release()}"
 
 
+def drop(c):
+    """Stops the cluster's nodes and deletes its data: max-rate runs write
+    tens of GB."""
+    c.teardown()
+    shutil.rmtree(c.base_dir, ignore_errors=True)
+
+
 def new_cluster(base, n=3):
     c = Cluster(Path(tempfile.mkdtemp(prefix="repl-", dir=base)), n, sets=SETS, shards=1)
     c.start_all()
@@ -105,6 +112,23 @@ def wait_full_isr(c, name, partitions, timeout=120.0):
     c.wait(full, timeout, f"{name}: every ISR full", interval=0.1)
 
 
+def preferred_leaders(c, name, partitions, timeout=120.0):
+    """Moves leadership back to each partition's first replica (ElectLeaders,
+    as an operator or auto.leader.rebalance.enable would), so every round
+    starts from the same spread."""
+    from confluent_kafka import ElectionType
+    from confluent_kafka.admin import AdminClient
+
+    AdminClient({"bootstrap.servers": c.live_bootstrap}).elect_leaders(ElectionType.PREFERRED, None).result(
+        timeout=timeout)
+
+    def spread():
+        parts = partitions_of(c, name)
+        return parts and all(p["leader"] == p["replicas"][0] for p in parts.values())
+
+    c.wait(spread, timeout, f"{name}: preferred leaders", interval=0.1)
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -134,8 +158,11 @@ def throughput(args, base):
                 create(c, "bench", 6, rf, min_isr)
                 runs.append(run_bench(c, "bench", acks, args.duration_s, Path(base) / f"tp-{rf}-{r}.json"))
                 print(f"  {label} run {r + 1}: {runs[-1]['mb_per_s']:.1f} MB/s, p99 {runs[-1]['p99_ms']:.1f} ms")
+            except Exception:
+                print(c.tails(), file=sys.stderr)
+                raise
             finally:
-                c.teardown()
+                drop(c)
         out[label] = {"runs": runs, **{k: median([x[k] for x in runs]) for k in ("mb_per_s", "p50_ms", "p99_ms",
                                                                                   "p999_ms")}}
     return out
@@ -162,7 +189,8 @@ def failover(args, base):
             create(c, "fo", partitions, 3, 2, timeout=600.0)
             for r in range(args.repeats):
                 ctrl = c.active_controller()
-                parts = partitions_of(c, "fo")
+                # The controller's own view is the authoritative one.
+                parts = metadata(c.node(ctrl).bootstrap, topics=["fo"], timeout=10.0)["topics"]["fo"]["partitions"]
                 # Partition 0's leader, unless it is the controller: then a
                 # partition led by another node.
                 index = next(i for i, p in sorted(parts.items()) if p["leader"] != ctrl)
@@ -192,8 +220,12 @@ def failover(args, base):
                       f"all partitions led {all_led_s:.2f} s")
                 c.node(victim).restart(timeout=120)
                 wait_full_isr(c, "fo", partitions, timeout=600)
+                preferred_leaders(c, "fo", partitions)
+        except Exception:
+            print(c.tails(), file=sys.stderr)
+            raise
         finally:
-            c.teardown()
+            drop(c)
         out[partitions] = {"rounds": rounds, "first_ack_s": median([x["first_ack_s"] for x in rounds]),
                            "all_led_s": median([x["all_led_s"] for x in rounds])}
     return out
@@ -230,8 +262,11 @@ def catchup(args, base):
             took = time.monotonic() - started
             runs.append({"behind_mb": behind / 1e6, "seconds": took, "mb_per_s": behind / 1e6 / took})
             print(f"  catch-up run {r + 1}: {behind / 1e6:.0f} MB in {took:.2f} s = {behind / 1e6 / took:.0f} MB/s")
+        except Exception:
+            print(c.tails(), file=sys.stderr)
+            raise
         finally:
-            c.teardown()
+            drop(c)
     return {"runs": runs, "mb_per_s": median([x["mb_per_s"] for x in runs]),
             "behind_mb": median([x["behind_mb"] for x in runs])}
 
@@ -308,12 +343,11 @@ def main():
                             cwd=REPO).stdout.strip()
     base = tempfile.mkdtemp(prefix="shardlog-bench-replication-")
     res = {}
-    try:
-        for section in args.sections.split(","):
-            print(f"== {section}")
-            res[section] = {"throughput": throughput, "failover": failover, "catchup": catchup}[section](args, base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    for section in args.sections.split(","):
+        print(f"== {section}")
+        # On failure the clusters' data dirs and node logs stay in `base`.
+        res[section] = {"throughput": throughput, "failover": failover, "catchup": catchup}[section](args, base)
+    shutil.rmtree(base, ignore_errors=True)
     Path(args.out).write_text(report(args, res, commit) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(
         {"argv": sys.argv[1:], "commit": commit, "machine": machine(), "results": res}, indent=1, default=str))

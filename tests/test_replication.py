@@ -272,6 +272,19 @@ def raw_produce(bootstrap, topic, partition, acks, n=1):
     return resp["partitions"][(topic, partition)]
 
 
+def fetch_as_replica(bootstrap, topic, partition, replica_id):
+    """Fetch v4 naming `replica_id` as the fetching replica -> partition error code."""
+    body = (kr.int32(replica_id) + kr.int32(100) + kr.int32(1) + kr.int32(1 << 20) + kr.int8(0)
+            + kr.array([topic], lambda t: kr.string(t) + kr.array(
+                [partition], lambda p: kr.int32(p) + kr.int64(0) + kr.int32(1 << 20))))
+    with kr.Conn(bootstrap, timeout=10) as conn:
+        r = conn.request(kr.FETCH, 4, body)
+    r.int32()  # throttle
+    assert r.int32() == 1 and r.string() == topic and r.int32() == 1
+    assert r.int32() == partition
+    return r.int16()  # the rest (watermarks, records) is not needed
+
+
 def test_isr_shrinks_and_grows_with_stopped_followers(cluster_of):
     # Five voters, so the controller quorum outlives two stopped nodes.
     c = cluster_of(5)
@@ -279,6 +292,8 @@ def test_isr_shrinks_and_grows_with_stopped_followers(cluster_of):
     create(c, topic, assignment=[[1, 2, 3]], config={"min.insync.replicas": "2"})
     leader = c.node(1).bootstrap
     assert raw_produce(leader, topic, 0, -1)["error_code"] == 0
+    # Only a replica may read past the high watermark: broker 4 is none.
+    assert fetch_as_replica(leader, topic, 0, 4) == 6, "a non-replica's follower fetch: NOT_LEADER_OR_FOLLOWER"
     stopped = []
     try:
         os.kill(c.node(3).pid, signal.SIGSTOP)
@@ -345,6 +360,9 @@ def test_unclean_election_off_waits_for_the_isr_and_on_loses_exactly_the_unrepli
     m = c.wait(lambda: re.search(rf"{dirty}-0.*truncated from (\d+) to (\d+)", c.node(4).run_log()), 10,
                "node 4 to log its truncation")
     assert (int(m.group(1)), int(m.group(2))) == (150, 100), f"lost offsets: {m.group(0)}"
+    # One line says how many committed offsets the unclean election lost.
+    assert re.search(rf"{dirty}-0: unclean leader election lost 50 committed offsets \(100\.\.150\)",
+                     c.node(4).run_log()), c.node(4).run_log()[-3000:]
     read, marks = read_all(c.live_bootstrap, dirty, 1)
     assert marks[0] == 100 and [o for o, _ in read[0]] == list(range(100))
 

@@ -104,6 +104,9 @@ def consume_load(bootstrap, topic, stop, counts):
         counts["consumer_sessions"] += 1
 
 
+DESCRIBE_LOG_DIRS = 35
+
+
 def churn_load(host, port, topic, stop, counts, seed):
     """Pipelined Produce requests on raw connections that end abruptly."""
     rng = random.Random(seed)
@@ -124,6 +127,9 @@ def churn_load(host, port, topic, stop, counts, seed):
                         + kafka_raw.array([(topic, partitions)], lambda t: kafka_raw.string(t[0]) + kafka_raw.array(
                             t[1], lambda p: kafka_raw.int32(p) + kafka_raw.nbytes(rng.choice(batches)))))
                 s.sendall(kafka_raw.encode_request(kafka_raw.PRODUCE, 3, corr, body))
+            if rng.random() < 0.2:  # DescribeLogDirs v1 (its statvfs is `unsafe`: run it under the sanitizer)
+                corr += 1
+                s.sendall(kafka_raw.encode_request(DESCRIBE_LOG_DIRS, 1, corr, kafka_raw.int32(-1)))
             how = rng.randrange(3)
             if how == 0:  # a truncated frame: the size promises more than comes
                 s.sendall(struct.pack(">i", 5000) + b"\x00\x00\x00\x03" + b"\x00" * 100)

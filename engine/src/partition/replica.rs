@@ -244,6 +244,16 @@ impl Partition {
     ) -> Result<FetchEffect, PartitionError> {
         self.check_current_epoch(current_leader_epoch)?;
         let effect = match &mut *self.role.borrow_mut() {
+            // Only a replica reads past the high watermark.
+            Role::Leader(l) if l.follower(follower).is_none() => {
+                return Err(PartitionError::new(
+                    ResponseError::NotLeaderOrFollower,
+                    format!(
+                        "broker {follower} is not a follower of {}-{}",
+                        self.topic, self.index
+                    ),
+                ))
+            }
             Role::Leader(l) => l.on_follower_fetch(follower, fetch_offset, now_ms),
             Role::Follower(_) => return Err(not_leader(&self.topic, self.index)),
         };
@@ -335,6 +345,24 @@ impl Partition {
             self.topic,
             self.index
         );
+        // Below the high watermark this replica knew, the cut records were
+        // committed: only an unclean election loses those. Say how many.
+        let committed = match &mut *self.role.borrow_mut() {
+            Role::Follower(f) => {
+                let known = f.high_watermark;
+                f.high_watermark = known.min(after);
+                known
+            }
+            Role::Leader(_) => after,
+        };
+        if committed > after {
+            tracing::warn!(
+                "{}-{}: unclean leader election lost {} committed offsets ({after}..{committed}): the new leader's log ends at {after}",
+                self.topic,
+                self.index,
+                committed - after
+            );
+        }
         Ok(())
     }
 
