@@ -406,6 +406,19 @@ class Cluster:
         return self.wait(check, timeout, f"nodes {ids} to agree on brokers {'==' if exact else '>='} {ids} and "
                                          f"one live controller", state=lambda: last)
 
+    def partitions_of(self, name, ids=None, timeout=3.0):
+        """{partition: metadata() partition dict} of topic `name` from the first
+        node in `ids` (default: the live ones) that answers, or None."""
+        for i in ids or self.alive_ids():
+            try:
+                md = metadata(self.node(i).bootstrap, topics=[name], timeout=timeout)
+            except Exception:  # noqa: BLE001 - a node being down is data here
+                continue
+            t = md["topics"].get(name)
+            if t and t["error_code"] == 0:
+                return t["partitions"]
+        return None
+
     def active_controller(self, ids=None):
         """The node whose log last said 'became active controller' (highest
         term) among `ids` (default: the live ones), or None."""

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import kafka_raw as kr
-from cluster import Cluster, metadata
+from cluster import Cluster
 from conftest import _dump_logs, unique_topic
 
 pytestmark = pytest.mark.timeout(420)
@@ -87,21 +87,8 @@ def create(c, name, partitions=1, rf=3, config=None, assignment=None, timeout=30
     a.create_topics([t], request_timeout=timeout)[name].result(timeout=timeout + 10)
     n = partitions if assignment is None else len(assignment)
     for i in c.alive_ids():  # every node knows it before the test sends to one
-        c.wait(lambda: partitions_of(c, name, ids=[i]) is not None, timeout, f"node {i} to know {name}")
+        c.wait(lambda: c.partitions_of(name, ids=[i]) is not None, timeout, f"node {i} to know {name}")
     return wait_isr(c, name, n, full=True)
-
-
-def partitions_of(c, name, ids=None):
-    """{partition: metadata dict} from the first live node that answers, or None."""
-    for i in ids or c.alive_ids():
-        try:
-            md = metadata(c.node(i).bootstrap, topics=[name], timeout=3.0)
-        except Exception:  # noqa: BLE001 - a node being down is data here
-            continue
-        t = md["topics"].get(name)
-        if t and t["error_code"] == 0:
-            return t["partitions"]
-    return None
 
 
 def wait_isr(c, name, partitions, full=False, pred=None, timeout=40.0, what=None):
@@ -110,7 +97,7 @@ def wait_isr(c, name, partitions, full=False, pred=None, timeout=40.0, what=None
     last = {}
 
     def check():
-        parts = partitions_of(c, name)
+        parts = c.partitions_of(name)
         last["parts"] = parts
         if parts is None or len(parts) != partitions:
             return None
@@ -253,7 +240,7 @@ def test_acks_all_survives_leader_kills_and_the_old_leader_rejoins(cluster_of):
     read, marks = read_all(c.bootstrap, topic, 3)
     check_ledger(prod.acked, read)
     # And once more after moving every leadership: followers held them too.
-    leaders_now = {p["leader"] for p in partitions_of(c, topic).values()}
+    leaders_now = {p["leader"] for p in c.partitions_of(topic).values()}
     victim = sorted(leaders_now)[0]
     c.kill(victim)
     wait_isr(c, topic, 3, pred=lambda ps: all(p["leader"] not in (victim, -1) for p in ps.values()), timeout=30,
@@ -347,7 +334,7 @@ def test_unclean_election_off_waits_for_the_isr_and_on_loses_exactly_the_unrepli
     # Unclean off: node 5 was not in the ISR, so no leader, for as long as we look.
     deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:
-        assert offline(partitions_of(c, clean)), f"{clean} got a leader without an ISR member: {partitions_of(c, clean)}"
+        assert offline(c.partitions_of(clean)), f"{clean} got a leader without an ISR member: {c.partitions_of(clean)}"
         time.sleep(0.5)
     read, marks = read_all(c.live_bootstrap, dirty, 1)
     assert marks[0] == 100, f"the unclean leader holds offsets 0..{marks[0]}, expected 0..100"
@@ -375,7 +362,7 @@ def test_group_offsets_and_idempotent_producer_survive_node_kills(cluster_of):
     prod = LedgerProducer(c.bootstrap, topic, **{"enable.idempotence": True}).start()
     try:
         c.wait(lambda: len(prod.acked) > 3000, 30, "first acknowledgements")
-        victim = partitions_of(c, topic)[0]["leader"]
+        victim = c.partitions_of(topic)[0]["leader"]
         c.kill(victim)
         killed_at = time.monotonic()
         c.wait(lambda: prod.acked_after(killed_at) > 3000, 40, "idempotent produce to resume")
@@ -542,7 +529,7 @@ def test_rolling_restart_with_controlled_shutdown_loses_no_acknowledged_record(c
             before = node.log_text().count(said)
             node.stop()  # SIGTERM: controlled shutdown first
             assert node.log_text().count(said) == before + 1, node.log_text()[-3000:]
-            led = [p for p in partitions_of(c, topic).values() if p["leader"] == node.node_id]
+            led = [p for p in c.partitions_of(topic).values() if p["leader"] == node.node_id]
             assert not led, f"node {node.node_id} still leads {led} after its controlled shutdown"
             node.start()
             wait_isr(c, topic, 3, full=True, timeout=60, what=f"node {node.node_id} back in every ISR")

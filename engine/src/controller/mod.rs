@@ -108,16 +108,26 @@ impl PartitionMeta {
             return false;
         }
         let target = self.target_replicas();
+        if !self.in_sync().iter().any(|r| target.contains(r)) {
+            return false;
+        }
+        self.settle_replicas(target, live);
+        true
+    }
+
+    /// Puts the partition on `replicas` (ending or cancelling a
+    /// reassignment): the ISR keeps its members among them (at least one,
+    /// checked by the callers), leadership moves to a live one of those if
+    /// the leader is not among them.
+    fn settle_replicas(&mut self, replicas: Vec<i32>, live: &std::collections::HashSet<i32>) {
         let isr: Vec<i32> = self
             .in_sync()
             .iter()
             .copied()
-            .filter(|r| target.contains(r))
+            .filter(|r| replicas.contains(r))
             .collect();
-        if isr.is_empty() {
-            return false;
-        }
-        if !target.contains(&self.leader) {
+        debug_assert!(!isr.is_empty(), "a partition keeps an in-sync replica");
+        if !replicas.contains(&self.leader) {
             let next = isr
                 .iter()
                 .copied()
@@ -125,11 +135,10 @@ impl PartitionMeta {
                 .unwrap_or(NO_LEADER);
             self.set_leader(next);
         }
-        self.replicas = target;
+        self.replicas = replicas;
         self.isr = isr;
         self.adding_replicas.clear();
         self.removing_replicas.clear();
-        true
     }
 
     fn set_leader(&mut self, leader: i32) {
@@ -650,24 +659,13 @@ impl MetadataImage {
                     .copied()
                     .filter(|r| !p.adding_replicas.contains(r))
                     .collect();
-                let isr: Vec<i32> = p
-                    .in_sync()
-                    .iter()
-                    .copied()
-                    .filter(|r| original.contains(r))
-                    .collect();
-                if !original.contains(&p.leader) {
-                    let leader = isr
-                        .iter()
-                        .copied()
-                        .find(|r| live.contains(r))
-                        .unwrap_or(NO_LEADER);
-                    p.set_leader(leader);
+                if !p.in_sync().iter().any(|r| original.contains(r)) {
+                    return Err((
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("cancelling would leave {topic}-{partition} no in-sync replica"),
+                    ));
                 }
-                p.replicas = original;
-                p.isr = if isr.is_empty() { vec![p.leader] } else { isr };
-                p.adding_replicas.clear();
-                p.removing_replicas.clear();
+                p.settle_replicas(original, &live);
             }
             Some(target) => {
                 if target.is_empty() || target.iter().enumerate().any(|(i, r)| target[..i].contains(r)) {

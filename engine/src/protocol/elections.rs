@@ -1,13 +1,13 @@
 //! ElectLeaders (KIP-460): preferred or unclean leader elections, asked of
 //! the active controller through the control plane like any admin change.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse, TopicName};
 use kafka_protocol::ResponseError;
 
+use super::partition_lists::{by_topic, flatten};
 use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
 use crate::wire::str_bytes;
 
@@ -15,15 +15,9 @@ use crate::wire::str_bytes;
 const UNCLEAN: i8 = 1;
 
 pub async fn elect_leaders(shard: &Rc<Shard>, req: ElectLeadersRequest) -> ElectLeadersResponse {
-    let partitions: Option<Vec<(String, i32)>> = req.topic_partitions.map(|topics| {
-        topics
-            .into_iter()
-            .flat_map(|t| {
-                let name = t.topic.to_string();
-                t.partitions.into_iter().map(move |p| (name.clone(), p))
-            })
-            .collect()
-    });
+    let partitions = req
+        .topic_partitions
+        .map(|topics| flatten(topics.into_iter().map(|t| (t.topic.to_string(), t.partitions))));
     let asked = partitions.clone().unwrap_or_default();
     let op = ControlOp::ElectLeaders {
         unclean: req.election_type == UNCLEAN,
@@ -45,17 +39,16 @@ pub async fn elect_leaders(shard: &Rc<Shard>, req: ElectLeadersRequest) -> Elect
             })
             .collect(),
     };
-    let mut by_topic: BTreeMap<String, Vec<PartitionResult>> = BTreeMap::new();
-    for (topic, partition, refusal) in results {
+    let answers = results.into_iter().map(|(topic, partition, refusal)| {
         let mut r = PartitionResult::default().with_partition_id(partition);
         if let Some((code, message)) = refusal {
             r.error_code = code.code();
             r.error_message = Some(str_bytes(&message));
         }
-        by_topic.entry(topic).or_default().push(r);
-    }
+        (topic, r)
+    });
     ElectLeadersResponse::default().with_replica_election_results(
-        by_topic
+        by_topic(answers)
             .into_iter()
             .map(|(topic, partition_result)| {
                 ReplicaElectionResult::default()

@@ -2,7 +2,6 @@
 //! data dir here), the size and lag of every replica it holds, gathered from
 //! every shard, and the filesystem's total and usable bytes.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::describe_log_dirs_response::{
@@ -10,6 +9,7 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 };
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, TopicName};
 
+use super::partition_lists::{by_topic, flatten};
 use crate::shard::{ReplicaSize, Shard, ShardOp, ShardReply};
 use crate::wire::str_bytes;
 
@@ -33,38 +33,25 @@ fn filesystem_bytes(path: &std::path::Path) -> (i64, i64) {
 }
 
 pub async fn describe_log_dirs(shard: &Rc<Shard>, req: DescribeLogDirsRequest) -> DescribeLogDirsResponse {
-    let wanted: Option<Vec<(String, i32)>> = req.topics.map(|topics| {
-        topics
-            .into_iter()
-            .flat_map(|t| {
-                let name = t.topic.to_string();
-                t.partitions.into_iter().map(move |p| (name.clone(), p))
-            })
-            .collect()
-    });
+    let wanted = req
+        .topics
+        .map(|topics| flatten(topics.into_iter().map(|t| (t.topic.to_string(), t.partitions))));
     let calls = (0..shard.nr_shards).map(|target| {
         let wanted = wanted.clone();
         async move { shard.call(target, ShardOp::ReplicaSizes { wanted }).await }
     });
-    let mut by_topic: BTreeMap<String, Vec<DescribeLogDirsPartition>> = BTreeMap::new();
+    let mut answers = Vec::new();
     for reply in futures::future::join_all(calls).await {
         let ShardReply::ReplicaSizes(sizes) = reply else {
             continue;
         };
-        for ReplicaSize {
-            topic,
-            partition,
-            size_bytes,
-            offset_lag,
-        } in sizes
-        {
-            by_topic.entry(topic).or_default().push(
-                DescribeLogDirsPartition::default()
-                    .with_partition_index(partition)
-                    .with_partition_size(size_bytes as i64)
-                    .with_offset_lag(offset_lag),
-            );
-        }
+        answers.extend(sizes.into_iter().map(|r: ReplicaSize| {
+            let partition = DescribeLogDirsPartition::default()
+                .with_partition_index(r.partition)
+                .with_partition_size(r.size_bytes as i64)
+                .with_offset_lag(r.offset_lag);
+            (r.topic, partition)
+        }));
     }
     let dir = std::fs::canonicalize(&shard.config.data_dir).unwrap_or_else(|_| shard.config.data_dir.clone());
     let (total_bytes, usable_bytes) = filesystem_bytes(&dir);
@@ -73,7 +60,7 @@ pub async fn describe_log_dirs(shard: &Rc<Shard>, req: DescribeLogDirsRequest) -
         .with_total_bytes(total_bytes)
         .with_usable_bytes(usable_bytes)
         .with_topics(
-            by_topic
+            by_topic(answers)
                 .into_iter()
                 .map(|(name, mut partitions)| {
                     partitions.sort_by_key(|p| p.partition_index);

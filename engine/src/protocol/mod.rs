@@ -19,6 +19,7 @@ mod list_offsets;
 mod log_dirs;
 mod metadata;
 mod offsets;
+mod partition_lists;
 mod produce;
 mod producer_id;
 mod reassignments;

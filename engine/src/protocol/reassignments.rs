@@ -3,7 +3,6 @@
 //! The change is planned by the active controller (`with_reassignment`);
 //! the listing reads this node's image.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::alter_partition_reassignments_response::{
@@ -18,6 +17,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
+use super::partition_lists::{by_topic, flatten};
 use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
 use crate::wire::str_bytes;
 
@@ -63,17 +63,16 @@ pub async fn alter(
             })
             .collect(),
     };
-    let mut by_topic: BTreeMap<String, Vec<ReassignablePartitionResponse>> = BTreeMap::new();
-    for (topic, partition, refusal) in results {
+    let answers = results.into_iter().map(|(topic, partition, refusal)| {
         let mut r = ReassignablePartitionResponse::default().with_partition_index(partition);
         if let Some((code, message)) = refusal {
             r.error_code = code.code();
             r.error_message = Some(str_bytes(&message));
         }
-        by_topic.entry(topic).or_default().push(r);
-    }
+        (topic, r)
+    });
     AlterPartitionReassignmentsResponse::default().with_responses(
-        by_topic
+        by_topic(answers)
             .into_iter()
             .map(|(name, partitions)| {
                 ReassignableTopicResponse::default()
@@ -86,14 +85,12 @@ pub async fn alter(
 
 pub fn list(shard: &Rc<Shard>, req: ListPartitionReassignmentsRequest) -> ListPartitionReassignmentsResponse {
     let image = shard.image();
-    let wanted: Option<Vec<(String, i32)>> = req.topics.map(|topics| {
-        topics
-            .into_iter()
-            .flat_map(|t| {
-                let name = t.name.to_string();
-                t.partition_indexes.into_iter().map(move |p| (name.clone(), p))
-            })
-            .collect()
+    let wanted = req.topics.map(|topics| {
+        flatten(
+            topics
+                .into_iter()
+                .map(|t| (t.name.to_string(), t.partition_indexes)),
+        )
     });
     let mut topics = Vec::new();
     for t in image.topics.values() {
