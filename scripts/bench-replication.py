@@ -71,8 +71,8 @@ def drop(c):
     shutil.rmtree(c.base_dir, ignore_errors=True)
 
 
-def new_cluster(base, n=3):
-    c = Cluster(Path(tempfile.mkdtemp(prefix="repl-", dir=base)), n, sets=SETS, shards=1)
+def new_cluster(base, n=3, sets=None):
+    c = Cluster(Path(tempfile.mkdtemp(prefix="repl-", dir=base)), n, sets={**SETS, **(sets or {})}, shards=1)
     c.start_all()
     return c
 
@@ -111,7 +111,7 @@ def preferred_leaders(c, name, partitions, timeout=300.0):
 
     admin = AdminClient({"bootstrap.servers": c.live_bootstrap})  # must outlive its future
     asked = [TopicPartition(name, p) for p in range(partitions)]
-    admin.elect_leaders(ElectionType.PREFERRED, asked, request_timeout=timeout).result(timeout=timeout)
+    admin.elect_leaders(ElectionType.PREFERRED, asked).result(timeout=timeout)
 
     def spread():
         parts = c.partitions_of(name)
@@ -174,8 +174,10 @@ def produce_one(bootstrap, topic, partition):
 
 def failover(args, base):
     out = {}
+    session = {"broker.session.timeout.ms": args.session_ms,
+               "broker.heartbeat.interval.ms": max(100, args.session_ms // 6)}
     for partitions in args.failover_partitions:
-        c = new_cluster(base)
+        c = new_cluster(base, sets=session)
         rounds = []
         try:
             create(c, "fo", partitions, 3, 2, timeout=600.0)
@@ -295,8 +297,8 @@ def report(args, res, commit):
         lines += ["## Failover", "",
                   "SIGKILL of the node leading a partition (not the active controller) -> the first acks=all "
                   "produce to that partition acknowledged by its new leader; and -> every partition led by a "
-                  "survivor. `broker.session.timeout.ms=3000` (the tests' setting; Kafka's default is 9 s, "
-                  "which adds 6 s), `broker.heartbeat.interval.ms=500`.", "",
+                  f"survivor. `broker.session.timeout.ms={args.session_ms}`, `broker.heartbeat.interval.ms="
+                  f"{max(100, args.session_ms // 6)}` (Kafka's defaults, 9 s and 2 s, add the difference).", "",
                   "| partitions | kill -> first acks=all ack, s | kill -> all partitions led, s |",
                   "| ---: | ---: | ---: |"]
         for p, v in fo.items():
@@ -321,6 +323,7 @@ def main():
     ap.add_argument("--duration-s", type=int, default=15)
     ap.add_argument("--failover-partitions", default="10,1000,10000")
     ap.add_argument("--catchup-mb", type=int, default=512)
+    ap.add_argument("--session-ms", type=int, default=3000, help="broker.session.timeout.ms for the failover runs")
     ap.add_argument("--sections", default="throughput,failover,catchup")
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true")

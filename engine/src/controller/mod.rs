@@ -556,6 +556,33 @@ impl MetadataImage {
         partition_epoch: i32,
         isr: Vec<i32>,
     ) -> Result<MetadataImage, Refusal> {
+        let mut next = self.clone();
+        next.apply_isr(&IsrChange {
+            topic_id: *topic_id,
+            partition,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        })?;
+        next.epoch += 1;
+        Ok(next)
+    }
+
+    /// `with_isr` in place, for a batch of changes in one image (Kafka's
+    /// AlterPartition request carries many partitions): a refused change
+    /// leaves the image as it was.
+    pub fn apply_isr(&mut self, change: &IsrChange) -> Result<(), Refusal> {
+        let IsrChange {
+            topic_id,
+            partition,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            ref isr,
+        } = *change;
+        let (topic_id, partition, leader, leader_epoch, partition_epoch) =
+            (&topic_id, partition, leader, leader_epoch, partition_epoch);
         let name = self.topic_by_id(topic_id).map(|t| t.name.clone()).ok_or((
             ResponseError::UnknownTopicId,
             format!("no topic with id {topic_id}"),
@@ -604,11 +631,9 @@ impl MetadataImage {
             ));
         }
         let live: std::collections::HashSet<i32> = self.live_brokers().iter().map(|b| b.id).collect();
-        let mut next = self.clone();
-        next.epoch += 1;
-        let t = next.topics.get_mut(&name).expect("checked above");
+        let t = self.topics.get_mut(&name).expect("checked above");
         let p = &mut t.partitions[partition as usize];
-        p.isr = isr;
+        p.isr = isr.clone();
         if p.complete_reassignment(&live) {
             tracing::info!(
                 "reassignment of {name}-{partition} complete: replicas {:?}, leader {}",
@@ -617,7 +642,7 @@ impl MetadataImage {
             );
         }
         p.partition_epoch += 1;
-        Ok(next)
+        Ok(())
     }
 
     /// AlterPartitionReassignments (KIP-455) for one partition: `target`
@@ -770,6 +795,17 @@ impl NodeView {
         let t = self.image.topic(topic)?;
         self.placement.shard(&t.id, partition)
     }
+}
+
+/// One partition's ISR as its leader reports it (an AlterPartition item).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IsrChange {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
 }
 
 /// A CreateTopics entry, already decoded from the wire.

@@ -101,13 +101,17 @@ pub async fn connection(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> std
 struct InFlight {
     count: std::cell::Cell<usize>,
     answered: event_listener::Event,
+    /// The writer stopped (the client left): what is still queued is never
+    /// answered, so a reader waiting for the answers must stop waiting
+    /// (else the connection, and its socket, would be held forever).
+    writer_gone: std::cell::Cell<bool>,
 }
 
 impl InFlight {
     async fn drained(&self) {
         loop {
             let listener = self.answered.listen();
-            if self.count.get() == 0 {
+            if self.count.get() == 0 || self.writer_gone.get() {
                 return;
             }
             listener.await;
@@ -116,6 +120,11 @@ impl InFlight {
 
     fn finish(&self) {
         self.count.set(self.count.get() - 1);
+        self.answered.notify(usize::MAX);
+    }
+
+    fn writer_stopped(&self) {
+        self.writer_gone.set(true);
         self.answered.notify(usize::MAX);
     }
 }
@@ -153,6 +162,9 @@ async fn read_requests(
         if !pipelined {
             in_flight.drained().await;
         }
+        if in_flight.writer_gone.get() {
+            return Ok(()); // the writer stopped: the connection is closing
+        }
         in_flight.count.set(in_flight.count.get() + 1);
         let handler_shard = shard.clone();
         let handler_peer = peer.to_string();
@@ -188,6 +200,7 @@ async fn write_answers(
         let sent = send_outcome(&shard, &mut writer, socket, outcome, &peer).await;
         in_flight.finish();
         if !sent {
+            in_flight.writer_stopped();
             // SAFETY: shutting down a socket this connection owns; the fd
             // stays open until both halves drop.
             unsafe { libc::shutdown(socket, libc::SHUT_RDWR) };

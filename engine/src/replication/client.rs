@@ -56,10 +56,6 @@ impl LeaderConnection {
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Sends `req` at `version` and reads its response, waiting at most
     /// `timeout_ms` for it (a long-poll's own wait included by the caller).
     pub async fn call<R: Request + Encodable>(

@@ -150,6 +150,12 @@ fn refused(op: &ControlOp, reply: Option<ControlReply>, refusal: Refusal) -> Con
                 .map(|(t, p)| (t.clone(), *p, Some(refusal.clone())))
                 .collect(),
         ),
+        (ControlOp::AlterPartitions { items }, _) => ControlReply::Partitions(
+            items
+                .iter()
+                .map(|i| (i.topic_id.to_string(), i.partition, Some(refusal.clone())))
+                .collect(),
+        ),
         (ControlOp::Reassign { changes }, _) => ControlReply::Partitions(
             changes
                 .iter()
@@ -462,10 +468,12 @@ impl ControlPlane {
             }
             ControlOp::Heartbeat(b) => {
                 let was_fenced = image.brokers.get(&b.id).is_some_and(|old| old.fenced);
+                // (A broker alone has no one to hand over to.)
                 let restarted = image
                     .brokers
                     .get(&b.id)
-                    .is_some_and(|old| !old.fenced && old.incarnation != b.incarnation);
+                    .is_some_and(|old| !old.fenced && old.incarnation != b.incarnation)
+                    && image.live_brokers().iter().any(|o| o.id != b.id);
                 let mut next = image.with_broker(BrokerMeta {
                     fenced: was_fenced,
                     ..b.clone()
@@ -558,34 +566,39 @@ impl ControlPlane {
                 };
                 (next, ControlReply::Done(Ok(())), false)
             }
-            ControlOp::AlterPartition {
-                topic_id,
-                partition,
-                leader,
-                leader_epoch,
-                partition_epoch,
-                isr,
-            } => match image.with_isr(
-                &topic_id,
-                partition,
-                leader,
-                leader_epoch,
-                partition_epoch,
-                isr.clone(),
-            ) {
-                Ok(next) => {
-                    let name = image.topic_by_id(&topic_id).map_or("?", |t| t.name.as_str());
-                    let before = image
-                        .partition(name, partition)
-                        .map(|p| p.in_sync().to_vec())
-                        .unwrap_or_default();
-                    tracing::info!(
-                        "ISR of {name}-{partition} changed from {before:?} to {isr:?} (leader {leader})"
-                    );
-                    (next, ControlReply::Done(Ok(())), false)
+            ControlOp::AlterPartitions { items } => {
+                // One image for the whole batch: cloning it per item would
+                // cost O(partitions) each (10,000 followers rejoining).
+                let mut next = image.clone();
+                let mut results = Vec::with_capacity(items.len());
+                let mut changed = 0usize;
+                for item in &items {
+                    let name = image
+                        .topic_by_id(&item.topic_id)
+                        .map_or_else(|| item.topic_id.to_string(), |t| t.name.clone());
+                    match next.apply_isr(item) {
+                        Ok(()) => {
+                            changed += 1;
+                            tracing::debug!(
+                                "ISR of {name}-{} changed to {:?} (leader {})",
+                                item.partition,
+                                item.isr,
+                                item.leader
+                            );
+                            results.push((name, item.partition, None));
+                        }
+                        Err(refusal) => results.push((name, item.partition, Some(refusal))),
+                    }
                 }
-                Err(refusal) => (image.clone(), ControlReply::Done(Err(refusal)), false),
-            },
+                if changed > 0 {
+                    next.epoch += 1;
+                    tracing::info!(
+                        "ISR changes of {changed} partitions applied ({} asked)",
+                        items.len()
+                    );
+                }
+                (next, ControlReply::Partitions(results), false)
+            }
             ControlOp::AllocateProducerId => (image.clone(), ControlReply::Unavailable, true),
         }
     }

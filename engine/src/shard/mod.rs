@@ -135,6 +135,10 @@ pub struct Shard {
     stopping: Cell<bool>,
     /// Leader nodes this shard runs a fetcher task for (`replica`).
     fetchers: RefCell<std::collections::HashSet<i32>>,
+    /// ISR changes waiting to go to the controller in one batch, and
+    /// whether the task that sends them runs (`replica`).
+    isr_queue: RefCell<Vec<(Rc<Partition>, controller::IsrChange)>>,
+    isr_sender_running: Cell<bool>,
     /// High watermarks checkpointed before this start (`hw_checkpoint`),
     /// read at the first open; and what this shard last wrote.
     checkpointed_watermarks: std::cell::OnceCell<hw_checkpoint::Watermarks>,
@@ -172,6 +176,8 @@ impl Shard {
             connections_max: config.max_connections.div_ceil(nr_shards),
             stopping: Cell::new(false),
             fetchers: RefCell::new(std::collections::HashSet::new()),
+            isr_queue: RefCell::new(Vec::new()),
+            isr_sender_running: Cell::new(false),
             checkpointed_watermarks: std::cell::OnceCell::new(),
             last_written_watermarks: RefCell::new(Vec::new()),
             open_mode: Cell::new(RecoveryMode::Clean),

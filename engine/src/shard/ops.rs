@@ -157,14 +157,10 @@ pub enum ControlOp {
     },
     /// A broker about to stop asks to be fenced now (Kafka's ControlledShutdown).
     ControlledShutdown(i32),
-    /// A leader's new ISR for a partition (Kafka's AlterPartition).
-    AlterPartition {
-        topic_id: uuid::Uuid,
-        partition: i32,
-        leader: i32,
-        leader_epoch: i32,
-        partition_epoch: i32,
-        isr: Vec<i32>,
+    /// Leaders' new ISRs (Kafka's AlterPartition, which carries many
+    /// partitions): one metadata change for the whole batch.
+    AlterPartitions {
+        items: Vec<crate::controller::IsrChange>,
     },
 }
 

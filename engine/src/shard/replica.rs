@@ -19,7 +19,7 @@ use kafka_protocol::ResponseError;
 
 use super::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
 use crate::clock::now_ms;
-use crate::controller::{NodeView, NO_LEADER};
+use crate::controller::{IsrChange, NodeView, NO_LEADER};
 use crate::partition::Partition;
 use crate::replication::client::{LeaderConnection, FETCH_VERSION, OFFSET_FOR_LEADER_EPOCH_VERSION};
 use crate::replication::state::{truncation, Truncation};
@@ -28,8 +28,10 @@ use crate::wire::str_bytes;
 /// Pause of a fetcher whose partitions all failed (a leader change the
 /// image has not brought yet), so it does not spin.
 const FETCH_ERROR_PAUSE_MS: u64 = 50;
-/// Pause before resending an ISR change no controller answered.
+/// Pause before resending ISR changes no controller answered.
 const ISR_RETRY_MS: u64 = 200;
+/// How long ISR changes gather before they go to the controller together.
+const ISR_BATCH_MS: u64 = 10;
 
 type Key = (String, i32);
 
@@ -118,7 +120,8 @@ impl Shard {
     /// polled fetches of all of them in one request.
     async fn run_fetcher(self: Rc<Self>, leader: i32) {
         let cluster = &self.config.cluster;
-        let mut connection: Option<LeaderConnection> = None;
+        // The connection and the (host, port) it was made to.
+        let mut connection: Option<((String, u16), LeaderConnection)> = None;
         tracing::debug!(shard = self.id, "fetcher for leader {leader} started");
         loop {
             let parts = self.followed_from(leader);
@@ -130,17 +133,23 @@ impl Shard {
                 return;
             }
             let view = self.view();
-            let Some(addr) = view
-                .image
-                .brokers
-                .get(&leader)
-                .and_then(|b| std::net::ToSocketAddrs::to_socket_addrs(&(b.host.as_str(), b.port)).ok())
-                .and_then(|mut a| a.next())
-            else {
+            let Some(listener) = view.image.brokers.get(&leader).map(|b| (b.host.clone(), b.port)) else {
                 glommio::timer::sleep(Duration::from_millis(cluster.replica_fetch_backoff_ms)).await;
                 continue;
             };
-            if connection.as_ref().is_none_or(|c| c.addr() != addr) {
+            if connection.as_ref().is_none_or(|(at, _)| *at != listener) {
+                connection = None;
+                // Resolved once per connection: a host name's lookup blocks.
+                let Some(addr) = std::net::ToSocketAddrs::to_socket_addrs(&(listener.0.as_str(), listener.1))
+                    .ok()
+                    .and_then(|mut a| a.next())
+                else {
+                    tracing::debug!(
+                        "follower fetch: leader {leader}'s listener {listener:?} does not resolve"
+                    );
+                    glommio::timer::sleep(Duration::from_millis(cluster.replica_fetch_backoff_ms)).await;
+                    continue;
+                };
                 match LeaderConnection::connect(
                     addr,
                     cluster.replica_socket_timeout_ms,
@@ -148,7 +157,7 @@ impl Shard {
                 )
                 .await
                 {
-                    Ok(c) => connection = Some(c),
+                    Ok(c) => connection = Some((listener, c)),
                     Err(e) => {
                         tracing::debug!("follower fetch: cannot reach leader {leader} at {addr}: {e}");
                         glommio::timer::sleep(Duration::from_millis(cluster.replica_fetch_backoff_ms)).await;
@@ -156,7 +165,9 @@ impl Shard {
                     }
                 }
             }
-            let Some(conn) = connection.as_mut() else { continue };
+            let Some((_, conn)) = connection.as_mut() else {
+                continue;
+            };
             let result = self.fetch_round(conn, leader, &parts).await;
             match result {
                 Ok(true) => {}
@@ -171,7 +182,7 @@ impl Shard {
     }
 
     /// One round: OffsetForLeaderEpoch for the partitions that must
-    /// truncate, else one Fetch for the rest. Ok(false): nothing moved.
+    /// truncate, then one Fetch for the others. Ok(false): nothing moved.
     async fn fetch_round(
         &self,
         conn: &mut LeaderConnection,
@@ -437,11 +448,11 @@ impl Shard {
     }
 
     /// Sends `isr` to the controller for `p`; the committed change comes
-    /// back in an image (`Partition::become_leader` settles it). Only a
-    /// refusal for good (INVALID_REQUEST, INELIGIBLE_REPLICA) drops it; a
-    /// stale epoch waits for the image on its way; no answer resends it
-    /// while it is still pending, since a request that timed out may yet
-    /// be applied (the simulation's seed 1277 shows what giving up loses).
+    /// back in an image (`Partition::become_leader` settles it). Changes
+    /// queue for up to `ISR_BATCH_MS` and go as one AlterPartitions (one
+    /// metadata change for many partitions, as Kafka batches its
+    /// AlterPartition requests), so thousands of followers rejoining cost a
+    /// few changes, not thousands.
     fn propose_isr(self: &Rc<Self>, p: Rc<Partition>, isr: Vec<i32>) {
         let Some((leader_epoch, partition_epoch)) = p.with_leadership(|l| {
             l.propose(isr.clone());
@@ -449,47 +460,93 @@ impl Shard {
         }) else {
             return;
         };
-        let shard = self.clone();
-        glommio::spawn_local(async move {
-            while !shard.is_stopping() && p.isr_pending(leader_epoch, partition_epoch, &isr) {
-                let op = ControlOp::AlterPartition {
-                    topic_id: p.topic_id(),
-                    partition: p.index(),
-                    leader: shard.config.node_id,
-                    leader_epoch,
-                    partition_epoch,
-                    isr: isr.clone(),
-                };
-                match shard.call(CONTROLLER_SHARD, ShardOp::Control(op)).await {
-                    ShardReply::Control(ControlReply::Done(Ok(()))) => return,
-                    ShardReply::Control(ControlReply::Done(Err((code, message)))) => match code {
-                        ResponseError::InvalidRequest | ResponseError::IneligibleReplica => {
-                            tracing::info!(
-                                "{}-{}: ISR {isr:?} refused ({code:?}): {message}",
-                                p.topic(),
-                                p.index()
-                            );
-                            if p.isr_refused(leader_epoch, partition_epoch, &isr) {
-                                shard.notify_appended();
-                            }
-                            return;
-                        }
+        let change = IsrChange {
+            topic_id: p.topic_id(),
+            partition: p.index(),
+            leader: self.config.node_id,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        };
+        self.isr_queue.borrow_mut().push((p, change));
+        if !self.isr_sender_running.replace(true) {
+            let shard = self.clone();
+            glommio::spawn_local(async move { shard.send_isr_changes().await }).detach();
+        }
+    }
+
+    /// Sends the queued ISR changes until none is left. Only a refusal for
+    /// good (INVALID_REQUEST, INELIGIBLE_REPLICA) drops one; a stale epoch
+    /// waits for the image on its way; an unanswered one is sent again while
+    /// it is still pending, since a request that timed out may yet be
+    /// applied (the simulation's seed 1277 shows what giving up loses).
+    async fn send_isr_changes(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(ISR_BATCH_MS)).await;
+            let batch: Vec<(Rc<Partition>, IsrChange)> = std::mem::take(&mut *self.isr_queue.borrow_mut())
+                .into_iter()
+                .filter(|(p, c)| p.isr_pending(c.leader_epoch, c.partition_epoch, &c.isr))
+                .collect();
+            if batch.is_empty() || self.is_stopping() {
+                self.isr_sender_running.set(false);
+                return;
+            }
+            let items = batch.iter().map(|(_, c)| c.clone()).collect();
+            let reply = self
+                .call(
+                    CONTROLLER_SHARD,
+                    ShardOp::Control(ControlOp::AlterPartitions { items }),
+                )
+                .await;
+            let answers = match reply {
+                ShardReply::Control(ControlReply::Partitions(answers)) if answers.len() == batch.len() => {
+                    answers
+                }
+                _ => Vec::new(),
+            };
+            if answers.is_empty() {
+                // No controller answered: all again, after a pause.
+                self.isr_queue.borrow_mut().extend(batch);
+                glommio::timer::sleep(Duration::from_millis(ISR_RETRY_MS)).await;
+                continue;
+            }
+            let mut moved = false;
+            for ((p, change), (_, _, refusal)) in batch.into_iter().zip(answers) {
+                match refusal {
+                    None => {}
+                    Some((
+                        code @ (ResponseError::InvalidRequest | ResponseError::IneligibleReplica),
+                        message,
+                    )) => {
+                        tracing::info!(
+                            "{}-{}: ISR {:?} refused ({code:?}): {message}",
+                            p.topic(),
+                            p.index(),
+                            change.isr
+                        );
+                        moved |= p.isr_refused(change.leader_epoch, change.partition_epoch, &change.isr);
+                    }
+                    Some((
                         ResponseError::FencedLeaderEpoch
                         | ResponseError::InvalidUpdateVersion
                         | ResponseError::NotLeaderOrFollower
                         | ResponseError::UnknownTopicId
-                        | ResponseError::UnknownTopicOrPartition => return,
-                        _ => tracing::debug!(
+                        | ResponseError::UnknownTopicOrPartition,
+                        _,
+                    )) => {}
+                    Some((code, _)) => {
+                        tracing::debug!(
                             "{}-{}: ISR change not answered ({code:?}); resending",
                             p.topic(),
                             p.index()
-                        ),
-                    },
-                    _ => {}
+                        );
+                        self.isr_queue.borrow_mut().push((p, change));
+                    }
                 }
-                glommio::timer::sleep(Duration::from_millis(ISR_RETRY_MS)).await;
             }
-        })
-        .detach();
+            if moved {
+                self.notify_appended();
+            }
+        }
     }
 }
