@@ -5,10 +5,9 @@ use std::rc::Rc;
 
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse, TopicName};
-use kafka_protocol::ResponseError;
 
-use super::partition_lists::{by_topic, flatten};
-use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
+use super::partition_lists::{by_topic, control, flatten};
+use crate::shard::{ControlOp, Shard};
 use crate::wire::str_bytes;
 
 /// `election_type` 1 (v1+): unclean; 0: preferred.
@@ -23,22 +22,7 @@ pub async fn elect_leaders(shard: &Rc<Shard>, req: ElectLeadersRequest) -> Elect
         unclean: req.election_type == UNCLEAN,
         partitions,
     };
-    let results = match shard.call(CONTROLLER_SHARD, ShardOp::Control(op)).await {
-        ShardReply::Control(ControlReply::Partitions(results)) => results,
-        _ => asked
-            .into_iter()
-            .map(|(t, p)| {
-                (
-                    t,
-                    p,
-                    Some((
-                        ResponseError::NotController,
-                        "no active controller answered".to_string(),
-                    )),
-                )
-            })
-            .collect(),
-    };
+    let results = control(shard, op, asked).await;
     let answers = results.into_iter().map(|(topic, partition, refusal)| {
         let mut r = PartitionResult::default().with_partition_id(partition);
         if let Some((code, message)) = refusal {

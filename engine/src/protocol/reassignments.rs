@@ -15,10 +15,9 @@ use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
     ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, TopicName,
 };
-use kafka_protocol::ResponseError;
 
-use super::partition_lists::{by_topic, flatten};
-use crate::shard::{ControlOp, ControlReply, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
+use super::partition_lists::{by_topic, control, flatten};
+use crate::shard::{ControlOp, Shard};
 use crate::wire::str_bytes;
 
 fn ids(brokers: &[i32]) -> Vec<BrokerId> {
@@ -44,25 +43,7 @@ pub async fn alter(
         })
         .collect();
     let asked: Vec<(String, i32)> = changes.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-    let results = match shard
-        .call(
-            CONTROLLER_SHARD,
-            ShardOp::Control(ControlOp::Reassign { changes }),
-        )
-        .await
-    {
-        ShardReply::Control(ControlReply::Partitions(results)) => results,
-        _ => asked
-            .into_iter()
-            .map(|(t, p)| {
-                let refusal = (
-                    ResponseError::NotController,
-                    "no active controller answered".to_string(),
-                );
-                (t, p, Some(refusal))
-            })
-            .collect(),
-    };
+    let results = control(shard, ControlOp::Reassign { changes }, asked).await;
     let answers = results.into_iter().map(|(topic, partition, refusal)| {
         let mut r = ReassignablePartitionResponse::default().with_partition_index(partition);
         if let Some((code, message)) = refusal {
