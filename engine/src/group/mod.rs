@@ -168,8 +168,6 @@ pub trait GroupStore {
     }
     /// This shard's `__consumer_offsets` partition `index`, if it owns it.
     fn offsets_partition(&self, index: i32) -> Option<Rc<Partition>>;
-    /// A group record was appended: wake this shard's waiting fetches (Burrow).
-    fn notify_appended(&self);
 }
 
 /// The groups of one shard. Exists on every shard; touched only by it.
@@ -241,7 +239,6 @@ impl Coordinator {
             // Kafka's coordinator writes with acks=all, so a commit it
             // acknowledges survives the loss of its leader.
             Ok(result) => {
-                store.notify_appended();
                 partition
                     .await_replicated(
                         result.last_offset,

@@ -93,6 +93,11 @@ pub struct Partition {
     /// Fired when the high watermark moves or the role changes: acks=all
     /// produces wait on it.
     replication_changed: event_listener::Event,
+    /// Fired when the log end offset or the high watermark moves, or the
+    /// role changes: long-polling fetches of this partition wait on it. Per
+    /// partition, not per shard, so an append wakes only the fetches that
+    /// read this partition.
+    data_changed: event_listener::Event,
     policy: RefCell<PartitionPolicy>,
     /// Idempotent producers' recent sequences (Kafka's producer state).
     producers: RefCell<ProducerStates>,
@@ -136,6 +141,7 @@ impl Partition {
             epochs: RefCell::new(epochs),
             role: RefCell::new(Role::Follower(Following::offline(leader_epoch))),
             replication_changed: event_listener::Event::new(),
+            data_changed: event_listener::Event::new(),
             policy: RefCell::new(policy),
             producers: RefCell::new(producers),
             idempotent_lock: crate::fifo::FifoLock::new(),
@@ -284,6 +290,9 @@ impl Partition {
         let log_append_time = self.policy.borrow().log_append_time;
         let stamp = log_append_time.then_some(result.log_append_time_ms);
         self.cache.insert(&cached, result.base_offset, stamp, Some(epoch));
+        // Followers and consumers long-poll on this partition: wake them
+        // before an acks=all produce starts waiting for the followers.
+        self.data_changed.notify(usize::MAX);
         self.on_leader_appended(epoch)?;
         if !log_append_time {
             result.log_append_time_ms = -1;

@@ -98,9 +98,9 @@ impl Partition {
     }
 
     /// The controller refused the ISR `isr` for good (sent at these
-    /// epochs): drop it if it is still the pending one. Returns whether the
-    /// high watermark moved (then the caller wakes its fetches).
-    pub fn isr_refused(&self, leader_epoch: i32, partition_epoch: i32, isr: &[i32]) -> bool {
+    /// epochs): drop it if it is still the pending one (the high watermark
+    /// may then move, which wakes this partition's waiters).
+    pub fn isr_refused(&self, leader_epoch: i32, partition_epoch: i32, isr: &[i32]) {
         let moved = self
             .with_leadership(|l| {
                 let current = l.leader_epoch == leader_epoch
@@ -111,9 +111,8 @@ impl Partition {
             .flatten()
             .is_some();
         if moved {
-            self.replication_changed.notify(usize::MAX);
+            self.replication_moved();
         }
-        moved
     }
 
     /// Whether `isr` is still this leader's pending proposal at these epochs.
@@ -134,6 +133,20 @@ impl Partition {
         }
     }
 
+    /// The high watermark or the role changed, or the shard dropped this
+    /// partition: wakes acks=all produces and this partition's
+    /// long-polling fetches.
+    pub fn replication_moved(&self) {
+        self.replication_changed.notify(usize::MAX);
+        self.data_changed.notify(usize::MAX);
+    }
+
+    /// Resolves at this partition's next append, high-watermark move or
+    /// role change (register before checking, so none is missed).
+    pub fn listen_data(&self) -> event_listener::EventListener {
+        self.data_changed.listen()
+    }
+
     /// After a leader append at `epoch`: the high watermark may move (an
     /// ISR of the leader alone). The role may have changed during the
     /// write: then the append is not known to be kept.
@@ -144,7 +157,7 @@ impl Partition {
             _ => return Err(not_leader(&self.topic, self.index)),
         };
         if moved.is_some() {
-            self.replication_changed.notify(usize::MAX);
+            self.replication_moved();
         }
         Ok(())
     }
@@ -165,7 +178,7 @@ impl Partition {
                     if l.on_isr_committed(meta.in_sync().to_vec(), meta.partition_epoch)
                         .is_some()
                     {
-                        self.replication_changed.notify(usize::MAX);
+                        self.replication_moved();
                     }
                 }
                 return Ok(false);
@@ -193,7 +206,7 @@ impl Partition {
             now_ms,
         ));
         drop(role);
-        self.replication_changed.notify(usize::MAX);
+        self.replication_moved();
         Ok(true)
     }
 
@@ -228,7 +241,7 @@ impl Partition {
             self.set_leader_epoch(leader_epoch);
         }
         // acks=all waiters of the old leadership answer NOT_LEADER_OR_FOLLOWER.
-        self.replication_changed.notify(usize::MAX);
+        self.replication_moved();
         true
     }
 
@@ -258,7 +271,7 @@ impl Partition {
             Role::Follower(_) => return Err(not_leader(&self.topic, self.index)),
         };
         if effect.high_watermark_advanced.is_some() {
-            self.replication_changed.notify(usize::MAX);
+            self.replication_moved();
         }
         Ok(effect)
     }

@@ -17,15 +17,15 @@
 mod control;
 mod hw_checkpoint;
 mod ops;
+mod partition_map;
 mod replica;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use event_listener::Event;
 use futures::channel::oneshot;
+use futures::StreamExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::sync::Semaphore;
 
@@ -102,6 +102,9 @@ pub struct ShardMsg {
     reply: oneshot::Sender<ShardReply>,
 }
 
+/// A metadata change that opens at least this many logs says how long it took.
+const LOG_OPENS_REPORTED_FROM: usize = 100;
+
 /// Shortest pause between two flush checks, whatever a topic's `flush.ms`.
 const FLUSH_CHECK_MIN_MS: u64 = 10;
 
@@ -112,7 +115,7 @@ pub struct Shard {
     pub nr_shards: usize,
     pub config: Arc<BrokerConfig>,
     view: RefCell<Arc<NodeView>>,
-    partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
+    partitions: RefCell<partition_map::PartitionMap>,
     senders: Senders<ShardMsg>,
     peer_of_shard: Vec<usize>,
     /// The node's control plane (on `CONTROLLER_SHARD` only).
@@ -121,8 +124,6 @@ pub struct Shard {
     file_cache: Rc<crate::storage::FileCache>,
     /// The tail-cache budget shared by this shard's partitions (`log.cache.bytes`).
     tail_cache: Rc<crate::partition::tail_cache::CacheBudget>,
-    /// Fired after every append on this shard; long-polling fetches wait on it.
-    appended: Event,
     /// Per destination shard: sends leave in call order.
     send_turns: Vec<crate::fifo::FifoLock>,
     /// Zero-copy sends running on the blocking-thread pool (`num.io.threads`).
@@ -163,13 +164,12 @@ impl Shard {
             nr_shards,
             config: config.clone(),
             view: RefCell::new(Arc::new(NodeView::default())),
-            partitions: RefCell::new(HashMap::new()),
+            partitions: RefCell::new(partition_map::PartitionMap::default()),
             senders,
             peer_of_shard,
             control_plane: std::cell::OnceCell::new(),
             file_cache: crate::storage::FileCache::new(config.log_fd_cache_size),
             tail_cache: crate::partition::tail_cache::CacheBudget::new(config.log_cache_bytes),
-            appended: Event::new(),
             io_sends: Semaphore::new(config.num_io_threads as u64),
             send_turns: (0..nr_shards).map(|_| crate::fifo::FifoLock::new()).collect(),
             connections: Cell::new(0),
@@ -219,10 +219,7 @@ impl Shard {
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
-        self.partitions
-            .borrow()
-            .get(&(topic.to_string(), partition))
-            .cloned()
+        self.partitions.borrow().get(topic, partition).cloned()
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -261,10 +258,6 @@ impl Shard {
             return ShardReply::Control(ControlReply::Unavailable);
         }
         rx.await.unwrap_or(ShardReply::Control(ControlReply::Unavailable))
-    }
-
-    fn notify_appended(&self) {
-        self.appended.notify(usize::MAX);
     }
 
     async fn open_partition(
@@ -316,7 +309,7 @@ impl Shard {
             .partitions
             .borrow()
             .iter()
-            .map(|((t, i), p)| (t.clone(), *i, p.high_watermark()))
+            .map(|(t, i, p)| (t.to_string(), i, p.high_watermark()))
             .collect();
         watermarks.sort_unstable();
         if *self.last_written_watermarks.borrow() == watermarks {
@@ -341,40 +334,52 @@ impl Shard {
             .partitions
             .borrow()
             .iter()
-            .filter(|((t, i), p)| {
+            .filter(|(t, i, p)| {
                 view.replica_shard(t, *i) != Some(self.id)
                     || image.topic(t).map(|m| m.id) != Some(p.topic_id())
             })
-            .map(|(k, _)| k.clone())
+            .map(|(t, i, _)| (t.to_string(), i))
             .collect();
-        for key in gone {
-            let removed = self.partitions.borrow_mut().remove(&key);
-            let Some(p) = removed else { continue };
-            // A partition that merely moved to another shard keeps its
-            // files; one deleted, or no longer replicated on this node (a
-            // reassignment moved it away), loses them, as Kafka's
-            // StopReplica with delete.
-            let topic_deleted = image.topic(&key.0).map(|m| m.id) != Some(p.topic_id());
-            let replica_removed = image
-                .partition(&key.0, key.1)
-                .is_some_and(|m| !m.replicas.contains(&view.node_id));
-            let result = if topic_deleted || replica_removed {
-                p.log().delete().await
-            } else {
-                p.log().close().await
-            };
-            if let Err(e) = result {
-                tracing::error!("cannot remove {}-{}: {e}", key.0, key.1);
-            }
-        }
+        let concurrency = self.config.num_recovery_threads_per_data_dir;
+        let removed: Vec<(String, i32, Rc<Partition>)> = {
+            let mut partitions = self.partitions.borrow_mut();
+            gone.into_iter()
+                .filter_map(|(t, i)| partitions.remove(&t, i).map(|p| (t, i, p)))
+                .collect()
+        };
+        futures::stream::iter(removed)
+            .for_each_concurrent(concurrency, |(topic, index, p)| {
+                let image = &image;
+                let view = &view;
+                async move {
+                    p.replication_moved();
+                    // A partition that merely moved to another shard keeps
+                    // its files; one deleted, or no longer replicated on
+                    // this node (a reassignment moved it away), loses them,
+                    // as Kafka's StopReplica with delete.
+                    let topic_deleted = image.topic(&topic).map(|m| m.id) != Some(p.topic_id());
+                    let replica_removed = image
+                        .partition(&topic, index)
+                        .is_some_and(|m| !m.replicas.contains(&view.node_id));
+                    let result = if topic_deleted || replica_removed {
+                        p.log().delete().await
+                    } else {
+                        p.log().close().await
+                    };
+                    if let Err(e) = result {
+                        tracing::error!("cannot remove {topic}-{index}: {e}");
+                    }
+                }
+            })
+            .await;
+        let mut to_open = Vec::new();
         for topic in image.topics.values() {
             for (index, _) in topic.partitions.iter().enumerate() {
                 let index = index as i32;
                 if view.placement.shard(&topic.id, index) != Some(self.id) {
                     continue;
                 }
-                let key = (topic.name.clone(), index);
-                let existing = self.partitions.borrow().get(&key).cloned();
+                let existing = self.partitions.borrow().get(&topic.name, index).cloned();
                 match existing {
                     Some(p) if p.topic_id() == topic.id => {
                         let changed = old.topic(&topic.name).is_none_or(|t| t.configs != topic.configs);
@@ -382,14 +387,34 @@ impl Shard {
                             self.reconfigure(&p, topic);
                         }
                     }
-                    _ => match self.open_partition(topic, index, mode).await {
-                        Ok(p) => {
-                            self.partitions.borrow_mut().insert(key, p);
-                        }
-                        Err(e) => tracing::error!("cannot open {}-{index}: {e}", topic.name),
-                    },
+                    _ => to_open.push((topic, index)),
                 }
             }
+        }
+        // Opening is I/O (and a recovery scan after a crash): many at once,
+        // so thousands of partitions open in about the time of the slowest
+        // few rather than of all of them in turn.
+        let opening = to_open.len();
+        let open_started = std::time::Instant::now();
+        let mut opened = futures::stream::iter(to_open)
+            .map(
+                |(topic, index)| async move { (topic, index, self.open_partition(topic, index, mode).await) },
+            )
+            .buffer_unordered(concurrency);
+        while let Some((topic, index, result)) = opened.next().await {
+            match result {
+                Ok(p) => {
+                    self.partitions.borrow_mut().insert(&topic.name, index, p);
+                }
+                Err(e) => tracing::error!("cannot open {}-{index}: {e}", topic.name),
+            }
+        }
+        if opening >= LOG_OPENS_REPORTED_FROM {
+            tracing::info!(
+                shard = self.id,
+                "opened {opening} logs in {} ms",
+                open_started.elapsed().as_millis()
+            );
         }
         // Every replica of the image has its role, those just opened too;
         // groups follow their `__consumer_offsets` partition's leadership.
@@ -510,18 +535,25 @@ impl Shard {
     pub(crate) async fn close_all(&self) -> bool {
         self.checkpoint_high_watermarks();
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
-        let mut clean = true;
-        for p in parts {
-            if let Err(e) = p.snapshot_producers().await {
-                tracing::error!("producer snapshot of {}-{} failed: {e}", p.topic(), p.index());
-                clean = false;
-            }
-            if let Err(e) = p.log().close().await {
-                tracing::error!("closing {}-{} failed: {e}", p.topic(), p.index());
-                clean = false;
-            }
-        }
-        clean
+        let clean = Cell::new(true);
+        // Each close is a few fsyncs: many at once, so the stop takes about
+        // as long as the slowest few logs rather than all of them in turn.
+        futures::stream::iter(parts)
+            .for_each_concurrent(self.config.num_recovery_threads_per_data_dir, |p| {
+                let clean = &clean;
+                async move {
+                    if let Err(e) = p.snapshot_producers().await {
+                        tracing::error!("producer snapshot of {}-{} failed: {e}", p.topic(), p.index());
+                        clean.set(false);
+                    }
+                    if let Err(e) = p.log().close().await {
+                        tracing::error!("closing {}-{} failed: {e}", p.topic(), p.index());
+                        clean.set(false);
+                    }
+                }
+            })
+            .await;
+        clean.get()
     }
 }
 
@@ -578,9 +610,5 @@ impl crate::group::GroupStore for Shard {
 
     fn offsets_partition(&self, index: i32) -> Option<Rc<Partition>> {
         self.partition(crate::group::OFFSETS_TOPIC, index)
-    }
-
-    fn notify_appended(&self) {
-        Shard::notify_appended(self)
     }
 }

@@ -217,10 +217,14 @@ impl Shard {
                 let partitions = self.partitions.borrow();
                 let sizes = partitions
                     .iter()
-                    .filter(|(key, _)| wanted.as_ref().is_none_or(|w| w.contains(key)))
-                    .map(|((topic, partition), p)| ReplicaSize {
-                        topic: topic.clone(),
-                        partition: *partition,
+                    .filter(|(topic, index, _)| {
+                        wanted
+                            .as_ref()
+                            .is_none_or(|w| w.contains(&(topic.to_string(), *index)))
+                    })
+                    .map(|(topic, partition, p)| ReplicaSize {
+                        topic: topic.to_string(),
+                        partition,
                         size_bytes: p.log().size_bytes(),
                         offset_lag: (p.high_watermark() - p.log_end_offset()).max(0),
                     })
@@ -262,25 +266,19 @@ impl Shard {
         };
         let epoch = partition.leader_epoch();
         let appended = match partition.append(&part.records).await {
-            // Followers long-poll on the append notification: wake them
-            // before waiting for them.
-            Ok(result) if part.acks == -1 => {
-                self.notify_appended();
-                partition
-                    .await_replicated(
-                        result.last_offset,
-                        epoch,
-                        part.min_insync_replicas,
-                        part.timeout_ms,
-                    )
-                    .await
-                    .map(|()| result)
-            }
+            Ok(result) if part.acks == -1 => partition
+                .await_replicated(
+                    result.last_offset,
+                    epoch,
+                    part.min_insync_replicas,
+                    part.timeout_ms,
+                )
+                .await
+                .map(|()| result),
             other => other,
         };
         match appended {
             Ok(result) => {
-                self.notify_appended();
                 partition.snapshot_after_roll();
                 outcome.base_offset = result.base_offset;
                 outcome.log_start_offset = result.log_start_offset;
@@ -344,20 +342,37 @@ impl Shard {
         outcome
     }
 
-    /// Waits on the shard's append notification (no polling loop) until one
-    /// of the partitions has data past the given offset or time runs out.
+    /// Waits on the partitions' own change notifications (no polling loop,
+    /// and an append elsewhere on the shard wakes nothing here) until one
+    /// of them has data past the given offset or time runs out.
     async fn wait_for_data(&self, parts: &[WaitPart], timeout_ms: u64) {
         let deadline = std::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let mut waited = Vec::with_capacity(parts.len());
+        for w in parts {
+            match self.partition(&w.topic, w.partition) {
+                Some(p) => waited.push((p, w)),
+                // Gone (deleted or moved): the next read says so.
+                None => return,
+            }
+        }
+        if waited.is_empty() {
+            return;
+        }
         loop {
-            let listener = self.appended.listen();
-            let ready = parts.iter().any(|w| {
-                self.partition(&w.topic, w.partition).is_none_or(|p| {
-                    if w.upto_log_end {
-                        p.log_end_offset() > w.offset || p.high_watermark() > w.high_watermark_seen
-                    } else {
-                        p.high_watermark() > w.offset
-                    }
-                })
+            // Listen first, then check: a change between the two still wakes.
+            let listeners: Vec<_> = waited.iter().map(|(p, _)| p.listen_data()).collect();
+            let ready = waited.iter().any(|(p, w)| {
+                let replaced = self
+                    .partition(&w.topic, w.partition)
+                    .is_none_or(|current| !Rc::ptr_eq(&current, p));
+                if replaced {
+                    // Deleted or moved while waiting: the next read says so.
+                    true
+                } else if w.upto_log_end {
+                    p.log_end_offset() > w.offset || p.high_watermark() > w.high_watermark_seen
+                } else {
+                    p.high_watermark() > w.offset
+                }
             });
             if ready || self.is_stopping() {
                 return;
@@ -367,7 +382,13 @@ impl Shard {
                 return;
             }
             let timeout = glommio::timer::sleep(deadline - now);
-            futures_lite::future::or(listener, timeout).await;
+            futures_lite::future::or(
+                async {
+                    futures::future::select_all(listeners).await;
+                },
+                timeout,
+            )
+            .await;
         }
     }
 

@@ -47,7 +47,7 @@ impl Shard {
             .partitions
             .borrow()
             .iter()
-            .map(|(k, p)| (k.clone(), p.clone()))
+            .map(|(t, i, p)| ((t.to_string(), i), p.clone()))
             .collect();
         let fenced: Vec<i32> = view
             .image
@@ -110,8 +110,8 @@ impl Shard {
         self.partitions
             .borrow()
             .iter()
-            .filter(|(_, p)| p.following().is_some_and(|f| f.leader == leader))
-            .map(|(k, p)| (k.clone(), p.clone()))
+            .filter(|(_, _, p)| p.following().is_some_and(|f| f.leader == leader))
+            .map(|(t, i, p)| ((t.to_string(), i), p.clone()))
             .collect()
     }
 
@@ -414,9 +414,6 @@ impl Shard {
         current_leader_epoch: i32,
     ) -> Result<(), crate::partition::PartitionError> {
         let effect = p.on_follower_fetch(follower, fetch_offset, current_leader_epoch, now_ms())?;
-        if effect.high_watermark_advanced.is_some() {
-            self.notify_appended();
-        }
         if let Some(isr) = effect.expand_isr {
             tracing::info!(
                 "{}-{}: follower {follower} caught up at {fetch_offset}; asking to expand the ISR to {isr:?}",
@@ -510,7 +507,6 @@ impl Shard {
                 glommio::timer::sleep(Duration::from_millis(ISR_RETRY_MS)).await;
                 continue;
             }
-            let mut moved = false;
             for ((p, change), (_, _, refusal)) in batch.into_iter().zip(answers) {
                 match refusal {
                     None => {}
@@ -524,7 +520,7 @@ impl Shard {
                             p.index(),
                             change.isr
                         );
-                        moved |= p.isr_refused(change.leader_epoch, change.partition_epoch, &change.isr);
+                        p.isr_refused(change.leader_epoch, change.partition_epoch, &change.isr);
                     }
                     Some((
                         ResponseError::FencedLeaderEpoch
@@ -543,9 +539,6 @@ impl Shard {
                         self.isr_queue.borrow_mut().push((p, change));
                     }
                 }
-            }
-            if moved {
-                self.notify_appended();
             }
         }
     }
