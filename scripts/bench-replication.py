@@ -268,10 +268,10 @@ def catchup(args, base):
 # --- report ----------------------------------------------------------------------------------------------------
 
 
-def report(args, res, commit):
+def report(args, res, commit, argv, date):
     lines = ["# Replication", "",
-             f"Measured {time.strftime('%Y-%m-%d')} at {commit} on this machine ({machine()}), 3 nodes x 1 shard on "
-             "127.0.0.1, by", "", f"    scripts/bench-replication.py {' '.join(sys.argv[1:])}", "",
+             f"Measured {date} at {commit} on this machine ({machine()}), 3 nodes x 1 shard on "
+             "127.0.0.1, by", "", f"    scripts/bench-replication.py {' '.join(argv)}".rstrip(), "",
              "Medians of %d runs each; raw figures in `%s`." % (args.repeats, Path(args.out).with_suffix('.json').name),
              ""]
     tp = res.get("throughput")
@@ -281,9 +281,11 @@ def report(args, res, commit):
         lines += ["## Produce throughput and latency", "",
                   "`shardlog-bench produce`, 6 partitions, 1 KiB records, 64 KiB batches, 2 connections x 4 in "
                   f"flight, {args.duration_s} s at max rate, a fresh cluster per run.", "",
-                  "| topic, acks | MB/s | p50 ms | p99 ms | p99.9 ms |", "| --- | ---: | ---: | ---: | ---: |"]
+                  "| topic, acks | MB/s (each run) | MB/s | p50 ms | p99 ms | p99.9 ms |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
         for label, v in tp.items():
-            lines.append(f"| {label} | {v['mb_per_s']:.1f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
+            each = ", ".join(f"{r['mb_per_s']:.1f}" for r in v.get("runs", []))
+            lines.append(f"| {label} | {each} | {v['mb_per_s']:.1f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
                          f"{v['p999_ms']:.2f} |")
         lines += ["", "RF=3 with acks=1 shows what the replication work itself costs here, apart from "
                   "acks=all waiting for the followers.", "", f"Against `../shared/PERFORMANCE.md`: RF=1 is {one['mb_per_s'] / 2600 * 100:.0f}% and RF=3 "
@@ -299,10 +301,14 @@ def report(args, res, commit):
                   "produce to that partition acknowledged by its new leader; and -> every partition led by a "
                   f"survivor. `broker.session.timeout.ms={args.session_ms}`, `broker.heartbeat.interval.ms="
                   f"{max(100, args.session_ms // 6)}` (Kafka's defaults, 9 s and 2 s, add the difference).", "",
-                  "| partitions | kill -> first acks=all ack, s | kill -> all partitions led, s |",
-                  "| ---: | ---: | ---: |"]
+                  "| partitions | first ack, each round, s | kill -> first acks=all ack, s | "
+                  "all led, each round, s | kill -> all partitions led, s |",
+                  "| ---: | --- | ---: | --- | ---: |"]
         for p, v in fo.items():
-            lines.append(f"| {p:,} | {v['first_ack_s']:.2f} | {v['all_led_s']:.2f} |")
+            rounds = v.get("rounds", [])
+            acks = ", ".join(f"{r['first_ack_s']:.2f}" for r in rounds)
+            led = ", ".join(f"{r['all_led_s']:.2f}" for r in rounds)
+            lines.append(f"| {int(p):,} | {acks} | {v['first_ack_s']:.2f} | {led} | {v['all_led_s']:.2f} |")
         lines += ["", "Most of the time is the broker session: the controller fences the dead node after "
                   "`broker.session.timeout.ms`, then elects in one metadata change for all its partitions.", ""]
     cu = res.get("catchup")
@@ -327,7 +333,16 @@ def main():
     ap.add_argument("--sections", default="throughput,failover,catchup")
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--from-json", default=None, help="measure nothing: render --out again from a raw JSON file")
     args = ap.parse_args()
+    if args.from_json:
+        raw = json.loads(Path(args.from_json).read_text())
+        saved = ap.parse_args(raw["argv"])
+        saved.out = args.out or str(REPO / "results" / "replication.md")
+        date = raw.get("date", time.strftime("%Y-%m-%d", time.localtime(Path(args.from_json).stat().st_mtime)))
+        Path(saved.out).write_text(report(saved, raw["results"], raw["commit"], raw["argv"], date) + "\n")
+        print(f"wrote {saved.out}")
+        return
     if args.quick:
         args.repeats, args.duration_s, args.failover_partitions, args.catchup_mb = 1, 5, "10,100", 64
         args.out = args.out or "/tmp/replication.md"
@@ -344,9 +359,11 @@ def main():
         # On failure the clusters' data dirs and node logs stay in `base`.
         res[section] = {"throughput": throughput, "failover": failover, "catchup": catchup}[section](args, base)
     shutil.rmtree(base, ignore_errors=True)
-    Path(args.out).write_text(report(args, res, commit) + "\n")
+    date = time.strftime("%Y-%m-%d")
+    Path(args.out).write_text(report(args, res, commit, sys.argv[1:], date) + "\n")
     Path(args.out).with_suffix(".json").write_text(json.dumps(
-        {"argv": sys.argv[1:], "commit": commit, "machine": machine(), "results": res}, indent=1, default=str))
+        {"argv": sys.argv[1:], "commit": commit, "date": date, "machine": machine(), "results": res}, indent=1,
+        default=str))
     print(f"wrote {args.out}")
 
 
