@@ -117,6 +117,10 @@ struct State {
     /// Offsets below this were compacted by an earlier pass (in memory: the
     /// first pass after a restart compacts everything once more).
     cleaned_up_to_offset: i64,
+    /// The directory's entries (a brand-new log's first segment file) are
+    /// not yet synced: the first `flush` syncs it before data counts as
+    /// durable (roll, truncation and close sync it anyway).
+    dir_unsynced: bool,
 }
 
 impl State {
@@ -285,7 +289,13 @@ impl Log {
                 }),
             );
         }
-        if segments.is_empty() {
+        // A brand-new log holds nothing to make durable: its open skips the
+        // fsyncs (file, recovery point, directory) that creating thousands
+        // of partitions would otherwise wait on, one after the other, for
+        // an empty file. With no recovery point, a crash recovers it from
+        // its first segment, which is all of it.
+        let brand_new = segments.is_empty();
+        if brand_new {
             segments.insert(
                 0,
                 Box::new(Segment {
@@ -328,7 +338,7 @@ impl Log {
             file.truncate(active_size).await?;
             files_changed = true;
         }
-        if mode == RecoveryMode::Unclean || files_changed {
+        if !brand_new && (mode == RecoveryMode::Unclean || files_changed) {
             // Recovered bytes may sit in the device cache only; sync before
             // the recovery point moves past them.
             file.fdatasync().await?;
@@ -352,11 +362,12 @@ impl Log {
         let log_start_offset = stored_log_start_offset
             .unwrap_or(first_base)
             .clamp(first_base, log_end_offset.max(first_base));
-        if recovery_point != Some(log_end_offset) {
+        if !brand_new && recovery_point != Some(log_end_offset) {
             write_offset_file(dir, RECOVERY_POINT_FILE, log_end_offset).await?;
             files_changed = true;
         }
-        if files_changed || marker_removed {
+        let dir_unsynced = brand_new && !marker_removed;
+        if !dir_unsynced && (files_changed || marker_removed) {
             segment::sync_dir(dir).await?;
         }
         tracing::debug!(
@@ -381,6 +392,7 @@ impl Log {
             messages_since_flush: 0,
             last_flush_ms: now_ms(),
             writes_completed: 0,
+            dir_unsynced,
             cleaned_up_to_offset: log_start_offset,
         };
         drop(file);

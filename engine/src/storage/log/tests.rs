@@ -827,6 +827,45 @@ fn flush_policy_by_message_count_advances_the_durable_point() {
 }
 
 #[test]
+fn a_brand_new_log_opens_without_syncs_and_its_first_flush_syncs_the_directory() {
+    run(|| async {
+        let config = LogConfig {
+            flush_interval_messages: 1,
+            ..LogConfig::default()
+        };
+        // A crash before anything was written: recovered from its first segment.
+        let empty = tempfile::tempdir().expect("tempdir");
+        let log = open(empty.path(), config.clone(), RecoveryMode::Unclean).await;
+        assert!(log.state.borrow().dir_unsynced, "nothing synced at open");
+        assert!(
+            !empty.path().join(RECOVERY_POINT_FILE).exists(),
+            "no recovery point for an empty log"
+        );
+        crash(log);
+        let log = open(empty.path(), config.clone(), RecoveryMode::Unclean).await;
+        assert_eq!(log.log_end_offset(), 0);
+        crash(log);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        assert!(log.state.borrow().dir_unsynced);
+        append_batches(&log, 2, 3, 10).await;
+        assert!(
+            !log.state.borrow().dir_unsynced,
+            "the first flush synced the directory"
+        );
+        assert_eq!(log.state.borrow().recovery_point, 6);
+        crash(log);
+        let log = open(dir.path(), config, RecoveryMode::Unclean).await;
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(
+            batch_offsets(&log.read(0, 1 << 20).await.expect("read")),
+            vec![(0, 2), (3, 5)]
+        );
+    });
+}
+
+#[test]
 fn find_batch_by_timestamp_and_max_timestamp_batch() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -451,6 +451,7 @@ impl Log {
         segment::sync_dir(&self.dir).await?;
         {
             let mut state = self.state.borrow_mut();
+            state.dir_unsynced = false;
             if let Some(sealed) = state.active_mut() {
                 // Sealed indexes are on disk; reload on demand to keep an idle
                 // partition's memory small.
@@ -494,6 +495,12 @@ impl Log {
         if !synced {
             let file = self.active_file().await?;
             file.fdatasync().await?;
+            // A brand-new log's segment file is only durable with its
+            // directory entry (its open skipped that sync).
+            if self.state.borrow().dir_unsynced {
+                segment::sync_dir(&self.dir).await?;
+                self.state.borrow_mut().dir_unsynced = false;
+            }
         }
         let mut state = self.state.borrow_mut();
         // Capped at the current end: a truncation may have lowered it while
