@@ -337,7 +337,10 @@ impl Partition {
     pub async fn snapshot_producers(&self) -> std::io::Result<()> {
         let _turn = self.idempotent_lock.ticket().acquire().await;
         let log_end_offset = self.log.log_end_offset();
-        if log_end_offset == self.snapshot_offset.get() {
+        // An empty log has nothing to replay, so no snapshot to bound it:
+        // idle new partitions then cost a shutdown no file at all.
+        let empty = log_end_offset == self.log.log_start_offset() && self.producers.borrow().is_empty();
+        if log_end_offset == self.snapshot_offset.get() || empty {
             return Ok(());
         }
         let bytes = self.producers.borrow().encode_snapshot(log_end_offset);

@@ -121,6 +121,11 @@ struct State {
     /// not yet synced: the first `flush` syncs it before data counts as
     /// durable (roll, truncation and close sync it anyway).
     dir_unsynced: bool,
+    /// Nothing was appended or truncated since open (`begin_change`).
+    unchanged: bool,
+    /// The files are as the last clean close left them, its marker still
+    /// there (kept by a clean open, removed at the first change).
+    marker_kept: bool,
 }
 
 impl State {
@@ -267,12 +272,7 @@ impl Log {
         let recovery_point = read_offset_file(dir, RECOVERY_POINT_FILE).await?;
         let stored_log_start_offset = read_offset_file(dir, LOG_START_OFFSET_FILE).await?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-        // Only the directory changes: it is synced below, and the segments'
-        // data was synced by the close that wrote the marker.
-        let marker_removed = marker.exists();
-        if marker_removed {
-            segment::remove_if_exists(&marker).await?;
-        }
+        let marker_found = marker.exists();
 
         let mut segments = Segments::new();
         for base in bases {
@@ -324,6 +324,13 @@ impl Log {
             Some(s) => (s.base_offset, s.size_bytes),
             None => return Err(StorageError::Corrupt("no active segment".into())),
         };
+        // Also empty and never synced: a new log that was closed (or
+        // crashed) before its first write, which a close leaves as it was.
+        let fresh = brand_new
+            || (recovery_point.is_none()
+                && segments.len() == 1
+                && active_size == 0
+                && log_end_offset == active_base);
         let file = cache
             .get(&file_path(dir, active_base, LOG_SUFFIX), FileMode::ReadWrite)
             .await?;
@@ -338,7 +345,7 @@ impl Log {
             file.truncate(active_size).await?;
             files_changed = true;
         }
-        if !brand_new && (mode == RecoveryMode::Unclean || files_changed) {
+        if !fresh && (mode == RecoveryMode::Unclean || files_changed) {
             // Recovered bytes may sit in the device cache only; sync before
             // the recovery point moves past them.
             file.fdatasync().await?;
@@ -362,11 +369,22 @@ impl Log {
         let log_start_offset = stored_log_start_offset
             .unwrap_or(first_base)
             .clamp(first_base, log_end_offset.max(first_base));
-        if !brand_new && recovery_point != Some(log_end_offset) {
+        if !fresh && recovery_point != Some(log_end_offset) {
             write_offset_file(dir, RECOVERY_POINT_FILE, log_end_offset).await?;
             files_changed = true;
         }
-        let dir_unsynced = brand_new && !marker_removed;
+        // A clean open that changed nothing keeps the log's clean-shutdown
+        // marker until its first change (`Log::begin_change`): while it is
+        // there the files are exactly what the last close left, so a close
+        // before any change has nothing to do. Any other open drops it (only
+        // the directory changes: it is synced below, and the segments' data
+        // was synced by the close that wrote the marker).
+        let marker_kept = marker_found && mode == RecoveryMode::Clean && !files_changed;
+        let marker_removed = marker_found && !marker_kept;
+        if marker_removed {
+            segment::remove_if_exists(&marker).await?;
+        }
+        let dir_unsynced = fresh && !marker_removed;
         if !dir_unsynced && (files_changed || marker_removed) {
             segment::sync_dir(dir).await?;
         }
@@ -393,6 +411,8 @@ impl Log {
             last_flush_ms: now_ms(),
             writes_completed: 0,
             dir_unsynced,
+            unchanged: true,
+            marker_kept,
             cleaned_up_to_offset: log_start_offset,
         };
         drop(file);
@@ -441,6 +461,25 @@ impl Log {
         self.state.borrow_mut().config = config;
     }
 
+    /// Called before the first append or truncation since open: the log
+    /// is about to differ from what its last clean close left, so that
+    /// close's marker goes first (and durably, before the change).
+    pub(super) async fn begin_change(&self) -> Result<(), StorageError> {
+        let marker_kept = {
+            let mut state = self.state.borrow_mut();
+            if !state.unchanged {
+                return Ok(());
+            }
+            state.unchanged = false;
+            std::mem::replace(&mut state.marker_kept, false)
+        };
+        if marker_kept {
+            segment::remove_if_exists(&self.dir.join(CLEAN_SHUTDOWN_FILE)).await?;
+            segment::sync_dir(&self.dir).await?;
+        }
+        Ok(())
+    }
+
     /// Clean close: waits for in-flight appends, trims the O_DIRECT padding,
     /// fdatasyncs, writes the indexes, the recovery point (= LEO) and the
     /// clean-shutdown marker. Appends afterwards fail with `Closed`; reads
@@ -468,6 +507,17 @@ impl Log {
         }
         if self.state.borrow().writer.is_none() {
             return Ok(());
+        }
+        {
+            // Unchanged since a clean open (files as the last close left
+            // them) or since it was created empty: nothing to write or sync,
+            // which is most of a shutdown with many idle partitions. An empty
+            // new log left without indexes or recovery point opens as new.
+            let mut state = self.state.borrow_mut();
+            if state.unchanged && (state.marker_kept || state.dir_unsynced) {
+                state.writer = None;
+                return Ok(());
+            }
         }
         let file = self.active_file().await?;
         let (size, index, log_end_offset) = {

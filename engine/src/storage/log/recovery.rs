@@ -88,6 +88,18 @@ pub(super) async fn recover_clean(
         Err(e) => return Err(e.into()),
     };
     let file_bytes = file.file_size().await?;
+    if file_bytes == 0 {
+        // Empty (a new log closed before its first write keeps no index
+        // files): nothing to load, scan or rebuild.
+        last.size_bytes = 0;
+        last.index = Some(SegmentIndex::new(base));
+        let _ = file.close().await;
+        return Ok(Recovered {
+            report,
+            log_end_offset: base,
+            files_changed: false,
+        });
+    }
     let bounds = IndexBounds {
         base_offset: base,
         next_offset: i64::MAX,

@@ -717,8 +717,8 @@ fn clean_close_then_clean_open_keeps_everything_and_scans_no_segment() {
         let log = open(dir.path(), small_segments(8 * 1024), RecoveryMode::Clean).await;
         assert_eq!(
             detect_recovery_mode(dir.path()),
-            RecoveryMode::Unclean,
-            "marker removed while open"
+            RecoveryMode::Clean,
+            "the marker stays until the first change"
         );
         let report = log.recovery_report();
         assert_eq!(report.segments_scanned, 0);
@@ -730,8 +730,68 @@ fn clean_close_then_clean_open_keeps_everything_and_scans_no_segment() {
         );
         let appended = log.append(vec![make_batch(0, 1, 10, 0)]).await.expect("append");
         assert_eq!(appended.base_offset, end);
+        assert_eq!(
+            detect_recovery_mode(dir.path()),
+            RecoveryMode::Unclean,
+            "marker removed before the first change"
+        );
         let read = log.read(0, 1 << 20).await.expect("read");
         assert_eq!(batch_offsets(&read)[0], (0, 1));
+    });
+}
+
+#[test]
+fn closing_a_log_unchanged_since_a_clean_open_or_since_it_was_created_writes_nothing() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), small_segments(8 * 1024), RecoveryMode::Clean).await;
+        append_batches(&log, 10, 2, 400).await;
+        let (end, size) = (log.log_end_offset(), log.size_bytes());
+        log.close().await.expect("close");
+        let files = |dir: &Path| {
+            let mut names: Vec<(String, std::time::SystemTime)> = std::fs::read_dir(dir)
+                .expect("read_dir")
+                .map(|e| {
+                    let e = e.expect("entry");
+                    let modified = e.metadata().expect("stat").modified().expect("mtime");
+                    (e.file_name().to_string_lossy().into_owned(), modified)
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        let after_close = files(dir.path());
+        let log = open(dir.path(), small_segments(8 * 1024), RecoveryMode::Clean).await;
+        assert!(!log.read(0, 1 << 20).await.expect("read").is_empty());
+        log.close().await.expect("close");
+        assert_eq!(
+            files(dir.path()),
+            after_close,
+            "an unchanged log's close touches no file"
+        );
+        assert!(matches!(
+            log.append(vec![make_batch(0, 1, 1, 0)]).await,
+            Err(StorageError::Closed)
+        ));
+        let log = open(dir.path(), small_segments(8 * 1024), RecoveryMode::Clean).await;
+        assert_eq!((log.log_end_offset(), log.size_bytes()), (end, size));
+        assert_eq!(log.recovery_report().segments_scanned, 0);
+        crash(log);
+
+        // Created and closed empty: reopened clean as new, nothing rebuilt.
+        let empty = tempfile::tempdir().expect("tempdir");
+        let log = open(empty.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        log.close().await.expect("close");
+        let log = open(empty.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        let report = log.recovery_report();
+        assert_eq!((report.indexes_rebuilt, report.segments_scanned), (0, 0));
+        assert!(log.state.borrow().dir_unsynced, "still a new log");
+        let appended = log.append(vec![make_batch(0, 2, 10, 0)]).await.expect("append");
+        assert_eq!(appended.base_offset, 0);
+        log.close().await.expect("close");
+        let log = open(empty.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        assert_eq!(log.log_end_offset(), 2);
+        crash(log);
     });
 }
 

@@ -148,7 +148,12 @@ impl Log {
         let (appends, replies) = self.refuse_non_contiguous(drained);
         let mut results: Vec<Option<AppendResult>> = vec![None; appends.len()];
         let mut failure = None;
-        let mut first = 0;
+        if !appends.is_empty() {
+            if let Err(e) = self.begin_change().await {
+                failure = Some(e);
+            }
+        }
+        let mut first = if failure.is_some() { appends.len() } else { 0 };
         while first < appends.len() {
             if self.needs_roll(&appends[first..=first], now) {
                 if let Err(e) = self.roll(now).await {
