@@ -141,8 +141,11 @@ class LedgerProducer:
         while not self.stop_flag.is_set():
             try:
                 value = b"v%08d" % self.sent
-                self.p.produce(self.topic, value=value, key=b"k%d" % (self.sent % 97), on_delivery=self._on_delivery)
+                # Taken before the call: a record counted as sent after some
+                # moment really was (a thread stalled after produce() would
+                # otherwise date an earlier record late).
                 self.sent_at[value] = time.monotonic()
+                self.p.produce(self.topic, value=value, key=b"k%d" % (self.sent % 97), on_delivery=self._on_delivery)
                 self.sent += 1
             except BufferError:
                 pass
