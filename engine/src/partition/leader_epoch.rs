@@ -12,6 +12,8 @@ const FORMAT_VERSION: u32 = 0;
 pub struct LeaderEpochCache {
     /// (epoch, start offset), both strictly increasing.
     entries: Vec<(i32, i64)>,
+    /// An entry added by `assign_unsaved` is not in the file yet.
+    unsaved: bool,
 }
 
 impl LeaderEpochCache {
@@ -35,7 +37,10 @@ impl LeaderEpochCache {
             }
             entries.push(entry);
         }
-        (entries.len() == count).then_some(LeaderEpochCache { entries })
+        (entries.len() == count).then_some(LeaderEpochCache {
+            entries,
+            unsaved: false,
+        })
     }
 
     fn render(&self) -> String {
@@ -68,8 +73,21 @@ impl LeaderEpochCache {
     /// first batch of a new epoch). Rare and small: written with a temp file
     /// and rename on the shard thread.
     pub fn assign(&mut self, dir: &Path, epoch: i32, start_offset: i64) -> std::io::Result<bool> {
-        if epoch < 0 || self.latest_epoch().is_some_and(|latest| latest >= epoch) {
+        if !self.assign_unsaved(epoch, start_offset) {
             return Ok(false);
+        }
+        self.store(dir)?;
+        Ok(true)
+    }
+
+    /// `assign` without writing the file: for a leader taking over an
+    /// empty log, where no record carries the epoch yet. The first append
+    /// writes it first (`store_if_unsaved`); a crash before that loses an
+    /// epoch that no record has, which is harmless. Creating thousands of
+    /// partitions then costs no file write each.
+    pub fn assign_unsaved(&mut self, epoch: i32, start_offset: i64) -> bool {
+        if epoch < 0 || self.latest_epoch().is_some_and(|latest| latest >= epoch) {
+            return false;
         }
         assert!(
             self.entries
@@ -78,8 +96,16 @@ impl LeaderEpochCache {
             "epoch start offsets only increase"
         );
         self.entries.push((epoch, start_offset));
-        self.store(dir)?;
-        Ok(true)
+        self.unsaved = true;
+        true
+    }
+
+    /// Writes the file if an entry was added without it.
+    pub fn store_if_unsaved(&mut self, dir: &Path) -> std::io::Result<()> {
+        if self.unsaved {
+            self.store(dir)?;
+        }
+        Ok(())
     }
 
     /// Forgets the epochs that start at or past `end_offset`: the log was
@@ -97,10 +123,12 @@ impl LeaderEpochCache {
         &self.entries
     }
 
-    fn store(&self, dir: &Path) -> std::io::Result<()> {
+    fn store(&mut self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
         std::fs::write(&tmp, self.render())?;
-        std::fs::rename(&tmp, Self::path(dir))
+        std::fs::rename(&tmp, Self::path(dir))?;
+        self.unsaved = false;
+        Ok(())
     }
 
     pub fn latest_epoch(&self) -> Option<i32> {
@@ -145,9 +173,22 @@ mod tests {
     }
 
     #[test]
+    fn an_unsaved_epoch_is_written_by_the_next_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = LeaderEpochCache::load(dir.path()).unwrap();
+        assert!(cache.assign_unsaved(3, 0));
+        assert!(!dir.path().join(CHECKPOINT_FILE).exists(), "not written yet");
+        assert_eq!(cache.end_offset_for(3, 0), (3, 0), "answered from memory");
+        cache.store_if_unsaved(dir.path()).unwrap();
+        assert_eq!(LeaderEpochCache::load(dir.path()).unwrap().entries, vec![(3, 0)]);
+        assert!(!cache.assign_unsaved(3, 10), "an epoch starts once");
+    }
+
+    #[test]
     fn end_offset_for_epoch_follows_kafka() {
         let cache = LeaderEpochCache {
             entries: vec![(1, 10), (3, 50)],
+            unsaved: false,
         };
         assert_eq!(cache.end_offset_for(0, 90), (-1, -1));
         assert_eq!(cache.end_offset_for(1, 90), (1, 50));

@@ -285,6 +285,8 @@ impl Partition {
     async fn write(&self, batches: Vec<Bytes>) -> Result<AppendResult, PartitionError> {
         let cached = batches.clone();
         let epoch = self.leader_epoch();
+        // The checkpoint holds every epoch a record on disk carries.
+        self.epochs.borrow_mut().store_if_unsaved(self.log.dir())?;
         let mut result = self.log.append_with_epoch(batches, epoch).await?;
         debug_assert!(result.last_offset >= result.base_offset);
         let log_append_time = self.policy.borrow().log_append_time;

@@ -189,9 +189,17 @@ impl Partition {
             Role::Leader(l) => l.high_watermark(),
             Role::Follower(f) => f.high_watermark,
         };
-        self.epochs
-            .borrow_mut()
-            .assign(self.log.dir(), meta.leader_epoch, log_end_offset)?;
+        if log_end_offset == self.log.log_start_offset() {
+            // Nothing in the log to carry the epoch yet: written before the
+            // first append, not once per partition taken over empty.
+            self.epochs
+                .borrow_mut()
+                .assign_unsaved(meta.leader_epoch, log_end_offset);
+        } else {
+            self.epochs
+                .borrow_mut()
+                .assign(self.log.dir(), meta.leader_epoch, log_end_offset)?;
+        }
         if meta.leader_epoch > self.leader_epoch() {
             self.set_leader_epoch(meta.leader_epoch);
         }
