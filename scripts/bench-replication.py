@@ -109,15 +109,24 @@ def preferred_leaders(c, name, partitions, timeout=300.0):
 
     from confluent_kafka import TopicPartition
 
-    admin = AdminClient({"bootstrap.servers": c.live_bootstrap})  # must outlive its future
+    admin = AdminClient({"bootstrap.servers": c.live_bootstrap})  # must outlive its futures
     asked = [TopicPartition(name, p) for p in range(partitions)]
-    admin.elect_leaders(ElectionType.PREFERRED, asked).result(timeout=timeout)
 
     def spread():
         parts = c.partitions_of(name)
         return parts and all(p["leader"] == p["replicas"][0] for p in parts.values())
 
-    c.wait(spread, timeout, f"{name}: preferred leaders", interval=0.1)
+    # Asked again until it holds: an election the controller refuses for a
+    # partition (its preferred replica just restarted and is not yet
+    # eligible) answers an error for it, which the next ask retries, rather
+    # than waiting for auto.leader.rebalance (300 s).
+    deadline = time.monotonic() + timeout
+    while not spread():
+        assert time.monotonic() < deadline, f"{name}: preferred leaders not elected within {timeout} s"
+        admin.elect_leaders(ElectionType.PREFERRED, asked).result(timeout=timeout)
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end and not spread():
+            time.sleep(0.1)
 
 
 def median(xs):
