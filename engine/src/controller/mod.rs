@@ -574,15 +574,13 @@ impl MetadataImage {
     /// leaves the image as it was.
     pub fn apply_isr(&mut self, change: &IsrChange) -> Result<(), Refusal> {
         let IsrChange {
-            topic_id,
+            ref topic_id,
             partition,
             leader,
             leader_epoch,
             partition_epoch,
             ref isr,
         } = *change;
-        let (topic_id, partition, leader, leader_epoch, partition_epoch) =
-            (&topic_id, partition, leader, leader_epoch, partition_epoch);
         let name = self.topic_by_id(topic_id).map(|t| t.name.clone()).ok_or((
             ResponseError::UnknownTopicId,
             format!("no topic with id {topic_id}"),

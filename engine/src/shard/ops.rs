@@ -356,6 +356,8 @@ impl Shard {
             }
         }
         if waited.is_empty() {
+            // Nothing to listen to (never sent so): just the deadline.
+            glommio::timer::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
             return;
         }
         loop {

@@ -147,12 +147,12 @@ impl Log {
         let now = now_ms();
         let (appends, replies) = self.refuse_non_contiguous(drained);
         let mut results: Vec<Option<AppendResult>> = vec![None; appends.len()];
-        let mut failure = None;
-        if !appends.is_empty() {
-            if let Err(e) = self.begin_change().await {
-                failure = Some(e);
-            }
-        }
+        // (Appends all refused above change nothing.)
+        let mut failure = if appends.is_empty() {
+            None
+        } else {
+            self.begin_change().await.err()
+        };
         let mut first = if failure.is_some() { appends.len() } else { 0 };
         while first < appends.len() {
             if self.needs_roll(&appends[first..=first], now) {
