@@ -335,6 +335,8 @@ impl BrokerConfig {
             }
             "log.flush.interval.messages" => self.log.flush_interval_messages = parse_positive(key, v)?,
             "log.flush.interval.ms" => self.log.flush_interval_ms = parse_positive(key, v)?,
+            "log.preallocate" => self.log.preallocate = parse(key, v)?,
+            "log.preallocate.step.max.bytes" => self.log.preallocate_step_max_bytes = parse_positive(key, v)?,
             "min.insync.replicas" => self.min_insync_replicas = parse_positive(key, v)?,
             "unclean.leader.election.enable" => self.unclean_leader_election_enable = parse(key, v)?,
             "log.message.timestamp.type" => {
@@ -593,6 +595,16 @@ impl BrokerConfig {
                 "log.flush.interval.ms",
                 flush_value(self.log.flush_interval_ms),
                 flush_value(d.log.flush_interval_ms),
+            ),
+            (
+                "log.preallocate",
+                self.log.preallocate.to_string(),
+                d.log.preallocate.to_string(),
+            ),
+            (
+                "log.preallocate.step.max.bytes",
+                self.log.preallocate_step_max_bytes.to_string(),
+                d.log.preallocate_step_max_bytes.to_string(),
             ),
             (
                 "min.insync.replicas",

@@ -25,6 +25,7 @@ pub const TOPIC_KEYS: &[&str] = &[
     "delete.retention.ms",
     "min.cleanable.dirty.ratio",
     "unclean.leader.election.enable",
+    "preallocate",
 ];
 
 /// Kafka's DescribeConfigs config type of a list value (`cleanup.policy`).
@@ -40,7 +41,7 @@ pub fn config_type(key: &str) -> i8 {
     match key {
         "cleanup.policy" => CONFIG_TYPE_LIST,
         "message.timestamp.type" => STRING,
-        "unclean.leader.election.enable" => BOOLEAN,
+        "unclean.leader.election.enable" | "preallocate" => BOOLEAN,
         "min.cleanable.dirty.ratio" => DOUBLE,
         "segment.index.bytes"
         | "index.interval.bytes"
@@ -82,7 +83,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
         "segment.index.bytes" => int(8),
         "index.interval.bytes" => int(0),
         "max.message.bytes" | "min.insync.replicas" => int(1),
-        "unclean.leader.election.enable" => match value.trim() {
+        "unclean.leader.election.enable" | "preallocate" => match value.trim() {
             "true" | "false" => Ok(()),
             _ => Err(format!(
                 "Invalid value {value} for configuration {key}: Expected value to be either true or false"
@@ -141,6 +142,7 @@ pub fn effective(key: &str, overrides: &BTreeMap<String, String>, broker: &Broke
         "flush.ms" => capped(broker.log.flush_interval_ms),
         "delete.retention.ms" => broker.log.delete_retention_ms.to_string(),
         "min.cleanable.dirty.ratio" => broker.log.min_cleanable_dirty_ratio.to_string(),
+        "preallocate" => broker.log.preallocate.to_string(),
         _ => String::new(),
     };
     (value, true)
@@ -186,6 +188,9 @@ pub fn log_config(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -
     }
     if let Some(v) = num(overrides, "min.cleanable.dirty.ratio") {
         c.min_cleanable_dirty_ratio = v;
+    }
+    if let Some(v) = num(overrides, "preallocate") {
+        c.preallocate = v;
     }
     c
 }

@@ -244,6 +244,10 @@ impl Shard {
         let timeout_ms = cluster.replica_socket_timeout_ms + cluster.replica_fetch_wait_max_ms;
         let response = conn.call(&request, FETCH_VERSION, timeout_ms).await?;
 
+        // Each partition's append is its own log's write: they run together,
+        // so a round costs about one write, not one per partition, before
+        // the next fetch reports the new log ends to the leader.
+        let mut appends = Vec::new();
         for topic in response.responses {
             for r in topic.partitions {
                 let Some((p, offset, epoch)) = sent.get(&(topic.topic.as_str(), r.partition_index)) else {
@@ -255,49 +259,61 @@ impl Shard {
                 }) {
                     continue;
                 }
-                match ResponseError::try_from_code(r.error_code) {
-                    None => {
-                        let records = r.records.unwrap_or_default();
-                        progressed |= !records.is_empty();
-                        if let Err(e) = p.append_replicated(&records, r.high_watermark).await {
-                            tracing::warn!(
-                                "{}-{}: replicated append failed: {}",
-                                topic.topic.as_str(),
-                                r.partition_index,
-                                e.message
-                            );
-                            p.become_follower_again();
-                        } else {
-                            progressed = true;
-                        }
-                    }
-                    Some(ResponseError::OffsetOutOfRange) => {
-                        if *offset < r.log_start_offset {
-                            // The leader deleted what this replica lacks:
-                            // start over at its log start (Kafka's rule).
-                            if let Err(e) = p.truncate_fully(r.log_start_offset).await {
-                                tracing::error!(
-                                    "{}-{}: cannot restart at the leader's log start: {}",
-                                    topic.topic.as_str(),
-                                    r.partition_index,
-                                    e.message
-                                );
-                            }
-                        } else {
-                            p.become_follower_again();
-                        }
-                    }
-                    Some(code) => {
-                        tracing::debug!(
-                            "{}-{}: follower fetch answered {code:?}",
-                            topic.topic.as_str(),
-                            r.partition_index
-                        );
-                    }
-                }
+                appends.push(self.apply_fetched(p.clone(), *offset, topic.topic.as_str().to_owned(), r));
             }
         }
+        for moved in futures::future::join_all(appends).await {
+            progressed |= moved;
+        }
         Ok(progressed)
+    }
+
+    /// Applies one partition's part of a follower fetch response: appends
+    /// its records, or restarts at the leader's log start, or waits for the
+    /// next image. True when the replica moved.
+    async fn apply_fetched(
+        &self,
+        p: Rc<Partition>,
+        offset: i64,
+        topic: String,
+        r: kafka_protocol::messages::fetch_response::PartitionData,
+    ) -> bool {
+        match ResponseError::try_from_code(r.error_code) {
+            None => {
+                let records = r.records.unwrap_or_default();
+                if let Err(e) = p.append_replicated(&records, r.high_watermark).await {
+                    tracing::warn!(
+                        "{topic}-{}: replicated append failed: {}",
+                        r.partition_index,
+                        e.message
+                    );
+                    p.become_follower_again();
+                    !records.is_empty()
+                } else {
+                    true
+                }
+            }
+            Some(ResponseError::OffsetOutOfRange) => {
+                if offset < r.log_start_offset {
+                    // The leader deleted what this replica lacks: start
+                    // over at its log start (Kafka's rule).
+                    if let Err(e) = p.truncate_fully(r.log_start_offset).await {
+                        tracing::error!(
+                            "{topic}-{}: cannot restart at the leader's log start: {}",
+                            r.partition_index,
+                            e.message
+                        );
+                    }
+                } else {
+                    p.become_follower_again();
+                }
+                false
+            }
+            Some(code) => {
+                tracing::debug!("{topic}-{}: follower fetch answered {code:?}", r.partition_index);
+                false
+            }
+        }
     }
 
     /// Asks the leader where each diverged epoch ended and truncates there.

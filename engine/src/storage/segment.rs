@@ -253,6 +253,9 @@ impl<'a> Window<'a> {
 pub struct ScanStop {
     pub position: u64,
     pub reason: String,
+    /// The header there is all zero bytes: space after the last batch that
+    /// no batch reached (O_DIRECT padding, preallocation), not a torn one.
+    pub zeroed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +266,17 @@ pub struct ScanOutcome {
     pub next_offset: i64,
     pub batches: u64,
     pub stop: Option<ScanStop>,
+}
+
+impl ScanOutcome {
+    /// Bytes after the last valid batch that held something: a torn or
+    /// invalid batch and what follows it. Zero-filled space is not counted.
+    pub fn torn_bytes(&self, file_bytes: u64) -> u64 {
+        match &self.stop {
+            Some(stop) if !stop.zeroed => file_bytes - self.valid_bytes,
+            _ => 0,
+        }
+    }
 }
 
 /// Walks whole batches from `position` to `file_bytes`, feeding each to
@@ -282,11 +296,16 @@ pub async fn scan(
     let segment_base = index.base_offset();
     let mut window = Window::new(file, file_bytes);
     let mut batches = 0u64;
+    let mut zeroed = false;
     let stop = loop {
         if position >= file_bytes {
             break None;
         }
         let head = window.get(position, BATCH_HEADER_BYTES, SCAN_CHUNK_BYTES).await?;
+        if head.iter().all(|&b| b == 0) {
+            zeroed = true;
+            break Some("zero-filled space after the last batch".to_string());
+        }
         if head.len() < BATCH_HEADER_BYTES {
             break Some(format!("torn header ({} bytes)", head.len()));
         }
@@ -327,7 +346,11 @@ pub async fn scan(
         valid_bytes: position,
         next_offset: expected_offset,
         batches,
-        stop: stop.map(|reason| ScanStop { position, reason }),
+        stop: stop.map(|reason| ScanStop {
+            position,
+            reason,
+            zeroed,
+        }),
     })
 }
 

@@ -94,6 +94,11 @@ struct Segment {
 struct Writer {
     /// Bytes of the last, partial block: `[align_down(size), size)`.
     tail: Vec<u8>,
+    /// File size the writer reserved with fallocate (`preallocate`): writes
+    /// ending at or below it do not extend the file. 0 after an open, roll
+    /// or truncation (nothing known reserved); u64::MAX once fallocate
+    /// failed on this segment (no further tries until the next roll).
+    allocated_bytes: u64,
 }
 
 struct State {
@@ -398,7 +403,10 @@ impl Log {
         let state = State {
             config,
             segments,
-            writer: Some(Writer { tail }),
+            writer: Some(Writer {
+                tail,
+                allocated_bytes: 0,
+            }),
             log_start_offset,
             log_end_offset,
             recovery_point: log_end_offset,

@@ -27,7 +27,8 @@ pub struct RecoveryReport {
     /// Batches read and checked, including the clean-open probe of the last
     /// segment's tail (the batches after its last index entry).
     pub batches_scanned: u64,
-    /// Bytes cut off torn or invalid tails (O_DIRECT zero padding included).
+    /// Bytes cut off torn or invalid tails. Zero-filled space after the
+    /// last batch (O_DIRECT padding, preallocation) is cut too, uncounted.
     pub bytes_truncated: u64,
     /// Indexes rebuilt from the log because they were missing or invalid.
     pub indexes_rebuilt: u32,
@@ -128,10 +129,10 @@ pub(super) async fn recover_clean(
     )
     .await?;
     report.batches_scanned += outcome.batches;
-    let truncated = file_bytes - outcome.valid_bytes;
-    if truncated > 0 {
-        warn_truncation(dir, base, &outcome, truncated);
-        report.bytes_truncated += truncated;
+    let torn = outcome.torn_bytes(file_bytes);
+    if torn > 0 {
+        warn_truncation(dir, base, &outcome, torn);
+        report.bytes_truncated += torn;
     }
     last.size_bytes = outcome.valid_bytes;
     last.index = Some(index);
@@ -139,7 +140,7 @@ pub(super) async fn recover_clean(
     Ok(Recovered {
         report,
         log_end_offset: outcome.next_offset,
-        files_changed: truncated > 0,
+        files_changed: file_bytes > outcome.valid_bytes,
     })
 }
 
@@ -210,16 +211,17 @@ pub(super) async fn recover_unclean(
         report.batches_scanned += outcome.batches;
         log_end_offset = outcome.next_offset;
         let truncated = file_bytes - outcome.valid_bytes;
+        let torn = outcome.torn_bytes(file_bytes);
         let Some(segment) = segments.get_mut(&base) else {
             return Err(StorageError::Corrupt(format!("segment {base} vanished")));
         };
         segment.size_bytes = outcome.valid_bytes;
         if truncated > 0 || is_last {
-            if truncated > 0 {
-                warn_truncation(dir, base, &outcome, truncated);
-                report.bytes_truncated += truncated;
-                files_changed = true;
+            if torn > 0 {
+                warn_truncation(dir, base, &outcome, torn);
+                report.bytes_truncated += torn;
             }
+            files_changed |= truncated > 0;
             segment.index = Some(index);
             // Everything after a bad batch is lost: it was never acknowledged
             // as durable past the recovery point, and offsets must stay dense.

@@ -1864,3 +1864,130 @@ fn footprint_of_idle_logs() {
         }
     });
 }
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("stat").len()
+}
+
+#[test]
+fn preallocation_reserves_ahead_in_steps_and_close_trims_it() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig {
+            preallocate_step_max_bytes: 64 * 1024,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        let path = dir.path().join("00000000000000000000.log");
+        append_batches(&log, 1, 3, 100).await;
+        let logical = log.size_bytes();
+        // The first step is as large as the data written so far.
+        assert_eq!(file_len(&path), 2 * BLOCK_BYTES, "logical {logical}");
+        append_batches(&log, 200, 3, 333).await;
+        let logical = log.size_bytes();
+        let reserved = file_len(&path);
+        assert!(reserved >= logical, "{reserved} < {logical}");
+        assert!(
+            reserved <= align_up(logical) + 64 * 1024,
+            "never more than one step ahead: {reserved} for {logical}"
+        );
+        log.close().await.expect("close");
+        assert_eq!(file_len(&path), logical, "close trims the reservation");
+        let log = open(dir.path(), config, RecoveryMode::Clean).await;
+        assert_eq!(log.log_end_offset(), 603);
+        assert_eq!(log.size_bytes(), logical);
+    });
+}
+
+#[test]
+fn unclean_recovery_trims_preallocated_space_without_counting_it_torn() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        let mut kept = Vec::new();
+        for i in 0..50 {
+            // Odd sizes: most writes rewrite a partial tail block, which the
+            // writer then sends as two writes.
+            let batch = make_batch(0, 1 + i % 4, 77 + i * 13, 1_000 + i as i64);
+            let appended = log.append(vec![batch.clone()]).await.expect("append");
+            kept.push((appended.base_offset, batch));
+        }
+        let (end, logical) = (log.log_end_offset(), log.size_bytes());
+        crash(log);
+        let path = dir.path().join("00000000000000000000.log");
+        assert!(file_len(&path) > align_up(logical), "reserved past the padding");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Unclean).await;
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.size_bytes(), logical);
+        assert_eq!(
+            log.recovery_report().bytes_truncated,
+            0,
+            "zeros are not torn batches"
+        );
+        assert_eq!(file_len(&path), logical, "reservation cut at open");
+        let read = log.read(0, 1 << 20).await.expect("read");
+        let batches = split_validated(&read).expect("whole batches");
+        assert_eq!(batches.len(), kept.len());
+        for (got, (base, sent)) in batches.iter().zip(&kept) {
+            assert_eq!(validate(got).expect("valid").base_offset.get(), *base);
+            assert_eq!(&got[12..], &sent[12..], "bytes after the base offset as sent");
+        }
+        // Appends continue where the data ended, not after the zeros.
+        let appended = log.append(vec![make_batch(0, 2, 10, 5)]).await.expect("append");
+        assert_eq!(appended.base_offset, end);
+    });
+}
+
+#[test]
+fn rolled_segments_keep_no_reservation_and_truncation_resets_it() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = small_segments(16 * 1024);
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
+        append_batches(&log, 40, 3, 333).await;
+        let sealed: Vec<(i64, u64)> = log
+            .state
+            .borrow()
+            .segments
+            .values()
+            .map(|s| (s.base_offset, s.size_bytes))
+            .collect();
+        assert!(sealed.len() > 2);
+        for (base, size) in &sealed[..sealed.len() - 1] {
+            assert_eq!(
+                file_len(&segment::file_path(dir.path(), *base, LOG_SUFFIX)),
+                *size
+            );
+        }
+        let active = segment::file_path(dir.path(), sealed.last().expect("active").0, LOG_SUFFIX);
+        assert!(
+            file_len(&active) <= align_up(16 * 1024),
+            "reservation within the segment size"
+        );
+        // Cut into the active segment, then append: the writer reserves
+        // again from the cut, and the bytes read back are the new ones.
+        let end = log.log_end_offset();
+        log.truncate_to(end - 3).await.expect("truncate");
+        let batch = make_batch(0, 5, 200, 77);
+        let appended = log.append(vec![batch]).await.expect("append");
+        assert_eq!(appended.base_offset, end - 3);
+        let read = log.read(end - 3, 1 << 20).await.expect("read");
+        assert_eq!(batch_offsets(&read), vec![(end - 3, end + 1)]);
+        assert!(file_len(&active) >= log.state.borrow().active().expect("active").size_bytes);
+    });
+}
+
+#[test]
+fn without_preallocation_the_file_is_only_padded_to_the_block() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig {
+            preallocate: false,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), config, RecoveryMode::Clean).await;
+        append_batches(&log, 30, 3, 333).await;
+        let path = dir.path().join("00000000000000000000.log");
+        assert_eq!(file_len(&path), align_up(log.size_bytes()));
+    });
+}

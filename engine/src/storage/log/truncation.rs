@@ -354,6 +354,7 @@ impl Log {
         state.cleaned_up_to_offset = state.cleaned_up_to_offset.min(cut.log_end_offset);
         if let Some(writer) = state.writer.as_mut() {
             writer.tail = cut.tail;
+            writer.allocated_bytes = 0;
         }
         assert_invariants(&state);
         drop(state);
@@ -418,6 +419,7 @@ impl Log {
             state.cleaned_up_to_offset = offset;
             if let Some(writer) = state.writer.as_mut() {
                 writer.tail = Vec::new();
+                writer.allocated_bytes = 0;
             }
             assert_invariants(&state);
             removed

@@ -387,7 +387,33 @@ impl Log {
         let new_size = tail_start + total;
         let new_tail = out[(align_down(new_size) - tail_start) as usize..cursor].to_vec();
 
-        let written = file.write_at(buffer, tail_start).await?;
+        let reserved = self.preallocate(&file, tail_start + buffer_bytes).await;
+        let written = if reserved && !tail.is_empty() && buffer_bytes > BLOCK_BYTES {
+            // The rewritten tail block is data already on disk and the rest
+            // is reserved but unwritten: ext4 counts a write as an overwrite
+            // (shared inode lock, completed on the ring) only when one
+            // extent covers it, so one write over both goes to an io-wq
+            // worker. Two writes, the block and the rest, each stay on the
+            // ring. Both must land before anything is published.
+            let mut head = file.alloc_dma_buffer(BLOCK_BYTES as usize);
+            head.as_bytes_mut()
+                .copy_from_slice(&buffer.as_bytes()[..BLOCK_BYTES as usize]);
+            let mut rest = buffer;
+            rest.trim_front(BLOCK_BYTES as usize);
+            let (head_written, rest_written) = futures::future::join(
+                file.write_at(head, tail_start),
+                file.write_at(rest, tail_start + BLOCK_BYTES),
+            )
+            .await;
+            let (head_written, rest_written) = (head_written?, rest_written?);
+            if head_written as u64 == BLOCK_BYTES {
+                head_written + rest_written
+            } else {
+                head_written
+            }
+        } else {
+            file.write_at(buffer, tail_start).await?
+        };
         if written as u64 != buffer_bytes {
             // Nothing is published: the next write starts at the same block
             // and overwrites whatever part of this one landed.
@@ -419,6 +445,47 @@ impl Log {
             writer.tail = new_tail;
         }
         Ok(results)
+    }
+
+    /// Reserves the active segment's blocks past `write_end` when the
+    /// reservation does not cover it (`preallocate`): the file grows by a
+    /// step as large as its data so far, at most
+    /// `preallocate_step_max_bytes`, and never past the segment size. The
+    /// size the file reports grows with it (fallocate without KEEP_SIZE):
+    /// a write below i_size is no extending write, which is the point. The
+    /// logical size stays the segment's `size_bytes`; recovery and close cut
+    /// the zeros after it. A failed fallocate (ENOSPC, EOPNOTSUPP) costs
+    /// only speed: the write then extends the file as without it.
+    /// True when the reservation covers the write.
+    async fn preallocate(&self, file: &DmaFile, write_end: u64) -> bool {
+        let target = {
+            let state = self.state.borrow();
+            let Some(writer) = state.writer.as_ref() else {
+                return false;
+            };
+            if !state.config.preallocate || writer.allocated_bytes == u64::MAX {
+                return false;
+            }
+            if write_end <= writer.allocated_bytes {
+                return true;
+            }
+            let step_max = align_up(state.config.preallocate_step_max_bytes.max(BLOCK_BYTES));
+            let segment_end = align_up(state.config.segment_bytes.min(u64::from(u32::MAX)));
+            (write_end + write_end.min(step_max))
+                .min(segment_end)
+                .max(write_end)
+        };
+        let reserved = match file.pre_allocate(target, false).await {
+            Ok(()) => target,
+            Err(e) => {
+                tracing::debug!(dir = %self.dir.display(), target, "preallocation failed, writes extend the segment: {e}");
+                u64::MAX
+            }
+        };
+        if let Some(writer) = self.state.borrow_mut().writer.as_mut() {
+            writer.allocated_bytes = reserved;
+        }
+        reserved != u64::MAX
     }
 
     /// Seals the active segment (trim padding, fdatasync, write indexes) and
@@ -478,6 +545,7 @@ impl Log {
             state.last_flush_ms = now;
             if let Some(writer) = state.writer.as_mut() {
                 writer.tail = Vec::new();
+                writer.allocated_bytes = 0;
             }
         }
         tracing::debug!(dir = %self.dir.display(), new_base, "segment rolled");

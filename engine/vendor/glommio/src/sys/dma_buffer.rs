@@ -122,6 +122,17 @@ impl DmaBuffer {
         self.size = newsize;
     }
 
+    /// Drops the first `bytes` of the addressable contents (shardlog patch):
+    /// a write of the rest of a filled buffer at a later file position,
+    /// without copying it. Keeps the invariant (trim + size within the
+    /// allocation): trim grows by what size loses. As with
+    /// `trim_to_size`, O_DIRECT needs `bytes` aligned.
+    pub fn trim_front(&mut self, bytes: usize) {
+        assert!(bytes <= self.size);
+        self.trim += bytes;
+        self.size -= bytes;
+    }
+
     /// Returns a representation of the current addressable contents of this
     /// `DmaBuffer` as a byte slice
     pub fn as_bytes(&self) -> &[u8] {
