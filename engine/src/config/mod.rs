@@ -104,6 +104,10 @@ pub struct BrokerConfig {
     /// `log.fd.cache.size`: segment files a shard keeps open at most (an LRU);
     /// idle partitions hold none.
     pub log_fd_cache_size: usize,
+    /// `log.fd.idle.ms` (shardlog): a cached segment file unused this long is
+    /// closed, so idle partitions hold no descriptor even below the cache
+    /// size.
+    pub log_fd_idle_ms: u64,
     /// `shard.partitions.max`: the partition budget of one shard. Creating
     /// more is refused (POLICY_VIOLATION) instead of running out of memory
     /// or file descriptors; the idle cost of a partition is measured in
@@ -208,6 +212,7 @@ impl Default for BrokerConfig {
             log_retention_check_interval_ms: 300_000,
             log_flush_offset_checkpoint_interval_ms: 60_000,
             log_fd_cache_size: 256,
+            log_fd_idle_ms: 60_000,
             log_cache_bytes: 64 << 20,
             log_cleaner_enable: true,
             log_cleaner_backoff_ms: 15_000,
@@ -311,6 +316,7 @@ impl BrokerConfig {
             }
             "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse_positive(key, v)?,
             "log.fd.cache.size" => self.log_fd_cache_size = parse_positive(key, v)?,
+            "log.fd.idle.ms" => self.log_fd_idle_ms = parse_positive(key, v)?,
             "log.cache.bytes" => self.log_cache_bytes = parse(key, v)?,
             "log.flush.scheduler.interval.ms" => {
                 self.log_flush_scheduler_interval_ms = parse_positive(key, v)?
@@ -505,6 +511,11 @@ impl BrokerConfig {
                 "log.fd.cache.size",
                 self.log_fd_cache_size.to_string(),
                 d.log_fd_cache_size.to_string(),
+            ),
+            (
+                "log.fd.idle.ms",
+                self.log_fd_idle_ms.to_string(),
+                d.log_fd_idle_ms.to_string(),
             ),
             (
                 "log.cache.bytes",

@@ -121,7 +121,7 @@ pub struct Shard {
     /// The node's control plane (on `CONTROLLER_SHARD` only).
     pub control_plane: std::cell::OnceCell<Rc<ControlPlane>>,
     /// This shard's open segment files, shared by its logs (`log.fd.cache.size`).
-    file_cache: Rc<crate::storage::FileCache>,
+    pub(crate) file_cache: Rc<crate::storage::FileCache>,
     /// The tail-cache budget shared by this shard's partitions (`log.cache.bytes`).
     tail_cache: Rc<crate::partition::tail_cache::CacheBudget>,
     /// Per destination shard: sends leave in call order.
@@ -536,23 +536,56 @@ impl Shard {
         self.checkpoint_high_watermarks();
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let clean = Cell::new(true);
-        // Each close is a few fsyncs: many at once, so the stop takes about
-        // as long as the slowest few logs rather than all of them in turn.
+        let written = RefCell::new(Vec::new());
+        // Files first, unsynced and many logs at once; then one sync of the
+        // whole filesystem; only then each written log's clean marker (and a
+        // second sync). Five fsyncs and a directory sync per log made a stop
+        // with data in 10,000 partitions take 20.9 s.
+        let concurrency = self.config.num_recovery_threads_per_data_dir;
         futures::stream::iter(parts)
-            .for_each_concurrent(self.config.num_recovery_threads_per_data_dir, |p| {
-                let clean = &clean;
+            .for_each_concurrent(concurrency, |p| {
+                let (clean, written) = (&clean, &written);
                 async move {
                     if let Err(e) = p.snapshot_producers().await {
                         tracing::error!("producer snapshot of {}-{} failed: {e}", p.topic(), p.index());
                         clean.set(false);
                     }
-                    if let Err(e) = p.log().close().await {
-                        tracing::error!("closing {}-{} failed: {e}", p.topic(), p.index());
+                    match p.log().close_deferred().await {
+                        Ok(true) => written.borrow_mut().push(p),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!("closing {}-{} failed: {e}", p.topic(), p.index());
+                            clean.set(false);
+                        }
+                    }
+                }
+            })
+            .await;
+        let written = written.into_inner();
+        if written.is_empty() {
+            return clean.get();
+        }
+        if let Err(e) = crate::storage::sync_filesystem(&self.config.data_dir).await {
+            // No marker: the next start recovers these logs from their
+            // recovery points, which is correct whatever did not land.
+            tracing::error!("syncing the data dir at shutdown failed: {e}");
+            return false;
+        }
+        futures::stream::iter(written)
+            .for_each_concurrent(concurrency, |p| {
+                let clean = &clean;
+                async move {
+                    if let Err(e) = p.log().mark_clean().await {
+                        tracing::error!("marking {}-{} clean failed: {e}", p.topic(), p.index());
                         clean.set(false);
                     }
                 }
             })
             .await;
+        if let Err(e) = crate::storage::sync_filesystem(&self.config.data_dir).await {
+            tracing::error!("syncing the data dir at shutdown failed: {e}");
+            return false;
+        }
         clean.get()
     }
 }

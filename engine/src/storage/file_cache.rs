@@ -7,6 +7,10 @@
 //! - **Called by:** `Log` on every write, read, roll and close; `Log::close`
 //!   and `Log::delete` call `forget(dir)`, retention calls `remove(path)`.
 //!
+//! Files unused for `log.fd.idle.ms` are closed by the shard's timer
+//! (`expire_idle`), so partitions that went idle release their descriptors
+//! even when the cache is not full.
+//!
 //! Bound: at most `capacity` files stay open. A file is "in use" while some
 //! caller holds its `Rc` (a write, read or scan in flight); in-use files are
 //! never evicted, so when every cached file is in use a miss goes over
@@ -62,6 +66,8 @@ struct Entry {
     mode: FileMode,
     /// Key of this entry in `Inner::lru`.
     last_used: u64,
+    /// Wall clock of the last use, for `expire_idle`.
+    used_at_ms: i64,
 }
 
 struct Inner {
@@ -145,6 +151,7 @@ impl FileCache {
                 file: opened.clone(),
                 mode,
                 last_used: tick,
+                used_at_ms: crate::clock::now_ms(),
             },
         );
         drop(inner);
@@ -179,6 +186,36 @@ impl FileCache {
         for file in removed {
             close_detached(file);
         }
+    }
+
+    /// Closes the files not used for `idle_ms` (`log.fd.idle.ms`) and not in
+    /// use now, so a partition that went idle holds no descriptor even while
+    /// the cache has room. Walks from the least recently used and stops at
+    /// the first recent one: O(files closed + files in use).
+    pub fn expire_idle(&self, idle_ms: u64) -> usize {
+        let cutoff_ms = crate::clock::now_ms().saturating_sub(i64::try_from(idle_ms).unwrap_or(i64::MAX));
+        let expired: Vec<Rc<DmaFile>> = {
+            let mut inner = self.inner.borrow_mut();
+            let entries = &inner.entries;
+            let mut idle = Vec::new();
+            for path in inner.lru.values() {
+                let Some(entry) = entries.get(path) else {
+                    continue;
+                };
+                if entry.used_at_ms > cutoff_ms {
+                    break;
+                }
+                if Rc::strong_count(&entry.file) == 1 {
+                    idle.push(path.clone());
+                }
+            }
+            idle.iter().filter_map(|p| take(&mut inner, p)).collect()
+        };
+        let closed = expired.len();
+        for file in expired {
+            close_detached(file);
+        }
+        closed
     }
 
     fn lookup(&self, path: &Path, mode: FileMode) -> Option<Rc<DmaFile>> {
@@ -237,6 +274,7 @@ fn touch(inner: &mut Inner, path: &Path) {
     let Some(entry) = inner.entries.get_mut(path) else {
         return;
     };
+    entry.used_at_ms = crate::clock::now_ms();
     let old = std::mem::replace(&mut entry.last_used, tick);
     if let Some(key) = inner.lru.remove(&old) {
         inner.lru.insert(tick, key);
@@ -341,6 +379,32 @@ mod tests {
             cache.forget(dir.path());
             assert_eq!(cache.open_files(), 0);
             glommio::timer::sleep(Duration::from_millis(5)).await;
+        });
+    }
+
+    #[test]
+    fn closes_files_idle_for_the_limit_but_not_those_in_use_or_recent() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            super::super::segment::prime_iopoll_probe(dir.path())
+                .await
+                .expect("prime");
+            let paths = make_files(dir.path(), 3);
+            let cache = FileCache::new(16);
+            let held = cache.get(&paths[0], FileMode::Read).await.expect("get 0");
+            drop(cache.get(&paths[1], FileMode::Read).await.expect("get 1"));
+            glommio::timer::sleep(std::time::Duration::from_millis(30)).await;
+            drop(cache.get(&paths[2], FileMode::Read).await.expect("get 2"));
+            // 0 and 1 are idle past 20 ms, but 0 is in use; 2 is recent.
+            assert_eq!(cache.expire_idle(20), 1);
+            assert_eq!(cache.open_files(), 2);
+            drop(held);
+            assert_eq!(cache.expire_idle(20), 1, "0 once released");
+            assert_eq!(cache.expire_idle(60_000), 0);
+            assert_eq!(cache.open_files(), 1);
+            // A closed file reopens on its next use.
+            drop(cache.get(&paths[0], FileMode::Read).await.expect("get 0 again"));
+            assert_eq!(cache.open_files(), 2);
         });
     }
 }

@@ -20,3 +20,4 @@ pub use file_cache::{FileCache, FileCacheStats, FileMode};
 pub use log::{detect_recovery_mode, AppendResult, Log, RecoveryMode, RecoveryReport};
 pub use log_config::LogConfig;
 pub use records::{FileSlice, Records};
+pub use segment::sync_filesystem;

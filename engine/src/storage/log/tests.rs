@@ -1991,3 +1991,36 @@ fn without_preallocation_the_file_is_only_padded_to_the_block() {
         assert_eq!(file_len(&path), align_up(log.size_bytes()));
     });
 }
+
+#[test]
+fn a_deferred_close_is_unclean_until_marked_and_clean_after() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        append_batches(&log, 20, 3, 333).await;
+        let (end, size) = (log.log_end_offset(), log.size_bytes());
+        assert!(log.close_deferred().await.expect("close"), "files written");
+        let path = dir.path().join("00000000000000000000.log");
+        assert_eq!(file_len(&path), size, "reservation trimmed");
+        assert_eq!(
+            detect_recovery_mode(dir.path()),
+            RecoveryMode::Unclean,
+            "no marker before the caller's sync"
+        );
+        assert_ne!(
+            read_offset_file(dir.path(), RECOVERY_POINT_FILE).await.expect("read"),
+            Some(end),
+            "no recovery point claims the data before the sync"
+        );
+        segment::sync_filesystem(dir.path()).await.expect("syncfs");
+        log.mark_clean().await.expect("mark");
+        segment::sync_filesystem(dir.path()).await.expect("syncfs");
+        assert_eq!(detect_recovery_mode(dir.path()), RecoveryMode::Clean);
+        drop(log);
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        assert_eq!((log.log_end_offset(), log.size_bytes()), (end, size));
+        assert_eq!(log.recovery_report().segments_scanned, 0);
+        // Unchanged since that clean open: a deferred close writes nothing.
+        assert!(!log.close_deferred().await.expect("close"));
+    });
+}
