@@ -397,11 +397,13 @@ def report(args, res, commit, argv, date):
                       "now append together (RF=3 acks=all ~165 -> ~200 MB/s in spot runs).",
                       "- Every O_DIRECT append extended its segment file, which ext4 serves under an exclusive "
                       "inode lock, so io_uring handed each write to an io-wq worker (perf trace of "
-                      "`io_uring:io_uring_queue_async_work`: 26,931 of 26,937 writes in 4 s). Segments are now "
+                      "`io_uring:io_uring_queue_async_work`: 26,931 of 26,937 writes in 4 s). Segments can now be "
                       "preallocated ahead of the writes (`log.preallocate`), and a write that rewrites the "
                       "partial tail block into reserved space goes out as two writes, since ext4 takes a write "
-                      "on the ring only when one extent covers it: 203 of 50,648 writes punted. RF=1 ~730 -> "
-                      "~900 MB/s in spot runs; see `results/preallocation.md`.", ""]
+                      "on the ring only when one extent covers it: 203 of 50,648 writes punted. It was on by "
+                      "default at the measured commit (RF=1 ~730 -> ~900 MB/s in 3-node spot runs), and is off "
+                      "by default since: on one shard it cost 17-25% on ext4 (`results/preallocation.md`), so "
+                      "the two measurements disagree and the default follows Kafka's.", ""]
     fo = res.get("failover")
     if fo:
         lines += ["## Failover", "",

@@ -331,7 +331,10 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         every(&shard, (c.log_fd_idle_ms / 2).max(1), |s| async move {
             let closed = s.file_cache.expire_idle(s.config.log_fd_idle_ms);
             if closed > 0 {
-                tracing::debug!(shard = s.id, "closed {closed} segment files idle for log.fd.idle.ms");
+                tracing::debug!(
+                    shard = s.id,
+                    "closed {closed} segment files idle for log.fd.idle.ms"
+                );
             }
         }),
         // Kafka checks lagging followers every replica.lag.time.max.ms / 2.

@@ -163,7 +163,12 @@ pub enum Sync {
 }
 
 /// Replaces `dir/name` as `sync` says (see `Sync`).
-pub async fn write_file_replacing(dir: &Path, name: &str, bytes: Vec<u8>, sync: Sync) -> Result<(), StorageError> {
+pub async fn write_file_replacing(
+    dir: &Path,
+    name: &str,
+    bytes: Vec<u8>,
+    sync: Sync,
+) -> Result<(), StorageError> {
     let target = dir.join(name);
     let tmp = match sync {
         Sync::File => dir.join(format!("{name}.tmp")),
@@ -244,7 +249,13 @@ pub async fn write_indexes(dir: &Path, index: &SegmentIndex) -> Result<(), Stora
 /// `write_indexes`, syncing as `sync` says.
 pub async fn write_indexes_with(dir: &Path, index: &SegmentIndex, sync: Sync) -> Result<(), StorageError> {
     let base_offset = index.base_offset();
-    write_file_replacing(dir, &file_name(base_offset, INDEX_SUFFIX), index.offsets.encode(), sync).await?;
+    write_file_replacing(
+        dir,
+        &file_name(base_offset, INDEX_SUFFIX),
+        index.offsets.encode(),
+        sync,
+    )
+    .await?;
     write_file_replacing(
         dir,
         &file_name(base_offset, TIME_INDEX_SUFFIX),

@@ -1874,6 +1874,7 @@ fn preallocation_reserves_ahead_in_steps_and_close_trims_it() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = LogConfig {
+            preallocate: true,
             preallocate_step_max_bytes: 64 * 1024,
             ..LogConfig::default()
         };
@@ -1903,7 +1904,11 @@ fn preallocation_reserves_ahead_in_steps_and_close_trims_it() {
 fn unclean_recovery_trims_preallocated_space_without_counting_it_torn() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        let config = LogConfig {
+            preallocate: true,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
         let mut kept = Vec::new();
         for i in 0..50 {
             // Odd sizes: most writes rewrite a partial tail block, which the
@@ -1916,7 +1921,7 @@ fn unclean_recovery_trims_preallocated_space_without_counting_it_torn() {
         crash(log);
         let path = dir.path().join("00000000000000000000.log");
         assert!(file_len(&path) > align_up(logical), "reserved past the padding");
-        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Unclean).await;
+        let log = open(dir.path(), config, RecoveryMode::Unclean).await;
         assert_eq!(log.log_end_offset(), end);
         assert_eq!(log.size_bytes(), logical);
         assert_eq!(
@@ -1942,7 +1947,10 @@ fn unclean_recovery_trims_preallocated_space_without_counting_it_torn() {
 fn rolled_segments_keep_no_reservation_and_truncation_resets_it() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = small_segments(16 * 1024);
+        let config = LogConfig {
+            preallocate: true,
+            ..small_segments(16 * 1024)
+        };
         let log = open(dir.path(), config.clone(), RecoveryMode::Clean).await;
         append_batches(&log, 40, 3, 333).await;
         let sealed: Vec<(i64, u64)> = log
@@ -1979,6 +1987,7 @@ fn rolled_segments_keep_no_reservation_and_truncation_resets_it() {
 
 #[test]
 fn without_preallocation_the_file_is_only_padded_to_the_block() {
+    assert!(!LogConfig::default().preallocate, "Kafka's default");
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = LogConfig {
@@ -2008,7 +2017,9 @@ fn a_deferred_close_is_unclean_until_marked_and_clean_after() {
             "no marker before the caller's sync"
         );
         assert_ne!(
-            read_offset_file(dir.path(), RECOVERY_POINT_FILE).await.expect("read"),
+            read_offset_file(dir.path(), RECOVERY_POINT_FILE)
+                .await
+                .expect("read"),
             Some(end),
             "no recovery point claims the data before the sync"
         );
