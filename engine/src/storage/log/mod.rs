@@ -461,6 +461,12 @@ impl Log {
         self.state.borrow().segments.len()
     }
 
+    /// Appended to or truncated since it was opened: a close has files to
+    /// write.
+    pub fn changed_since_open(&self) -> bool {
+        !self.state.borrow().unchanged
+    }
+
     pub fn recovery_report(&self) -> RecoveryReport {
         self.state.borrow().report.clone()
     }
