@@ -37,7 +37,21 @@ export SHARDLOG_BIN="${SHARDLOG_BIN:-$REPO/target/release/shardlog}"
 [ -x "$SHARDLOG_BIN" ] || { echo "broker binary missing: $SHARDLOG_BIN" >&2; exit 1; }
 
 log "cargo test --workspace --release"
-cargo test --workspace --release
+# A unit test still running after SHARDLOG_TEST_STUCK_S (240 s) aborts its
+# test binary with what every thread is waiting on (engine/src/test_executor.rs).
+# One CI run sat 90 minutes in a storage test that takes 0.2 s; ~470 local
+# runs under load did not reproduce it. Such a run is repeated once, loudly,
+# with its report left above in the log; any other failure fails at once.
+unit_log="$(mktemp)"
+if ! cargo test --workspace --release 2>&1 | tee "$unit_log"; then
+    if grep -q "still running after" "$unit_log"; then
+        log "a unit test was stuck (report above); running the unit tests once more"
+        cargo test --workspace --release
+    else
+        exit 1
+    fi
+fi
+rm -f "$unit_log"
 
 # --- end-to-end suite -------------------------------------------------------------------
 log "python3 -m pytest -v tests/"

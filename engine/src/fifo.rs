@@ -115,10 +115,7 @@ mod tests {
     use super::*;
 
     fn run<F: std::future::Future<Output = ()>>(f: F) {
-        glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("executor")
-            .run(f);
+        crate::test_executor::run(|| f);
     }
 
     #[test]

@@ -15,4 +15,6 @@ pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod storage;
+#[cfg(test)]
+pub(crate) mod test_executor;
 pub mod wire;

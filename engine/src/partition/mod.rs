@@ -618,13 +618,7 @@ mod tests {
     use crate::storage::testutil::make_batch;
     use crate::storage::{FileCache, LogConfig, RecoveryMode};
 
-    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move { f().await })
-            .expect("executor")
-            .join()
-            .expect("join");
-    }
+    use crate::test_executor::run;
 
     fn policy() -> PartitionPolicy {
         PartitionPolicy {

@@ -308,17 +308,11 @@ fn close_detached(file: Rc<DmaFile>) {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
     use std::time::Duration;
 
     use super::*;
 
-    fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
-        let executor = glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("glommio executor");
-        executor.run(test());
-    }
+    use crate::test_executor::run;
 
     fn make_files(dir: &Path, count: usize) -> Vec<PathBuf> {
         (0..count)

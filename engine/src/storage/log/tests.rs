@@ -1,4 +1,3 @@
-use std::future::Future;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -9,12 +8,7 @@ use crate::storage::batch::{split_validated, validate, BatchError};
 use crate::storage::segment;
 use crate::storage::testutil::make_batch;
 
-fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
-    let executor = glommio::LocalExecutorBuilder::default()
-        .make()
-        .expect("glommio executor");
-    executor.run(test());
-}
+use crate::test_executor::run;
 
 fn small_segments(segment_bytes: u64) -> LogConfig {
     LogConfig {
@@ -1159,12 +1153,17 @@ fn a_follower_replicating_every_batch_holds_the_same_files_as_its_leader() {
             leader.append_with_epoch(vec![batch], 3).await.expect("lead");
         }
         // The follower's fetch loop: whatever the leader returns from the
-        // follower's end offset on, replicated as is.
-        while follower.log_end_offset() < leader.log_end_offset() {
+        // follower's end offset on, replicated as is. Each round moves the
+        // follower on by at least one batch, so 60 rounds suffice.
+        for _round in 0..60 {
+            if follower.log_end_offset() == leader.log_end_offset() {
+                break;
+            }
             let fetched = leader.read(follower.log_end_offset(), 3000).await.expect("fetch");
             let batches = split_validated(&fetched).expect("whole batches");
             follower.append_replicated(batches).await.expect("replicate");
         }
+        assert_eq!(follower.log_end_offset(), leader.log_end_offset());
         assert_eq!(follower.segment_count(), leader.segment_count());
         assert!(leader.segment_count() > 3, "segments: {}", leader.segment_count());
         leader.close().await.expect("close");
