@@ -128,6 +128,16 @@ impl BlockDevice {
             .unwrap()
             .map(|x| x.unwrap().path())
             .collect();
+        // shardlog patch: a queue without poll queues (`queue/io_poll` reads
+        // 0: virtio-blk, loop, NVMe without `poll_queues`) completes polled
+        // reads by interrupt anyway, so the poll ring would only keep the
+        // executor spinning until the interrupt lands, and its completions
+        // can be seen only by polling. Such devices use the sleepable main
+        // ring; the read probe runs only where polling can work.
+        let iopoll = match read_to_string(queue.join("io_poll")) {
+            Ok(value) if value.trim() == "0" => Some(false),
+            _ => None,
+        };
 
         BlockDevice {
             memory_device: false,
@@ -139,7 +149,7 @@ impl BlockDevice {
             max_sectors_size: max_sectors_kb << 10,
             max_segment_size,
             cache,
-            iopoll: None,
+            iopoll,
             subcomponents,
         }
     }
