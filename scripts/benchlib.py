@@ -1,0 +1,102 @@
+"""What the benchmark scripts share: a release broker on a free loopback port
+with its own data dir, and shardlog-bench runs that return their JSON.
+
+Import from a script in scripts/ with `sys.path.insert(0, str(Path(__file__).parent))`.
+"""
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BROKER_BIN = Path(os.environ.get("SHARDLOG_BIN", REPO / "target/release/shardlog"))
+BENCH_BIN = REPO / "target/release/shardlog-bench"
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine():
+    return f"nproc {os.cpu_count()}, kernel {platform.release()}"
+
+
+class Broker:
+    """One broker process; its log (stdout and stderr) goes to WORK/broker.log."""
+
+    def __init__(self, work, shards=None, sets=None, binary=BROKER_BIN):
+        self.work = Path(work)
+        self.data = self.work / "data"
+        self.log_path = self.work / "broker.log"
+        self.port = free_port()
+        self.args = [str(binary), "--listen", self.bootstrap, "--data-dir", str(self.data)]
+        if shards:
+            self.args += ["--shards", str(shards)]
+        for key, value in (sets or {}).items():
+            self.args += ["--set", f"{key}={value}"]
+        self.proc = None
+
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s=600):
+        """Seconds from exec to the broker's "listening on" line."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"))
+        while time.monotonic() - started < timeout_s:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                if b"listening on" in log.read():
+                    return time.monotonic() - started
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited at start: see {self.log_path}")
+            time.sleep(0.02)
+        raise RuntimeError(f"broker did not start within {timeout_s} s")
+
+    def stop(self, sig=signal.SIGTERM, timeout_s=600):
+        """Seconds from the signal to the exit."""
+        if not self.proc or self.proc.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return time.monotonic() - started
+
+    def rss_bytes(self):
+        return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * PAGE_BYTES
+
+    def fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def cpu_s(self):
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench(broker, *args):
+    """Runs shardlog-bench against `broker`; returns its JSON "results"."""
+    out = Path(tempfile.mktemp(suffix=".json", dir=broker.work))
+    cmd = [str(BENCH_BIN), *args, "--bootstrap", broker.bootstrap, "--quiet", "--json", str(out)]
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sys.stderr.write(done.stdout.decode(errors="replace"))
+    if done.returncode != 0:
+        raise RuntimeError(f"shardlog-bench failed: {args}")
+    return json.loads(out.read_text())["results"]
