@@ -27,8 +27,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,92 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BROKER_BIN = Path(os.environ.get("SHARDLOG_BIN", REPO / "target/release/shardlog"))
-BENCH_BIN = REPO / "target/release/shardlog-bench"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import REPO, Broker, bench, finish  # noqa: E402
+
 LOOPBACK_MB_S = 3270.0
 ODIRECT_WRITE_MB_S = 2600.0
 SENDFILE_MB_S = 2000.0
 COPY_READ_MB_S = 2900.0
 COMMON = ["--record-bytes", "1024", "--batch-bytes", "65536", "--producers", "1", "--inflight", "4"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    def __init__(self, work, shards=None, sets=None):
-        self.work = Path(work)
-        self.data = self.work / "data"
-        self.port = free_port()
-        self.shards = shards
-        self.sets = dict(sets or {})
-        self.proc = None
-
-    @property
-    def bootstrap(self):
-        return f"127.0.0.1:{self.port}"
-
-    def start(self):
-        args = [str(BROKER_BIN), "--listen", self.bootstrap, "--data-dir", str(self.data)]
-        if self.shards:
-            args += ["--shards", str(self.shards)]
-        for k, v in self.sets.items():
-            args += ["--set", f"{k}={v}"]
-        log = open(self.work / "broker.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "broker exited at start"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("broker did not listen within 60 s")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def cpu_s(self):
-        fields = (Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1]).split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def destroy(self):
-        self.stop()
-        shutil.rmtree(self.data, ignore_errors=True)
-
-
-def bench(broker, *args, background=False):
-    out = Path(tempfile.mktemp(suffix=".json", dir=broker.work))
-    cmd = [str(BENCH_BIN), *args, "--bootstrap", broker.bootstrap, "--quiet", "--json", str(out)]
-    print("+", " ".join(cmd[:1] + [a for a in cmd[1:]]), file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if background:
-        return proc, out
-
-    stdout, _ = proc.communicate()
-    sys.stderr.write(stdout.decode(errors="replace"))
-    assert proc.returncode == 0, f"shardlog-bench failed: {args}"
-    return json.loads(out.read_text())["results"]
-
-
-def finish(bg):
-    proc, out = bg
-    stdout, _ = proc.communicate()
-    sys.stderr.write(stdout.decode(errors="replace"))
-    assert proc.returncode == 0, "background shardlog-bench failed"
-    return json.loads(out.read_text())["results"]
 
 
 def command_line(args):

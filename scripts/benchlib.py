@@ -7,6 +7,7 @@ Import from a script in scripts/ with `sys.path.insert(0, str(Path(__file__).par
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,28 +40,37 @@ class Broker:
         self.data = self.work / "data"
         self.log_path = self.work / "broker.log"
         self.port = free_port()
-        self.args = [str(binary), "--listen", self.bootstrap, "--data-dir", str(self.data)]
-        if shards:
-            self.args += ["--shards", str(shards)]
-        for key, value in (sets or {}).items():
-            self.args += ["--set", f"{key}={value}"]
+        self.binary = binary
+        self.shards = shards
+        # Read at each start: a restart may change settings.
+        self.sets = dict(sets or {})
         self.proc = None
+
+    def args(self):
+        args = [str(self.binary), "--listen", self.bootstrap, "--data-dir", str(self.data)]
+        if self.shards:
+            args += ["--shards", str(self.shards)]
+        for key, value in self.sets.items():
+            args += ["--set", f"{key}={value}"]
+        return args
 
     @property
     def bootstrap(self):
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s=600):
-        """Seconds from exec to the broker's "listening on" line."""
+        """Starts the broker and waits for its "listening on" line; the
+        seconds that took are in `start_s`."""
         self.work.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         started = time.monotonic()
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"))
+        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"))
         while time.monotonic() - started < timeout_s:
             with open(self.log_path, "rb") as log:
                 log.seek(offset)
                 if b"listening on" in log.read():
-                    return time.monotonic() - started
+                    self.start_s = time.monotonic() - started
+                    return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited at start: see {self.log_path}")
             time.sleep(0.02)
@@ -79,6 +89,11 @@ class Broker:
             self.proc.wait()
         return time.monotonic() - started
 
+    def destroy(self):
+        """Stops the broker and removes its data."""
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
     def rss_bytes(self):
         return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * PAGE_BYTES
 
@@ -90,13 +105,21 @@ class Broker:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench(broker, *args):
-    """Runs shardlog-bench against `broker`; returns its JSON "results"."""
+def bench(broker, *args, background=False):
+    """Runs shardlog-bench against `broker` and returns its JSON "results";
+    with `background`, returns at once a handle for `finish`."""
     out = Path(tempfile.mktemp(suffix=".json", dir=broker.work))
     cmd = [str(BENCH_BIN), *args, "--bootstrap", broker.bootstrap, "--quiet", "--json", str(out)]
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sys.stderr.write(done.stdout.decode(errors="replace"))
-    if done.returncode != 0:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return (proc, out, args) if background else finish((proc, out, args))
+
+
+def finish(running):
+    """Waits for a `bench(..., background=True)` run; returns its results."""
+    proc, out, args = running
+    stdout, _ = proc.communicate()
+    sys.stderr.write(stdout.decode(errors="replace"))
+    if proc.returncode != 0:
         raise RuntimeError(f"shardlog-bench failed: {args}")
     return json.loads(out.read_text())["results"]
