@@ -32,3 +32,20 @@ def test_partitions_beyond_the_shard_budget_are_refused(broker_factory):
     # Exactly filling the budget still works.
     fs = admin.create_partitions([NewPartitions(grow, 2)], request_timeout=30)
     fs[grow].result(timeout=30)
+
+
+def test_a_descriptor_budget_above_the_open_files_limit_is_reported_at_start(broker_factory):
+    # 10 million cached files per shard is above any open-files limit Linux
+    # allows (fs.nr_open caps it near a million): one warning line at start
+    # with the settings to change, and the broker serves as usual.
+    b = broker_factory(sets={"log.fd.cache.size": 10_000_000}, shards=2)
+    warnings = [line for line in b.run_log().splitlines() if "above the open-files limit" in line]
+    assert len(warnings) == 1, b.run_log()
+    assert "log.fd.cache.size (10000000) x 2 shards" in warnings[0]
+    assert "EMFILE" in warnings[0]
+    topic = unique_topic("fds")
+    admin = create_topic(b.bootstrap, topic, 2)
+    assert len(admin.list_topics(timeout=10).topics[topic].partitions) == 2
+
+    quiet = broker_factory()
+    assert "above the open-files limit" not in quiet.run_log(), "the defaults fit this machine's limit"

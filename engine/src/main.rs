@@ -67,26 +67,46 @@ fn run(args: Args) -> anyhow::Result<()> {
         anyhow::ensure!(n > 0, "--shards must be at least 1");
         broker.shards = n;
     }
-    raise_open_files_limit();
+    let open_files_max = raise_open_files_limit();
+    let needed = broker.descriptors_needed();
+    if open_files_max.is_some_and(|max| needed > max) {
+        tracing::warn!(
+            "log.fd.cache.size ({}) x {} shards + max.connections ({}) + {} for the rest need {needed} \
+             file descriptors under full load, above the open-files limit ({}): opens would fail \
+             with EMFILE; raise the limit (ulimit -n, systemd LimitNOFILE) or lower those settings",
+            broker.log_fd_cache_size,
+            broker.shards,
+            broker.max_connections,
+            needed - broker.shards as u64 * broker.log_fd_cache_size as u64 - broker.max_connections as u64,
+            open_files_max.unwrap_or_default(),
+        );
+    }
     shardlog::server::run(broker)
 }
 
 /// Raises the soft open-files limit to the hard one, as Kafka's deployment
 /// guides ask of operators: partitions, segments and connections all use
 /// descriptors (bounded by `log.fd.cache.size` and `max.connections`).
-fn raise_open_files_limit() {
+/// Returns the soft limit in force afterwards (None if it cannot be read).
+fn raise_open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
             let soft = limit.rlim_cur;
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                tracing::info!("open files limit raised from {soft} to {}", limit.rlim_max);
+            let mut raised = limit;
+            raised.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::info!("open files limit raised from {soft} to {}", raised.rlim_cur);
+                limit = raised;
             }
         }
     }
+    Some(limit.rlim_cur)
 }

@@ -413,6 +413,21 @@ impl BrokerConfig {
         self.advertised_port = addr.port();
     }
 
+    /// File descriptors the broker may hold at once under full load: every
+    /// shard's segment-file cache full, every connection open, and a fixed
+    /// allowance for the rest (each shard's three io_uring rings and eventfd,
+    /// index and checkpoint files being written, listeners, the data dir).
+    /// Compared with the open-files limit at start, so running out shows as
+    /// one warning at start, not as EMFILE failures under load.
+    pub fn descriptors_needed(&self) -> u64 {
+        const PER_SHARD_OTHER: u64 = 64;
+        const BROKER_OTHER: u64 = 256;
+        let shards = self.shards as u64;
+        shards * (self.log_fd_cache_size as u64 + PER_SHARD_OTHER)
+            + self.max_connections as u64
+            + BROKER_OTHER
+    }
+
     /// Broker-level entries DescribeConfigs reports: (name, value, is_default).
     pub fn describe(&self) -> Vec<(&'static str, String, bool)> {
         let d = BrokerConfig::default();
@@ -810,6 +825,19 @@ pub fn parse_override(s: &str) -> Result<(String, String), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_needed_counts_each_shards_file_cache_and_every_connection() {
+        let mut c = BrokerConfig::load(None, &[]).unwrap();
+        c.shards = 2;
+        let base = c.descriptors_needed();
+        c.set("log.fd.cache.size", &(c.log_fd_cache_size + 100).to_string())
+            .unwrap();
+        assert_eq!(c.descriptors_needed(), base + 200, "the cache is per shard");
+        c.set("max.connections", &(c.max_connections + 7).to_string())
+            .unwrap();
+        assert_eq!(c.descriptors_needed(), base + 207, "connections are per broker");
+    }
 
     #[test]
     fn toml_nested_and_quoted_keys_mean_the_same() {
