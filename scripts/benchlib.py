@@ -63,6 +63,7 @@ class Broker:
         seconds that took are in `start_s`."""
         self.work.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.run_log_offset = offset
         started = time.monotonic()
         self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"))
         while time.monotonic() - started < timeout_s:
@@ -76,8 +77,14 @@ class Broker:
             time.sleep(0.02)
         raise RuntimeError(f"broker did not start within {timeout_s} s")
 
+    def run_log(self):
+        """The broker's log since its latest start."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self.run_log_offset)
+            return log.read().decode(errors="replace")
+
     def stop(self, sig=signal.SIGTERM, timeout_s=600):
-        """Seconds from the signal to the exit."""
+        """Seconds from the signal to the exit (its code: `proc.returncode`)."""
         if not self.proc or self.proc.poll() is not None:
             return 0.0
         started = time.monotonic()

@@ -11,53 +11,19 @@ step; exits non-zero on any loss.
 """
 
 import argparse
-import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import REPO, Broker  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tests"))
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from partition_scale import check_every_record, produce_one_per_partition  # noqa: E402
-
-BIN = Path(os.environ.get("SHARDLOG_BIN", REPO / "target" / "release" / "shardlog"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    def __init__(self, work, port):
-        self.args = [str(BIN), "--listen", f"127.0.0.1:{port}", "--data-dir", str(work / "data")]
-        self.log = work / "broker.log"
-        self.bootstrap = f"127.0.0.1:{port}"
-        self.proc = None
-
-    def start(self, timeout_s=600):
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        started = time.monotonic()
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
-        while b"listening on" not in self.log.read_bytes()[offset:]:
-            assert self.proc.poll() is None, f"broker exited at start: see {self.log}"
-            assert time.monotonic() - started < timeout_s, "broker did not start"
-            time.sleep(0.05)
-        return time.monotonic() - started, self.log.read_bytes()[offset:].decode(errors="replace")
-
-    def stop(self, sig):
-        started = time.monotonic()
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=600)
-        return time.monotonic() - started, code
 
 
 def step(name, started):
@@ -69,7 +35,7 @@ def main():
     ap.add_argument("--partitions", type=int, default=100_000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shardlog-partition-scale-"))
-    b = Broker(work, free_port())
+    b = Broker(work)
     try:
         b.start()
         t = time.monotonic()
@@ -80,18 +46,19 @@ def main():
         t = time.monotonic()
         acked = produce_one_per_partition(b.bootstrap, "wide", args.partitions, b"first", timeout_s=900)
         step("produce one record per partition", t)
-        took, code = b.stop(signal.SIGTERM)
+        took = b.stop(signal.SIGTERM)
+        code = b.proc.returncode
         print(f"clean stop: {took:.2f} s, exit {code}", flush=True)
         assert code == 0, "clean stop failed"
-        took, log = b.start()
-        print(f"clean restart: {took:.2f} s", flush=True)
-        assert "recovery: scanned" not in log, "a clean stop left logs to recover"
+        b.start()
+        print(f"clean restart: {b.start_s:.2f} s", flush=True)
+        assert "recovery: scanned" not in b.run_log(), "a clean stop left logs to recover"
         t = time.monotonic()
         acked.update(produce_one_per_partition(b.bootstrap, "wide", args.partitions, b"second", timeout_s=900))
         step("produce a second record per partition", t)
         b.stop(signal.SIGKILL)
-        took, _ = b.start()
-        print(f"restart after kill -9: {took:.2f} s", flush=True)
+        b.start()
+        print(f"restart after kill -9: {b.start_s:.2f} s", flush=True)
         t = time.monotonic()
         check_every_record(b.bootstrap, "wide", acked, timeout_s=1800)
         step(f"read back all {len(acked):,} acknowledged records", t)
