@@ -25,7 +25,6 @@ Every figure is the median of --runs runs, each on a fresh release broker
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, Broker, bench, finish  # noqa: E402
+from benchlib import REPO, Broker, bench, finish, machine  # noqa: E402
 
 LOOPBACK_MB_S = 3270.0
 ODIRECT_WRITE_MB_S = 2600.0
@@ -218,7 +217,7 @@ def write_report(a, results, cmds, rate, stall_rate, dropped):
     w("# Data path: produce, tail and catch-up reads, latency, shard stall")
     w("")
     w(f"- when: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; commit {commit}")
-    w(f"- machine: nproc {os.cpu_count()}, kernel {platform.release()}; client and broker share it")
+    w(f"- machine: {machine()}; client and broker share it")
     w(f"- command: `scripts/bench-data-path.py --runs {a.runs} --duration-s {a.duration_s} "
       f"--backlog-mb {a.backlog_mb}`; medians of {a.runs} runs, each on a fresh broker")
     w("- limits (`../shared/PERFORMANCE.md`): loopback 3,270 MB/s, O_DIRECT write 2,600 MB/s, "

@@ -77,7 +77,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             broker.log_fd_cache_size,
             broker.shards,
             broker.max_connections,
-            needed - broker.shards as u64 * broker.log_fd_cache_size as u64 - broker.max_connections as u64,
+            broker.descriptors_reserved(),
             open_files_max.unwrap_or_default(),
         );
     }

@@ -420,12 +420,17 @@ impl BrokerConfig {
     /// Compared with the open-files limit at start, so running out shows as
     /// one warning at start, not as EMFILE failures under load.
     pub fn descriptors_needed(&self) -> u64 {
+        self.shards as u64 * self.log_fd_cache_size as u64
+            + self.max_connections as u64
+            + self.descriptors_reserved()
+    }
+
+    /// The fixed allowance in `descriptors_needed`: 64 per shard and 256
+    /// for the broker.
+    pub fn descriptors_reserved(&self) -> u64 {
         const PER_SHARD_OTHER: u64 = 64;
         const BROKER_OTHER: u64 = 256;
-        let shards = self.shards as u64;
-        shards * (self.log_fd_cache_size as u64 + PER_SHARD_OTHER)
-            + self.max_connections as u64
-            + BROKER_OTHER
+        self.shards as u64 * PER_SHARD_OTHER + BROKER_OTHER
     }
 
     /// Broker-level entries DescribeConfigs reports: (name, value, is_default).
