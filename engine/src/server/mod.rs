@@ -32,6 +32,10 @@ pub use listener::Listener;
 
 /// Name of the clean-shutdown marker in the data directory, as Kafka names it.
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".kafka_cleanshutdown";
+/// Every log's end at the last clean stop, as Kafka names the file (its
+/// format: `storage::offset_checkpoint`). Written before the marker and
+/// trusted only with it.
+pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 
 /// Everything `main` hands to each shard thread.
 #[derive(Clone)]
@@ -45,6 +49,9 @@ pub struct Startup {
     pub voters: Vec<i32>,
     pub controller_listener: Option<(Arc<Listener>, SocketAddr)>,
     pub recovery_mode_clean: bool,
+    /// The recovery-point checkpoint of the last clean stop (empty after an
+    /// unclean one); see `Shard::clean_log_ends`.
+    pub clean_log_ends: Arc<Mutex<crate::storage::offset_checkpoint::Offsets>>,
     pub mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     /// shard id -> mesh peer id (mesh ids follow join order, not shard ids).
     pub peer_of_shard: Arc<Mutex<Vec<usize>>>,
@@ -131,6 +138,17 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
+    let checkpoint_path = data_dir.join(RECOVERY_POINT_CHECKPOINT);
+    let clean_log_ends = if clean {
+        crate::storage::offset_checkpoint::read(&checkpoint_path).unwrap_or_else(|e| {
+            // Only a shortcut is lost: producer state is rebuilt from the
+            // snapshots and the log, as after an older release.
+            tracing::warn!("ignoring the recovery-point checkpoint: {e}");
+            None
+        })
+    } else {
+        None
+    };
     let controller_addr = config
         .cluster
         .controller_listen
@@ -181,6 +199,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         voters,
         controller_listener,
         recovery_mode_clean: clean,
+        clean_log_ends: Arc::new(Mutex::new(clean_log_ends.unwrap_or_default())),
         mesh: MeshBuilder::full(nr_shards, channel_capacity),
         peer_of_shard: Arc::new(Mutex::new(vec![usize::MAX; nr_shards])),
         barrier: Arc::new(Barrier::new(nr_shards)),
@@ -206,9 +225,11 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         handles.push(handle);
     }
     let mut all_clean = true;
+    let mut log_ends = Vec::new();
     for handle in handles {
         match handle.join() {
-            Ok(Ok(clean)) => all_clean &= clean,
+            Ok(Ok(Some(ends))) => log_ends.extend(ends),
+            Ok(Ok(None)) => all_clean = false,
             Ok(Err(e)) => {
                 tracing::error!("shard failed: {e:#}");
                 all_clean = false;
@@ -220,6 +241,8 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         }
     }
     if all_clean {
+        log_ends.sort_unstable();
+        crate::storage::offset_checkpoint::write_durably(&checkpoint_path, &log_ends)?;
         std::fs::write(&marker, b"")?;
         std::fs::File::open(&data_dir)?.sync_all()?;
         tracing::info!("clean shutdown complete");
@@ -229,7 +252,12 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     }
 }
 
-async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Result<bool> {
+/// Some(log ends of this shard's partitions) after a clean stop.
+async fn shard_main(
+    id: usize,
+    nr_shards: usize,
+    startup: Startup,
+) -> anyhow::Result<Option<Vec<(String, i32, i64)>>> {
     let config = startup.config.clone();
     let (senders, receivers) = startup
         .mesh
@@ -255,6 +283,7 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
         RecoveryMode::Unclean
     };
     shard.open_mode.set(mode);
+    *shard.clean_log_ends.borrow_mut() = startup.clean_log_ends.clone();
     // Groups of the `__consumer_offsets` partitions led here are rebuilt
     // inside `apply`, before the port opens, so no request ever sees a
     // half-loaded coordinator (Kafka's COORDINATOR_LOAD_IN_PROGRESS).
@@ -395,14 +424,14 @@ async fn shard_main(id: usize, nr_shards: usize, startup: Startup) -> anyhow::Re
     drop(accept);
     drop(timers);
     let budget = Duration::from_millis(config.shutdown_timeout_ms);
-    let clean = futures_lite::future::or(shard.close_all(), async {
+    let log_ends = futures_lite::future::or(shard.close_all(), async {
         glommio::timer::sleep(budget).await;
         tracing::error!(shard = id, "closing logs took longer than shutdown.timeout.ms");
-        false
+        None
     })
     .await;
-    tracing::info!(shard = id, clean, "shard stopped");
-    Ok(clean)
+    tracing::info!(shard = id, clean = log_ends.is_some(), "shard stopped");
+    Ok(log_ends)
 }
 
 /// The first image of a data dir: the previous single-node release's

@@ -11,37 +11,12 @@
 //! shard after a restart, so every shard's file is read and the highest
 //! value per partition wins.
 
-use std::collections::HashMap;
 use std::path::Path;
 
+use crate::storage::offset_checkpoint::{parse, render};
+
 pub const FILE_PREFIX: &str = "replication-offset-checkpoint";
-const FORMAT_VERSION: u32 = 0;
-
-pub type Watermarks = HashMap<(String, i32), i64>;
-
-fn parse(text: &str) -> Option<Watermarks> {
-    let mut lines = text.lines();
-    if lines.next()?.trim().parse::<u32>().ok()? != FORMAT_VERSION {
-        return None;
-    }
-    let count: usize = lines.next()?.trim().parse().ok()?;
-    let mut out = HashMap::with_capacity(count.min(1 << 20));
-    for line in lines.take(count) {
-        // Topic names never hold spaces (Kafka's legal characters).
-        let mut fields = line.split(' ');
-        let (topic, partition, offset) = (fields.next()?, fields.next()?, fields.next()?);
-        out.insert((topic.to_string(), partition.parse().ok()?), offset.parse().ok()?);
-    }
-    (out.len() == count).then_some(out)
-}
-
-pub fn render(watermarks: &[(String, i32, i64)]) -> String {
-    let mut out = format!("{FORMAT_VERSION}\n{}\n", watermarks.len());
-    for (topic, partition, offset) in watermarks {
-        out.push_str(&format!("{topic} {partition} {offset}\n"));
-    }
-    out
-}
+pub type Watermarks = crate::storage::offset_checkpoint::Offsets;
 
 /// Every shard's checkpoint in `data_dir`, merged (highest wins). An
 /// unreadable file is skipped with one warning: the watermarks then start

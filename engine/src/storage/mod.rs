@@ -9,6 +9,7 @@ mod file_cache;
 pub mod index;
 pub mod log;
 mod log_config;
+pub mod offset_checkpoint;
 mod records;
 mod segment;
 #[cfg(test)]
@@ -17,7 +18,7 @@ pub mod testutil;
 pub use batch::{parse_header, split_validated, validate, BatchError, BatchHeader};
 pub use error::StorageError;
 pub use file_cache::{FileCache, FileCacheStats, FileMode};
-pub use log::{detect_recovery_mode, AppendResult, Log, RecoveryMode, RecoveryReport};
+pub use log::{AppendResult, Log, RecoveryMode, RecoveryReport};
 pub use log_config::LogConfig;
 pub use records::{FileSlice, Records};
 pub use segment::sync_filesystem;

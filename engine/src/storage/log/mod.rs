@@ -41,8 +41,8 @@ use super::index::SegmentIndex;
 pub use super::log_config::LogConfig;
 use super::segment::{self, file_path, LOG_SUFFIX};
 
-pub use self::recovery::{detect_recovery_mode, RecoveryMode, RecoveryReport};
 use self::recovery::{recover_clean, recover_unclean};
+pub use self::recovery::{RecoveryMode, RecoveryReport};
 use self::writer::PendingAppend;
 
 /// O_DIRECT block size the writer aligns to. Every write starts at a multiple
@@ -52,12 +52,17 @@ pub const BLOCK_BYTES: u64 = 4096;
 /// Upper bound of one group-commit write (callers beyond it go in the next
 /// write; a single caller larger than it is still written in one piece).
 pub const WRITE_BYTES_MAX: u64 = 8 << 20;
-/// Text file: the decimal offset below which everything is fdatasynced.
+/// Text file: an offset below which everything is fdatasynced, written at
+/// rolls, truncations and unclean opens (a segment-granular lower bound of
+/// the recovery point; the shutdown's exact one is the data dir's
+/// `recovery-point-offset-checkpoint`). Unclean recovery scans from the
+/// segment that holds it.
 pub const RECOVERY_POINT_FILE: &str = "recovery-point";
 /// Text file: the decimal log start offset set by DeleteRecords.
 pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
-/// Empty marker written by a clean close, removed by open.
-pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+/// Per-log marker of earlier releases (the data dir's marker decides clean
+/// or unclean recovery now): removed when an open finds it.
+pub const LEGACY_CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendResult {
@@ -128,9 +133,12 @@ struct State {
     dir_unsynced: bool,
     /// Nothing was appended or truncated since open (`begin_change`).
     unchanged: bool,
-    /// The files are as the last clean close left them, its marker still
-    /// there (kept by a clean open, removed at the first change).
-    marker_kept: bool,
+    /// Opened clean with nothing to repair: the files are as the last
+    /// clean close left them (durable, indexes written), so a close before
+    /// any change has nothing to write. The data dir's clean-shutdown
+    /// marker, removed once every log is open, makes a crash after that
+    /// an unclean start, which is why no per-log marker is needed.
+    opened_as_closed: bool,
 }
 
 impl State {
@@ -276,8 +284,6 @@ impl Log {
         bases.sort_unstable();
         let recovery_point = read_offset_file(dir, RECOVERY_POINT_FILE).await?;
         let stored_log_start_offset = read_offset_file(dir, LOG_START_OFFSET_FILE).await?;
-        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-        let marker_found = marker.exists();
 
         let mut segments = Segments::new();
         for base in bases {
@@ -345,8 +351,10 @@ impl Log {
                 file.alignment()
             )));
         }
-        if file.file_size().await? != active_size {
-            // Cuts O_DIRECT padding or a torn tail.
+        // Zeros after the last batch (O_DIRECT padding a deferred close
+        // left, or a reservation) stay after a clean open: the writer
+        // overwrites them and a roll trims them. Anything else is cut.
+        if file.file_size().await? != active_size && (mode == RecoveryMode::Unclean || files_changed) {
             file.truncate(active_size).await?;
             files_changed = true;
         }
@@ -374,23 +382,22 @@ impl Log {
         let log_start_offset = stored_log_start_offset
             .unwrap_or(first_base)
             .clamp(first_base, log_end_offset.max(first_base));
-        if !fresh && recovery_point != Some(log_end_offset) {
+        // A clean open leaves the per-log recovery point as it is: a lower
+        // bound (see RECOVERY_POINT_FILE), so writing 100,000 of them at
+        // each start buys nothing; an unclean one moves it to what it
+        // recovered and synced.
+        if mode == RecoveryMode::Unclean && !fresh && recovery_point != Some(log_end_offset) {
             write_offset_file(dir, RECOVERY_POINT_FILE, log_end_offset).await?;
             files_changed = true;
         }
-        // A clean open that changed nothing keeps the log's clean-shutdown
-        // marker until its first change (`Log::begin_change`): while it is
-        // there the files are exactly what the last close left, so a close
-        // before any change has nothing to do. Any other open drops it (only
-        // the directory changes: it is synced below, and the segments' data
-        // was synced by the close that wrote the marker).
-        let marker_kept = marker_found && mode == RecoveryMode::Clean && !files_changed;
-        let marker_removed = marker_found && !marker_kept;
-        if marker_removed {
-            segment::remove_if_exists(&marker).await?;
+        let opened_as_closed = mode == RecoveryMode::Clean && !files_changed;
+        let legacy_marker = dir.join(LEGACY_CLEAN_SHUTDOWN_FILE);
+        if legacy_marker.exists() {
+            // Unsynced: nothing reads it any more.
+            segment::remove_if_exists(&legacy_marker).await?;
         }
-        let dir_unsynced = fresh && !marker_removed;
-        if !dir_unsynced && (files_changed || marker_removed) {
+        let dir_unsynced = fresh;
+        if !dir_unsynced && files_changed {
             segment::sync_dir(dir).await?;
         }
         tracing::debug!(
@@ -420,7 +427,7 @@ impl Log {
             writes_completed: 0,
             dir_unsynced,
             unchanged: true,
-            marker_kept,
+            opened_as_closed,
             cleaned_up_to_offset: log_start_offset,
         };
         drop(file);
@@ -476,64 +483,37 @@ impl Log {
     }
 
     /// Called before the first append or truncation since open: the log
-    /// is about to differ from what its last clean close left, so that
-    /// close's marker goes first (and durably, before the change).
-    pub(super) async fn begin_change(&self) -> Result<(), StorageError> {
-        let marker_kept = {
-            let mut state = self.state.borrow_mut();
-            if !state.unchanged {
-                return Ok(());
-            }
-            state.unchanged = false;
-            std::mem::replace(&mut state.marker_kept, false)
-        };
-        if marker_kept {
-            segment::remove_if_exists(&self.dir.join(CLEAN_SHUTDOWN_FILE)).await?;
-            segment::sync_dir(&self.dir).await?;
-        }
-        Ok(())
+    /// is about to differ from what its last clean close left, so its
+    /// close will have files to write.
+    pub(super) fn begin_change(&self) {
+        let mut state = self.state.borrow_mut();
+        state.unchanged = false;
+        state.opened_as_closed = false;
     }
 
     /// Clean close: waits for in-flight appends, trims the O_DIRECT padding,
-    /// fdatasyncs, writes the indexes, the recovery point (= LEO) and the
-    /// clean-shutdown marker. Appends afterwards fail with `Closed`; reads
-    /// keep working (with files of their own). Releases the log's cached
-    /// files, whether or not the close succeeded.
+    /// fdatasyncs, writes the indexes and the recovery point (= LEO).
+    /// Appends afterwards fail with `Closed`; reads keep working (with files
+    /// of their own). Releases the log's cached files, whether or not the
+    /// close succeeded.
     pub async fn close(&self) -> Result<(), StorageError> {
         let closed = self.close_in(segment::Sync::File).await.map(|_| ());
         self.cache.forget(&self.dir);
         closed
     }
 
-    /// A close for a shutdown of many logs: `close` without a sync or the
-    /// clean-shutdown marker. The caller syncs the filesystem once for all
-    /// of them (`sync_filesystem`), then calls `mark_clean` on those this
-    /// returned true for, then syncs again. Per log that is a few metadata
-    /// operations instead of five fsyncs and a directory sync. Until the
-    /// marker, the next open is an unclean one (scans from the recovery
-    /// point), which is correct whatever was left unsynced.
+    /// A close for a shutdown of many logs: `close` without a sync or a
+    /// recovery point (indexes written in place). The caller syncs the
+    /// filesystem once for all of them (`sync_filesystem`) and only then
+    /// writes the data dir's recovery-point checkpoint and clean-shutdown
+    /// marker. Per log that is a truncate and two index writes instead of
+    /// fsyncs, new files and a directory sync. Until the marker, the next
+    /// start is an unclean one (scans from each log's recovery point),
+    /// which is correct whatever was left unsynced.
     pub async fn close_deferred(&self) -> Result<bool, StorageError> {
         let closed = self.close_in(segment::Sync::Deferred).await;
         self.cache.forget(&self.dir);
         closed
-    }
-
-    /// Writes the recovery point (the log end) and the clean-shutdown
-    /// marker of a log `close_deferred` closed, once the caller synced the
-    /// filesystem: both claim the data is durable, so neither goes before
-    /// that sync. Unsynced themselves (the caller syncs again).
-    pub async fn mark_clean(&self) -> Result<(), StorageError> {
-        let log_end_offset = {
-            let state = self.state.borrow();
-            assert!(state.writer.is_none(), "a log is marked clean only once closed");
-            state.log_end_offset
-        };
-        let deferred = segment::Sync::Deferred;
-        let offset = format!("{log_end_offset}\n").into_bytes();
-        segment::write_file_replacing(&self.dir, RECOVERY_POINT_FILE, offset, deferred).await?;
-        segment::write_file_replacing(&self.dir, CLEAN_SHUTDOWN_FILE, Vec::new(), deferred).await?;
-        self.state.borrow_mut().recovery_point = log_end_offset;
-        Ok(())
     }
 
     /// Ok(true): files were written and, under `Sync::Deferred`, the marker
@@ -561,12 +541,19 @@ impl Log {
             // which is most of a shutdown with many idle partitions. An empty
             // new log left without indexes or recovery point opens as new.
             let mut state = self.state.borrow_mut();
-            if state.unchanged && (state.marker_kept || state.dir_unsynced) {
+            if state.unchanged && (state.opened_as_closed || state.dir_unsynced) {
                 state.writer = None;
                 return Ok(false);
             }
         }
-        let file = self.active_file().await?;
+        // A deferred close leaves the O_DIRECT padding (zeros) after the
+        // last batch: trimming it made ext4 read each log's last block back
+        // to zero its tail, a synchronous read per log. The next clean open
+        // takes zeros after the last batch as the end, and keeps them.
+        let file = match sync {
+            segment::Sync::File => Some(self.active_file().await?),
+            segment::Sync::Deferred => None,
+        };
         let (size, index, log_end_offset) = {
             let mut state = self.state.borrow_mut();
             if state.writer.take().is_none() {
@@ -581,15 +568,13 @@ impl Log {
             index.seal();
             (active.size_bytes, index.clone(), log_end_offset)
         };
-        file.truncate(size).await?;
-        if sync == segment::Sync::File {
+        if let Some(file) = file {
+            file.truncate(size).await?;
             file.fdatasync().await?;
         }
-        drop(file);
         segment::write_indexes_with(&self.dir, &index, sync).await?;
         if sync == segment::Sync::File {
             write_offset_file(&self.dir, RECOVERY_POINT_FILE, log_end_offset).await?;
-            segment::write_file_atomic(&self.dir, CLEAN_SHUTDOWN_FILE, Vec::new()).await?;
             segment::sync_dir(&self.dir).await?;
             self.state.borrow_mut().recovery_point = log_end_offset;
         }

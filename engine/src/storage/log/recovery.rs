@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::storage::index::{IndexBounds, SegmentIndex};
 use crate::storage::segment::{self, file_name, file_path, is_not_found, open_for_read, LOG_SUFFIX};
 
-use super::{LogConfig, Segments, StorageError, CLEAN_SHUTDOWN_FILE};
+use super::{LogConfig, Segments, StorageError};
 
 /// How `Log::open` treats the files it finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,28 +32,6 @@ pub struct RecoveryReport {
     pub bytes_truncated: u64,
     /// Indexes rebuilt from the log because they were missing or invalid.
     pub indexes_rebuilt: u32,
-}
-
-/// Clean if the last close left its marker (or there is no log yet).
-pub fn detect_recovery_mode(dir: &Path) -> RecoveryMode {
-    if dir.join(CLEAN_SHUTDOWN_FILE).exists() {
-        return RecoveryMode::Clean;
-    }
-    let has_segments = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries.filter_map(Result::ok).any(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(segment::parse_log_file_name)
-                    .is_some()
-            })
-        })
-        .unwrap_or(false);
-    if has_segments {
-        RecoveryMode::Unclean
-    } else {
-        RecoveryMode::Clean
-    }
 }
 
 /// Result of recovering the segments found at open.
@@ -140,7 +118,9 @@ pub(super) async fn recover_clean(
     Ok(Recovered {
         report,
         log_end_offset: outcome.next_offset,
-        files_changed: file_bytes > outcome.valid_bytes,
+        // Zero padding after the last batch is no change: `Log::open`
+        // keeps it.
+        files_changed: torn > 0,
     })
 }
 

@@ -560,7 +560,6 @@ fn unclean_recovery_truncates_a_torn_tail_and_appends_continue() {
         let path = dir.path().join("00000000000000000000.log");
         let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
         file.set_len(logical - 10).expect("chop");
-        assert_eq!(detect_recovery_mode(dir.path()), RecoveryMode::Unclean);
 
         let log = open(dir.path(), LogConfig::default(), RecoveryMode::Unclean).await;
         assert_eq!(log.log_end_offset(), 12);
@@ -698,7 +697,6 @@ fn clean_close_then_clean_open_keeps_everything_and_scans_no_segment() {
             log.append(vec![make_batch(0, 1, 1, 0)]).await,
             Err(StorageError::Closed)
         ));
-        assert_eq!(detect_recovery_mode(dir.path()), RecoveryMode::Clean);
         // Close trimmed the O_DIRECT padding.
         let active = segment_files(dir.path(), "log").pop().expect("active");
         let sizes: u64 = segment_files(dir.path(), "log")
@@ -709,11 +707,6 @@ fn clean_close_then_clean_open_keeps_everything_and_scans_no_segment() {
         assert!(std::fs::metadata(&active).expect("stat").len() > 0);
 
         let log = open(dir.path(), small_segments(8 * 1024), RecoveryMode::Clean).await;
-        assert_eq!(
-            detect_recovery_mode(dir.path()),
-            RecoveryMode::Clean,
-            "the marker stays until the first change"
-        );
         let report = log.recovery_report();
         assert_eq!(report.segments_scanned, 0);
         assert_eq!(report.indexes_rebuilt, 0);
@@ -724,11 +717,6 @@ fn clean_close_then_clean_open_keeps_everything_and_scans_no_segment() {
         );
         let appended = log.append(vec![make_batch(0, 1, 10, 0)]).await.expect("append");
         assert_eq!(appended.base_offset, end);
-        assert_eq!(
-            detect_recovery_mode(dir.path()),
-            RecoveryMode::Unclean,
-            "marker removed before the first change"
-        );
         let read = log.read(0, 1 << 20).await.expect("read");
         assert_eq!(batch_offsets(&read)[0], (0, 1));
     });
@@ -1821,10 +1809,6 @@ async fn footprint(count: usize) {
     );
     assert!(logs.iter().all(|l| l.recovery_report().segments_scanned == 0));
     close_all(logs).await;
-    for i in 0..count {
-        std::fs::remove_file(root.path().join(format!("topic-{i}")).join(CLEAN_SHUTDOWN_FILE))
-            .expect("remove marker");
-    }
     let (logs, unclean) = open_many(root.path(), count, RecoveryMode::Unclean, &cache).await;
     settle_fds(root.path(), 256).await;
     println!(
@@ -2001,7 +1985,7 @@ fn without_preallocation_the_file_is_only_padded_to_the_block() {
 }
 
 #[test]
-fn a_deferred_close_is_unclean_until_marked_and_clean_after() {
+fn a_deferred_close_writes_no_recovery_point_and_keeps_the_padding_a_clean_open_ignores() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
@@ -2009,29 +1993,35 @@ fn a_deferred_close_is_unclean_until_marked_and_clean_after() {
         let (end, size) = (log.log_end_offset(), log.size_bytes());
         assert!(log.close_deferred().await.expect("close"), "files written");
         let path = dir.path().join("00000000000000000000.log");
-        assert_eq!(file_len(&path), size, "reservation trimmed");
-        assert_eq!(
-            detect_recovery_mode(dir.path()),
-            RecoveryMode::Unclean,
-            "no marker before the caller's sync"
-        );
+        assert_eq!(file_len(&path), align_up(size), "padding left");
         assert_ne!(
             read_offset_file(dir.path(), RECOVERY_POINT_FILE)
                 .await
                 .expect("read"),
             Some(end),
-            "no recovery point claims the data before the sync"
+            "no recovery point claims the data before the caller's sync"
         );
-        // The shard syncs the filesystem here (`sync_filesystem`); left out
-        // of the unit test, since syncfs waits for everything dirty on the
-        // test machine's disk.
-        log.mark_clean().await.expect("mark");
-        assert_eq!(detect_recovery_mode(dir.path()), RecoveryMode::Clean);
+        // The broker syncs the filesystem here (`sync_filesystem`) and
+        // writes the data dir's checkpoint and marker; left out of the unit
+        // test, since syncfs waits for everything dirty on the machine.
         drop(log);
         let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
         assert_eq!((log.log_end_offset(), log.size_bytes()), (end, size));
-        assert_eq!(log.recovery_report().segments_scanned, 0);
+        let report = log.recovery_report();
+        assert_eq!((report.segments_scanned, report.bytes_truncated), (0, 0));
+        assert_eq!(file_len(&path), align_up(size), "a clean open keeps the zeros");
         // Unchanged since that clean open: a deferred close writes nothing.
         assert!(!log.close_deferred().await.expect("close"));
+        drop(log);
+        // Appends after a clean open overwrite the zeros; all reads back.
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        let appended = log.append(vec![make_batch(0, 2, 10, 0)]).await.expect("append");
+        assert_eq!(appended.base_offset, end);
+        log.close().await.expect("close");
+        assert_eq!(file_len(&path), log.size_bytes(), "a single close trims");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Unclean).await;
+        assert_eq!(log.log_end_offset(), end + 2);
+        let read = log.read(0, 1 << 20).await.expect("read");
+        assert_eq!(batch_offsets(&read).len(), 21);
     });
 }

@@ -147,7 +147,7 @@ impl Log {
         // must not stop a truncation between its memory and disk changes.
         let task = glommio::spawn_local(async move {
             let claim = this.claim_writer().await?;
-            this.begin_change().await?;
+            this.begin_change();
             let truncated = match truncation {
                 Truncation::To(offset) => this.cut_to(offset).await,
                 Truncation::FullyAndStartAt(offset) => this.cut_fully(offset).await,

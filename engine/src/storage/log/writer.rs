@@ -148,12 +148,11 @@ impl Log {
         let (appends, replies) = self.refuse_non_contiguous(drained);
         let mut results: Vec<Option<AppendResult>> = vec![None; appends.len()];
         // (Appends all refused above change nothing.)
-        let mut failure = if appends.is_empty() {
-            None
-        } else {
-            self.begin_change().await.err()
-        };
-        let mut first = if failure.is_some() { appends.len() } else { 0 };
+        if !appends.is_empty() {
+            self.begin_change();
+        }
+        let mut failure = None;
+        let mut first = 0;
         while first < appends.len() {
             if self.needs_roll(&appends[first..=first], now) {
                 if let Err(e) = self.roll(now).await {
