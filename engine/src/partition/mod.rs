@@ -582,16 +582,24 @@ async fn rebuild_producer_states(
 ) -> Result<(ProducerStates, i64), StorageError> {
     let dir = log.dir().to_path_buf();
     let log_end_offset = log.log_end_offset();
-    let mut snapshots: Vec<i64> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| producer_state::parse_snapshot_file_name(&e.file_name().to_string_lossy()))
-        .collect();
+    let mut snapshots: Vec<i64> = if clean_log_end == Some(log_end_offset) {
+        // Closed clean at this end: its state is the snapshot there, or,
+        // without one, empty (`snapshot_producers_at_stop`). One stat
+        // instead of a listing.
+        if !dir
+            .join(producer_state::snapshot_file_name(log_end_offset))
+            .exists()
+        {
+            return Ok((ProducerStates::new(), log_end_offset));
+        }
+        vec![log_end_offset]
+    } else {
+        std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| producer_state::parse_snapshot_file_name(&e.file_name().to_string_lossy()))
+            .collect()
+    };
     snapshots.sort_unstable();
-    if clean_log_end == Some(log_end_offset) && !snapshots.contains(&log_end_offset) {
-        // Closed clean at this end without a snapshot: no producer had
-        // state (`snapshot_producers_at_stop`), so nothing to replay.
-        return Ok((ProducerStates::new(), log_end_offset));
-    }
     let mut states = ProducerStates::new();
     let mut from = log.log_start_offset();
     let mut covered = -1;

@@ -62,6 +62,11 @@ thread_local! {
     /// Devices whose iopoll probe this thread has primed.
     static PRIMED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> =
         std::cell::RefCell::new(std::collections::HashSet::new());
+    /// Parents (the data dir) of log dirs already checked: every log dir of
+    /// a data dir is on its device, so a start stats it once, not once per
+    /// log.
+    static PRIMED_PARENTS: std::cell::RefCell<std::collections::HashSet<std::path::PathBuf>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
 }
 
 /// Makes glommio's iopoll detection right for the device holding `dir`.
@@ -74,8 +79,18 @@ thread_local! {
 /// with a real first block first makes the probe exercise the device.
 pub async fn prime_iopoll_probe(dir: &Path) -> Result<(), StorageError> {
     use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().map(Path::to_path_buf);
+    if parent
+        .as_ref()
+        .is_some_and(|p| PRIMED_PARENTS.with(|d| d.borrow().contains(p)))
+    {
+        return Ok(());
+    }
     let device = std::fs::metadata(dir)?.dev();
     if PRIMED_DEVICES.with(|d| d.borrow().contains(&device)) {
+        if let Some(parent) = parent {
+            PRIMED_PARENTS.with(|d| d.borrow_mut().insert(parent));
+        }
         return Ok(());
     }
     let path = dir.join("iopoll-probe.tmp");
@@ -87,6 +102,9 @@ pub async fn prime_iopoll_probe(dir: &Path) -> Result<(), StorageError> {
     }
     remove_if_exists(&path).await?;
     PRIMED_DEVICES.with(|d| d.borrow_mut().insert(device));
+    if let Some(parent) = parent {
+        PRIMED_PARENTS.with(|d| d.borrow_mut().insert(parent));
+    }
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use glommio::io::DmaFile;
+
 use crate::storage::index::{IndexBounds, SegmentIndex};
 use crate::storage::segment::{self, file_name, file_path, is_not_found, open_for_read, LOG_SUFFIX};
 
@@ -41,38 +43,32 @@ pub(super) struct Recovered {
     pub(super) files_changed: bool,
 }
 
+/// An active segment this small is scanned whole at a clean open rather
+/// than resumed from its index files (`recover_clean`): the block size, at
+/// most the default `index.interval.bytes`.
+pub(super) const SMALL_SEGMENT_BYTES: u64 = super::BLOCK_BYTES;
+
 /// Clean open: trust the sealed segments; find the end of the last one by
 /// scanning from its last index entry (or rebuild its index if unusable).
+/// `file` is the last segment's, which the log then keeps for writing (one
+/// open per log at start, not two).
 pub(super) async fn recover_clean(
     dir: &Path,
     segments: &mut Segments,
     config: &LogConfig,
+    file: &DmaFile,
 ) -> Result<Recovered, StorageError> {
     let mut report = RecoveryReport::default();
     let Some(last) = segments.values_mut().next_back() else {
         return Err(StorageError::Corrupt("no segment".into()));
     };
     let base = last.base_offset;
-    let path = file_path(dir, base, LOG_SUFFIX);
-    let file = match open_for_read(&path).await {
-        Ok(file) => file,
-        // A brand-new log: nothing to recover (the writer creates the file).
-        Err(e) if is_not_found(&e) => {
-            return Ok(Recovered {
-                report,
-                log_end_offset: base,
-                files_changed: true,
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
     let file_bytes = file.file_size().await?;
     if file_bytes == 0 {
         // Empty (a new log closed before its first write keeps no index
         // files): nothing to load, scan or rebuild.
         last.size_bytes = 0;
         last.index = Some(SegmentIndex::new(base));
-        let _ = file.close().await;
         return Ok(Recovered {
             report,
             log_end_offset: base,
@@ -84,7 +80,16 @@ pub(super) async fn recover_clean(
         next_offset: i64::MAX,
         log_bytes: file_bytes,
     };
-    let (mut index, position, expected_offset) = match segment::load_indexes(dir, &file, bounds).await? {
+    let loaded = if file_bytes <= SMALL_SEGMENT_BYTES {
+        // One block: it holds no offset index entry (the first comes after
+        // `index.interval.bytes`), so `resume_point` would start the scan at
+        // 0 with a fresh index anyway; reading the two files is all cost
+        // (four operations per log, 100,000 logs at a start).
+        Ok(SegmentIndex::new(base))
+    } else {
+        segment::load_indexes(dir, file, bounds).await?
+    };
+    let (mut index, position, expected_offset) = match loaded {
         Ok(mut index) => {
             let (position, offset) = index.resume_point();
             (index, position, offset)
@@ -97,7 +102,7 @@ pub(super) async fn recover_clean(
         }
     };
     let outcome = segment::scan(
-        &file,
+        file,
         file_bytes,
         position,
         expected_offset,
@@ -114,7 +119,6 @@ pub(super) async fn recover_clean(
     }
     last.size_bytes = outcome.valid_bytes;
     last.index = Some(index);
-    let _ = file.close().await;
     Ok(Recovered {
         report,
         log_end_offset: outcome.next_offset,

@@ -637,6 +637,12 @@ fn missing_index_is_rebuilt_and_reads_still_work() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = open(dir.path(), small_segments(8 * 1024), RecoveryMode::Clean).await;
         append_batches(&log, 30, 2, 500).await;
+        // An active segment of one block is scanned whole at a clean open,
+        // its index files unread: make it larger.
+        while file_len(segment_files(dir.path(), "log").last().expect("active")) <= 4096 {
+            append_batches(&log, 1, 2, 500).await;
+        }
+        let end = log.log_end_offset();
         log.close().await.expect("close");
         let indexes = segment_files(dir.path(), "index");
         std::fs::remove_file(&indexes[0]).expect("remove sealed index");
@@ -644,7 +650,7 @@ fn missing_index_is_rebuilt_and_reads_still_work() {
 
         let log = open(dir.path(), small_segments(8 * 1024), RecoveryMode::Clean).await;
         assert_eq!(log.recovery_report().indexes_rebuilt, 1, "the active one at open");
-        for offset in 0..60 {
+        for offset in 0..end {
             let read = log.read(offset, 1).await.expect("read");
             assert_eq!(batch_offsets(&read)[0].0, offset / 2 * 2);
         }
@@ -2023,5 +2029,39 @@ fn a_deferred_close_writes_no_recovery_point_and_keeps_the_padding_a_clean_open_
         assert_eq!(log.log_end_offset(), end + 2);
         let read = log.read(0, 1 << 20).await.expect("read");
         assert_eq!(batch_offsets(&read).len(), 21);
+    });
+}
+
+#[test]
+fn a_clean_open_scans_a_one_block_active_segment_whole_without_its_index_files() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        append_batches(&log, 3, 2, 300).await;
+        let end = log.log_end_offset();
+        assert!(log.size_bytes() <= 4096);
+        log.close().await.expect("close");
+        // Garbage index files would fail validation if they were read.
+        for suffix in ["index", "timeindex"] {
+            let path = segment_files(dir.path(), suffix).pop().expect("index file");
+            std::fs::write(&path, [0xffu8; 24]).expect("scribble");
+        }
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        let report = log.recovery_report();
+        assert_eq!(
+            (report.indexes_rebuilt, report.segments_scanned),
+            (0, 0),
+            "not read"
+        );
+        assert_eq!(report.batches_scanned, 3, "the tail probe covers the segment");
+        assert_eq!(log.log_end_offset(), end);
+        let newest = log.max_timestamp_batch().await.expect("read").expect("a batch");
+        assert_eq!(
+            batch_offsets(&newest),
+            vec![(4, 5)],
+            "max timestamp found by the scan"
+        );
+        let read = log.read(0, 1 << 20).await.expect("read");
+        assert_eq!(batch_offsets(&read).len(), 3);
     });
 }
