@@ -123,7 +123,7 @@ impl Partition {
     /// snapshot plus the log after it. `clean_log_end`: the log end the data
     /// dir's recovery-point checkpoint holds for this log, when the last
     /// stop was clean and this is the log's first open since (see
-    /// `snapshot_producers_at_stop`).
+    /// `snapshot_producers_with_state`).
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         topic: String,
@@ -347,12 +347,15 @@ impl Partition {
     /// Writes the producer-state snapshot `<log end offset>.snapshot` if
     /// anything was appended since the last one, and removes older ones.
     /// Small (about 200 bytes a producer) and rare: plain file I/O.
-    /// At a clean stop: as `snapshot_producers`, but with no producer state
-    /// it writes nothing. The data dir's recovery-point checkpoint, written
-    /// after every log closed, then says the state at this log end is
-    /// empty (`Partition::open`'s `clean_log_end`), so a stop with data in
-    /// 100,000 partitions of plain producers creates no file per partition.
-    pub async fn snapshot_producers_at_stop(&self) -> std::io::Result<()> {
+    /// As `snapshot_producers`, but with no producer state it writes
+    /// nothing: for the periodic checkpoint (a crash replays from the last
+    /// roll's snapshot at most, as Kafka, which takes no periodic ones) and
+    /// a clean stop (the data dir's recovery-point checkpoint, written after
+    /// every log closed, then says the state at this log end is empty:
+    /// `Partition::open`'s `clean_log_end`). Plain producers writing to
+    /// 100,000 partitions then cost no file per partition, neither every
+    /// `log.flush.offset.checkpoint.interval.ms` nor at a stop.
+    pub async fn snapshot_producers_with_state(&self) -> std::io::Result<()> {
         if self.producers.borrow().is_empty() {
             return Ok(());
         }
@@ -584,7 +587,7 @@ async fn rebuild_producer_states(
     let log_end_offset = log.log_end_offset();
     let mut snapshots: Vec<i64> = if clean_log_end == Some(log_end_offset) {
         // Closed clean at this end: its state is the snapshot there, or,
-        // without one, empty (`snapshot_producers_at_stop`). One stat
+        // without one, empty (`snapshot_producers_with_state`). One stat
         // instead of a listing.
         if !dir
             .join(producer_state::snapshot_file_name(log_end_offset))

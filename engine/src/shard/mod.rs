@@ -483,13 +483,14 @@ impl Shard {
         }
     }
 
-    /// Expires idle producers and snapshots producer state of every partition.
+    /// Expires idle producers and snapshots producer state of every partition
+    /// that has some (`Partition::snapshot_producers_with_state`).
     pub(crate) async fn checkpoint_producers(&self) {
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let now_ms = now_ms();
         for p in parts {
             p.expire_producers(now_ms, self.config.producer_id_expiration_ms);
-            if let Err(e) = p.snapshot_producers().await {
+            if let Err(e) = p.snapshot_producers_with_state().await {
                 tracing::error!("producer snapshot of {}-{} failed: {e}", p.topic(), p.index());
             }
             glommio::yield_if_needed().await;
@@ -574,7 +575,7 @@ impl Shard {
             .for_each_concurrent(concurrency, |p| {
                 let (clean, written) = (&clean, &written);
                 async move {
-                    if let Err(e) = p.snapshot_producers_at_stop().await {
+                    if let Err(e) = p.snapshot_producers_with_state().await {
                         tracing::error!("producer snapshot of {}-{} failed: {e}", p.topic(), p.index());
                         clean.set(false);
                     }

@@ -104,6 +104,12 @@ struct Writer {
     /// or truncation (nothing known reserved); u64::MAX once fallocate
     /// failed on this segment (no further tries until the next roll).
     allocated_bytes: u64,
+    /// At least the active segment file's size on disk: what the open
+    /// found, raised by every write and reservation, 0 at a roll, u64::MAX
+    /// (unknown) after a truncation. While it is one block, the next clean
+    /// open will not read the segment's index files (`recovery::
+    /// SMALL_SEGMENT_BYTES`), so a deferred close need not write them.
+    file_bytes_max: u64,
 }
 
 struct State {
@@ -352,6 +358,7 @@ impl Log {
                 report: RecoveryReport::default(),
                 log_end_offset: 0,
                 files_changed: true,
+                active_file_bytes: 0,
             },
             RecoveryMode::Clean => {
                 let active_base = segments.keys().next_back().copied().unwrap_or(0);
@@ -421,9 +428,11 @@ impl Log {
             .clamp(first_base, log_end_offset.max(first_base));
         // A clean open leaves the per-log recovery point as it is: a lower
         // bound (see RECOVERY_POINT_FILE), so writing 100,000 of them at
-        // each start buys nothing; an unclean one moves it to what it
-        // recovered and synced.
-        if mode == RecoveryMode::Unclean && !fresh && recovery_point != Some(log_end_offset) {
+        // each start buys nothing. An unclean one moves it to what it
+        // recovered and synced when it lies before the active segment:
+        // within it, the next recovery scans the same segment either way.
+        let behind_active = recovery_point.is_none_or(|point| point < active_base);
+        if mode == RecoveryMode::Unclean && !fresh && segments.len() > 1 && behind_active {
             write_offset_file(dir, RECOVERY_POINT_FILE, log_end_offset).await?;
             files_changed = true;
         }
@@ -449,6 +458,12 @@ impl Log {
             writer: Some(Writer {
                 tail,
                 allocated_bytes: 0,
+                // An unclean open (or a repair) cut the file to the data.
+                file_bytes_max: if mode == RecoveryMode::Unclean || files_changed {
+                    active_size
+                } else {
+                    recovered.active_file_bytes
+                },
             }),
             log_start_offset,
             log_end_offset,
@@ -590,25 +605,36 @@ impl Log {
             segment::Sync::File => Some(self.active_file().await?),
             segment::Sync::Deferred => None,
         };
-        let (size, index, log_end_offset) = {
+        let (size, index, log_end_offset, file_bytes_max) = {
             let mut state = self.state.borrow_mut();
-            if state.writer.take().is_none() {
+            let Some(writer) = state.writer.take() else {
                 // A concurrent close got here first.
                 return Ok(false);
-            }
+            };
             let log_end_offset = state.log_end_offset;
             let active = state.active_mut().ok_or(StorageError::Closed)?;
             let index = active
                 .index
                 .get_or_insert_with(|| SegmentIndex::new(active.base_offset));
             index.seal();
-            (active.size_bytes, index.clone(), log_end_offset)
+            (
+                active.size_bytes,
+                index.clone(),
+                log_end_offset,
+                writer.file_bytes_max,
+            )
         };
         if let Some(file) = file {
             file.truncate(size).await?;
             file.fdatasync().await?;
         }
-        segment::write_indexes_with(&self.dir, &index, sync).await?;
+        // Files a clean open will not read (one block, no offset entry):
+        // at a first stop after 100,000 partitions got their first record,
+        // creating them was most of the stop.
+        let unread = file_bytes_max <= recovery::SMALL_SEGMENT_BYTES && index.offsets.is_empty();
+        if !(sync == segment::Sync::Deferred && unread) {
+            segment::write_indexes_with(&self.dir, &index, sync).await?;
+        }
         if sync == segment::Sync::File {
             write_offset_file(&self.dir, RECOVERY_POINT_FILE, log_end_offset).await?;
             segment::sync_dir(&self.dir).await?;

@@ -41,6 +41,9 @@ pub(super) struct Recovered {
     pub(super) report: RecoveryReport,
     pub(super) log_end_offset: i64,
     pub(super) files_changed: bool,
+    /// The active segment file's size as found (clean opens); u64::MAX
+    /// when the caller cuts it to the data (unclean).
+    pub(super) active_file_bytes: u64,
 }
 
 /// An active segment this small is scanned whole at a clean open rather
@@ -73,6 +76,7 @@ pub(super) async fn recover_clean(
             report,
             log_end_offset: base,
             files_changed: false,
+            active_file_bytes: 0,
         });
     }
     let bounds = IndexBounds {
@@ -125,6 +129,7 @@ pub(super) async fn recover_clean(
         // Zero padding after the last batch is no change: `Log::open`
         // keeps it.
         files_changed: torn > 0,
+        active_file_bytes: file_bytes,
     })
 }
 
@@ -226,5 +231,6 @@ pub(super) async fn recover_unclean(
         report,
         log_end_offset,
         files_changed,
+        active_file_bytes: u64::MAX,
     })
 }

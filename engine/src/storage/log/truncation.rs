@@ -355,6 +355,7 @@ impl Log {
         if let Some(writer) = state.writer.as_mut() {
             writer.tail = cut.tail;
             writer.allocated_bytes = 0;
+            writer.file_bytes_max = u64::MAX;
         }
         assert_invariants(&state);
         drop(state);
@@ -420,6 +421,7 @@ impl Log {
             if let Some(writer) = state.writer.as_mut() {
                 writer.tail = Vec::new();
                 writer.allocated_bytes = 0;
+                writer.file_bytes_max = u64::MAX;
             }
             assert_invariants(&state);
             removed

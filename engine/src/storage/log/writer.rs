@@ -442,6 +442,7 @@ impl Log {
         state.messages_since_flush = state.messages_since_flush.saturating_add(records);
         if let Some(writer) = state.writer.as_mut() {
             writer.tail = new_tail;
+            writer.file_bytes_max = writer.file_bytes_max.max(align_up(new_size));
         }
         Ok(results)
     }
@@ -483,6 +484,9 @@ impl Log {
         };
         if let Some(writer) = self.state.borrow_mut().writer.as_mut() {
             writer.allocated_bytes = reserved;
+            if reserved != u64::MAX {
+                writer.file_bytes_max = writer.file_bytes_max.max(reserved);
+            }
         }
         reserved != u64::MAX
     }
@@ -545,6 +549,7 @@ impl Log {
             if let Some(writer) = state.writer.as_mut() {
                 writer.tail = Vec::new();
                 writer.allocated_bytes = 0;
+                writer.file_bytes_max = 0;
             }
         }
         tracing::debug!(dir = %self.dir.display(), new_base, "segment rolled");
