@@ -91,11 +91,23 @@ def measure(binary, partitions, workdir, sets):
     fs["footprint"].result(timeout=600)
     create_s = time.monotonic() - t0
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "queue.buffering.max.messages": 2000000})
-    for i in range(partitions):
-        p.produce("footprint", value=b"x" * 100, partition=i)
-        if i % 10000 == 0:
-            p.poll(0)
-    assert p.flush(600) == 0
+    # CreateTopics answers before every new log is open (at 100,000 that
+    # takes tens of seconds), so early records may be refused: send those
+    # again until every partition holds one, bounded.
+    todo = list(range(partitions))
+    for _ in range(10):
+        failed = []
+        for i in todo:
+            p.produce("footprint", value=b"x" * 100, partition=i,
+                      on_delivery=lambda err, msg: err is not None and failed.append(msg.partition()))
+            if i % 10000 == 0:
+                p.poll(0)
+        assert p.flush(600) == 0
+        if not failed:
+            break
+        todo = failed
+        time.sleep(5)
+    assert not failed, f"{len(failed)} partitions got no record"
     time.sleep(1)
     rss, fds = b.rss_bytes(), b.fds()
     # Idle expiry runs every FD_IDLE_MS / 2: after 2x the files are closed.

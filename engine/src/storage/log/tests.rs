@@ -2065,3 +2065,31 @@ fn a_clean_open_scans_a_one_block_active_segment_whole_without_its_index_files()
         assert_eq!(batch_offsets(&read).len(), 3);
     });
 }
+
+#[test]
+fn a_deferred_close_writes_index_files_only_where_a_clean_open_reads_them() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        append_batches(&log, 2, 2, 300).await;
+        assert!(log.close_deferred().await.expect("close"), "closed");
+        assert!(
+            segment_files(dir.path(), "index").is_empty(),
+            "one block: none written"
+        );
+        drop(log);
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        assert_eq!(log.log_end_offset(), 4);
+        // Past one block, the next clean open resumes from them.
+        append_batches(&log, 10, 2, 300).await;
+        let end = log.log_end_offset();
+        assert!(log.close_deferred().await.expect("close"));
+        assert_eq!(segment_files(dir.path(), "index").len(), 1, "written");
+        drop(log);
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.recovery_report().indexes_rebuilt, 0);
+        let read = log.read(0, 1 << 20).await.expect("read");
+        assert_eq!(batch_offsets(&read).len(), 12);
+    });
+}
