@@ -557,8 +557,8 @@ impl Log {
     /// recovery point (indexes written in place). The caller syncs the
     /// filesystem once for all of them (`sync_filesystem`) and only then
     /// writes the data dir's recovery-point checkpoint and clean-shutdown
-    /// marker. Per log that is a truncate and two index writes instead of
-    /// fsyncs, new files and a directory sync. Until the marker, the next
+    /// marker. Per log that is two index writes in place (none for a
+    /// one-block segment) instead of fsyncs, new files and a directory sync. Until the marker, the next
     /// start is an unclean one (scans from each log's recovery point),
     /// which is correct whatever was left unsynced.
     pub async fn close_deferred(&self) -> Result<bool, StorageError> {
