@@ -135,8 +135,16 @@ impl Partition {
         cache_budget: Rc<CacheBudget>,
         clean_log_end: Option<i64>,
     ) -> Result<Self, StorageError> {
-        let epochs = LeaderEpochCache::load(log.dir())?;
-        let (producers, snapshot_offset) = rebuild_producer_states(&log, clean_log_end).await?;
+        // A new partition's directory holds no checkpoint or snapshot:
+        // two lookups fewer each when 100,000 are created at once.
+        let (epochs, (producers, snapshot_offset)) = if log.created_by_open() {
+            (LeaderEpochCache::default(), (ProducerStates::new(), -1))
+        } else {
+            (
+                LeaderEpochCache::load(log.dir())?,
+                rebuild_producer_states(&log, clean_log_end).await?,
+            )
+        };
         Ok(Partition {
             topic,
             topic_id,

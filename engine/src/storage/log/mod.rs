@@ -198,6 +198,9 @@ pub struct Log {
     cache: Rc<FileCache>,
     state: RefCell<State>,
     log_start_offset_writing: Cell<bool>,
+    /// This open made the directory: nothing else (leader epochs, producer
+    /// snapshots) can be in it yet, so callers skip looking.
+    created: bool,
 }
 
 fn mtime_ms(metadata: &std::fs::Metadata) -> i64 {
@@ -272,11 +275,12 @@ impl Log {
         // partition's segment count. One listing serves every file check
         // below: at 100,000 partitions each syscall per log costs a start
         // about a second.
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
+        // A directory this open makes is empty: no second listing.
+        let (entries, created) = match std::fs::read_dir(dir) {
+            Ok(entries) => (Some(entries), false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir)?;
-                std::fs::read_dir(dir)?
+                (None, true)
             }
             Err(e) => return Err(e.into()),
         };
@@ -285,7 +289,7 @@ impl Log {
         let mut bases = Vec::new();
         let (mut recovery_point_listed, mut log_start_listed, mut legacy_marker_listed) =
             (false, false, false);
-        for entry in entries {
+        for entry in entries.into_iter().flatten() {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -488,11 +492,17 @@ impl Log {
             cache: cache.clone(),
             state: RefCell::new(state),
             log_start_offset_writing: Cell::new(false),
+            created,
         }))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether this log's open created its directory (a new partition).
+    pub fn created_by_open(&self) -> bool {
+        self.created
     }
 
     pub fn log_start_offset(&self) -> i64 {
