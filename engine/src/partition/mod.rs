@@ -656,8 +656,12 @@ async fn rebuild_producer_states(
             break;
         }
     }
-    if replayed > 0 {
+    // Debug without producers: after a crash every log replays its active
+    // segment, and 100,000 lines would say nothing.
+    if replayed > 0 && !states.is_empty() {
         tracing::info!(dir = %dir.display(), "producer state rebuilt from offset {from}: {replayed} batches, {} producers", states.len());
+    } else if replayed > 0 {
+        tracing::debug!(dir = %dir.display(), "producer state rebuilt from offset {from}: {replayed} batches, no producers");
     }
     Ok((states, covered))
 }

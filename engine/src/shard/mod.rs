@@ -280,13 +280,23 @@ impl Shard {
         let log_config = crate::config::topic::log_config(&topic.configs, &self.config);
         let log = crate::storage::Log::open(&dir, log_config, mode, self.file_cache.clone()).await?;
         let report = log.recovery_report();
-        if report.segments_scanned > 0 || report.bytes_truncated > 0 || report.indexes_rebuilt > 0 {
+        // A cut tail is worth a line of its own; plain rescans after a crash
+        // (every log of the shard) are summed up by `apply`.
+        if report.bytes_truncated > 0 {
             tracing::warn!(
                 partition = %format!("{}-{index}", topic.name),
                 "recovery: scanned {} segments ({} batches), truncated {} bytes, rebuilt {} indexes",
                 report.segments_scanned,
                 report.batches_scanned,
                 report.bytes_truncated,
+                report.indexes_rebuilt
+            );
+        } else if report.recovered_anything() {
+            tracing::debug!(
+                partition = %format!("{}-{index}", topic.name),
+                "recovery: scanned {} segments ({} batches), rebuilt {} indexes",
+                report.segments_scanned,
+                report.batches_scanned,
                 report.indexes_rebuilt
             );
         }
@@ -418,13 +428,30 @@ impl Shard {
                 |(topic, index)| async move { (topic, index, self.open_partition(topic, index, mode).await) },
             )
             .buffer_unordered(concurrency);
+        let (mut recovered, mut logs_recovered) = (crate::storage::RecoveryReport::default(), 0usize);
         while let Some((topic, index, result)) = opened.next().await {
             match result {
                 Ok(p) => {
+                    let report = p.log().recovery_report();
+                    if report.recovered_anything() {
+                        recovered.add(&report);
+                        logs_recovered += 1;
+                    }
                     self.partitions.borrow_mut().insert(&topic.name, index, p);
                 }
                 Err(e) => tracing::error!("cannot open {}-{index}: {e}", topic.name),
             }
+        }
+        if logs_recovered > 0 {
+            tracing::warn!(
+                shard = self.id,
+                "recovery: scanned {} segments ({} batches) of {logs_recovered} logs, truncated {} bytes, \
+                 rebuilt {} indexes",
+                recovered.segments_scanned,
+                recovered.batches_scanned,
+                recovered.bytes_truncated,
+                recovered.indexes_rebuilt
+            );
         }
         if opening >= LOG_OPENS_REPORTED_FROM {
             tracing::info!(
@@ -563,7 +590,11 @@ impl Shard {
         // the whole filesystem, whatever else made it dirty (a build on the
         // same disk took minutes), so it pays only when per-log syncs would
         // cost more.
-        let changed = parts.iter().filter(|p| p.log().changed_since_open()).count();
+        // Logs a recovery opened count too: after a crash every log of the
+        // shard has indexes to write, and closing 50,000 of them with their
+        // own syncs overran shutdown.timeout.ms, so every later stop was
+        // unclean as well.
+        let changed = parts.iter().filter(|p| p.log().close_writes_files()).count();
         let deferred = changed > SHUTDOWN_PER_LOG_SYNCS_MAX;
         let written = Cell::new(false);
         // Deferred: files first, unsynced and many logs at once; then one

@@ -529,10 +529,12 @@ impl Log {
         self.state.borrow().segments.len()
     }
 
-    /// Appended to or truncated since it was opened: a close has files to
-    /// write.
-    pub fn changed_since_open(&self) -> bool {
-        !self.state.borrow().unchanged
+    /// Whether a close has files to write: appended to or truncated since
+    /// it was opened, or opened by a recovery (whose rebuilt indexes only a
+    /// close writes). `close_in` skips exactly the others.
+    pub fn close_writes_files(&self) -> bool {
+        let state = self.state.borrow();
+        state.writer.is_some() && !(state.unchanged && (state.opened_as_closed || state.dir_unsynced))
     }
 
     pub fn recovery_report(&self) -> RecoveryReport {
@@ -603,6 +605,7 @@ impl Log {
             // new log left without indexes or recovery point opens as new.
             let mut state = self.state.borrow_mut();
             if state.unchanged && (state.opened_as_closed || state.dir_unsynced) {
+                // (`close_writes_files` says false for exactly these.)
                 state.writer = None;
                 return Ok(false);
             }

@@ -22,7 +22,7 @@ pub enum RecoveryMode {
 }
 
 /// What `Log::open` (and later lazy index loads) had to do.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Segments scanned from their start (unclean recovery, index rebuilds).
     pub segments_scanned: u32,
@@ -34,6 +34,21 @@ pub struct RecoveryReport {
     pub bytes_truncated: u64,
     /// Indexes rebuilt from the log because they were missing or invalid.
     pub indexes_rebuilt: u32,
+}
+
+impl RecoveryReport {
+    /// Adds `other`'s counts (a shard's sum over the logs it opened).
+    pub fn add(&mut self, other: &RecoveryReport) {
+        self.segments_scanned += other.segments_scanned;
+        self.batches_scanned += other.batches_scanned;
+        self.bytes_truncated += other.bytes_truncated;
+        self.indexes_rebuilt += other.indexes_rebuilt;
+    }
+
+    /// Whether the open did more than a clean open's tail probe.
+    pub fn recovered_anything(&self) -> bool {
+        self.segments_scanned > 0 || self.bytes_truncated > 0 || self.indexes_rebuilt > 0
+    }
 }
 
 /// Result of recovering the segments found at open.
@@ -163,7 +178,9 @@ pub(super) async fn recover_unclean(
         .map_or(first_base, |(b, _)| *b);
     let bases: Vec<i64> = segments.range(start_base..).map(|(b, _)| *b).collect();
     let mut log_end_offset = bases.first().copied().unwrap_or(0);
-    tracing::warn!(
+    // Debug: after a crash every log says this, and the shard sums them up
+    // in one line (`Shard::apply`).
+    tracing::debug!(
         dir = %dir.display(),
         recovery_point,
         segments = bases.len(),

@@ -2093,3 +2093,28 @@ fn a_deferred_close_writes_index_files_only_where_a_clean_open_reads_them() {
         assert_eq!(batch_offsets(&read).len(), 12);
     });
 }
+
+/// `close_writes_files` decides whether a shutdown syncs each log itself or
+/// the filesystem once: it must count logs a recovery opened (their rebuilt
+/// indexes are written at close), not only logs appended to.
+#[test]
+fn close_writes_files_counts_appends_and_recoveries_only() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        assert!(!log.close_writes_files(), "a new, empty log has nothing to write");
+        append_batches(&log, 3, 2, 100).await;
+        assert!(log.close_writes_files(), "appended");
+        assert!(log.close_deferred().await.expect("close"));
+        assert!(!log.close_writes_files(), "closed");
+
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        assert!(!log.close_writes_files(), "opened clean, unchanged");
+        crash(log);
+
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Unclean).await;
+        assert_eq!(log.log_end_offset(), 6);
+        assert!(log.close_writes_files(), "opened by a recovery");
+        assert!(log.close_deferred().await.expect("close"));
+    });
+}
