@@ -80,12 +80,20 @@ pub fn run(params: &CapacityParams, run_step: &dyn Fn(&[String]) -> Result<Value
             .progress_chars("=> "),
     );
     let mut steps = Vec::new();
+    let swept = (|| -> Result<()> {
+        for &partitions in &params.partitions_list {
+            let step = run_one(params, partitions, run_step, &bar)?;
+            steps.push(step);
+            // Keep what is done, should a later step fail.
+            write_outputs(params, &steps)?;
+        }
+        Ok(())
+    })();
+    // Only now, not after each step (see `run_one`).
     for &partitions in &params.partitions_list {
-        let step = run_one(params, partitions, run_step, &bar)?;
-        steps.push(step);
-        // Keep what is done, should a later step fail.
-        write_outputs(params, &steps)?;
+        let _ = std::fs::remove_dir_all(step_dir(params, partitions));
     }
+    swept?;
     bar.finish_and_clear();
     let summary = write_outputs(params, &steps)?;
     print!(
@@ -93,6 +101,11 @@ pub fn run(params: &CapacityParams, run_step: &dyn Fn(&[String]) -> Result<Value
         std::fs::read_to_string(params.out_dir.join("capacity.md")).unwrap_or_default()
     );
     Ok(summary)
+}
+
+/// A step's broker data, under `--work-dir`.
+fn step_dir(params: &CapacityParams, partitions: i32) -> PathBuf {
+    params.work_dir.join(format!("p{partitions}"))
 }
 
 fn run_one(
@@ -103,7 +116,7 @@ fn run_one(
 ) -> Result<Step> {
     let mut managed = match &params.broker_bin {
         Some(bin) => {
-            let dir = params.work_dir.join(format!("p{partitions}"));
+            let dir = step_dir(params, partitions);
             let _ = std::fs::remove_dir_all(&dir);
             bar.set_message(format!("{partitions} partitions: starting broker"));
             Some(ManagedBroker::start(bin, &dir, &params.broker_args)?)
@@ -133,6 +146,13 @@ fn run_one(
     bar.set_message(format!("{partitions} partitions: creating topic"));
     let created = Instant::now();
     Conn::open(&addr)?.ensure_topic(&topic, partitions)?;
+    // CreateTopics answers once the topic is committed; the broker opens
+    // the new logs after that, and a produce before then is refused (which
+    // ends a run). With one managed broker, wait until every partition
+    // answers ListOffsets, and count that in the creation time.
+    if let Some(b) = managed.as_mut() {
+        b.wait_ready(Some((&topic, partitions)))?;
+    }
     let topic_creation_ms = (created.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     bar.inc(1);
 
@@ -210,7 +230,7 @@ fn run_one(
     }
     if let Some(mut b) = managed {
         let _ = b.stop(libc::SIGTERM);
-        // The data stays until the sweep ends (`remove_work_dir`): ext4
+        // The data stays until the sweep ends (`run`): ext4
         // without a journal checks every inode it allocates against those
         // deleted in the last minute or more (`recently_deleted`), so
         // deleting one step's 100,000 logs slowed the next step's creates
@@ -393,7 +413,7 @@ fn markdown(params: &CapacityParams, steps: &[Step]) -> String {
     let mut m = String::new();
     m += "# Capacity sweep\n\n";
     m += &format!(
-        "Fixed load {} MB/s of {}-byte records, then max rate; {} s per run; medians of {} run(s) per figure. MB = 10^6 bytes of record values; latencies p99 in ms; restart = spawn until every partition answers ListOffsets.\n\n",
+        "Fixed load {} MB/s of {}-byte records, then max rate; {} s per run; medians of {} run(s) per figure. MB = 10^6 bytes of record values; latencies p99 in ms; topic create = CreateTopics until every partition has a leader and (managed broker) answers ListOffsets; restart = spawn until every partition answers ListOffsets.\n\n",
         params.fixed_mb_per_s, params.record_bytes, params.duration_s, params.runs
     );
     m += "| partitions | topic create ms | fixed MB/s | fixed ack p99 | fixed e2e p99 | max MB/s | max ack p99 | max e2e p99 | RSS MiB | peak RSS MiB | fds | clean restart s | unclean restart s | counts match |\n";
