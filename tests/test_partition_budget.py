@@ -41,7 +41,7 @@ def test_a_descriptor_budget_above_the_open_files_limit_is_reported_at_start(bro
     b = broker_factory(sets={"log.fd.cache.size": 10_000_000}, shards=2)
     warnings = [line for line in b.run_log().splitlines() if "above the open-files limit" in line]
     assert len(warnings) == 1, b.run_log()
-    assert "log.fd.cache.size (10000000) x 2 shards" in warnings[0]
+    assert "log.fd.cache.size (10000000) x 2 (cached files, zero-copy slices) x 2 shards" in warnings[0]
     assert "EMFILE" in warnings[0]
     topic = unique_topic("fds")
     admin = create_topic(b.bootstrap, topic, 2)

@@ -71,7 +71,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let needed = broker.descriptors_needed();
     if open_files_max.is_some_and(|max| needed > max) {
         tracing::warn!(
-            "log.fd.cache.size ({}) x {} shards + max.connections ({}) + {} for the rest need {needed} \
+            "log.fd.cache.size ({}) x 2 (cached files, zero-copy slices) x {} shards + max.connections ({}) + {} \
+             for the rest need {needed} \
              file descriptors under full load, above the open-files limit ({}): opens would fail \
              with EMFILE; raise the limit (ulimit -n, systemd LimitNOFILE) or lower those settings",
             broker.log_fd_cache_size,

@@ -102,7 +102,8 @@ pub struct BrokerConfig {
     /// consumer cannot hold an I/O thread.
     pub socket_send_timeout_ms: u64,
     /// `log.fd.cache.size`: segment files a shard keeps open at most (an LRU);
-    /// idle partitions hold none.
+    /// idle partitions hold none. Also the shard's bound on zero-copy fetch
+    /// slices open at once (each its own fd until sent; past it, reads copy).
     pub log_fd_cache_size: usize,
     /// `log.fd.idle.ms` (shardlog): a cached segment file unused this long is
     /// closed, so idle partitions hold no descriptor even below the cache
@@ -414,13 +415,14 @@ impl BrokerConfig {
     }
 
     /// File descriptors the broker may hold at once under full load: every
-    /// shard's segment-file cache full, every connection open, and a fixed
+    /// shard's segment-file cache full and as many zero-copy fetch slices
+    /// open (the same bound), every connection open, and a fixed
     /// allowance for the rest (each shard's three io_uring rings and eventfd,
     /// index and checkpoint files being written, listeners, the data dir).
     /// Compared with the open-files limit at start, so running out shows as
     /// one warning at start, not as EMFILE failures under load.
     pub fn descriptors_needed(&self) -> u64 {
-        self.shards as u64 * self.log_fd_cache_size as u64
+        self.shards as u64 * 2 * self.log_fd_cache_size as u64
             + self.max_connections as u64
             + self.descriptors_reserved()
     }
@@ -838,10 +840,14 @@ mod tests {
         let base = c.descriptors_needed();
         c.set("log.fd.cache.size", &(c.log_fd_cache_size + 100).to_string())
             .unwrap();
-        assert_eq!(c.descriptors_needed(), base + 200, "the cache is per shard");
+        assert_eq!(
+            c.descriptors_needed(),
+            base + 400,
+            "the cache and the slice budget are per shard"
+        );
         c.set("max.connections", &(c.max_connections + 7).to_string())
             .unwrap();
-        assert_eq!(c.descriptors_needed(), base + 207, "connections are per broker");
+        assert_eq!(c.descriptors_needed(), base + 407, "connections are per broker");
     }
 
     #[test]

@@ -298,7 +298,7 @@ mod tests {
                         zc_topic.partitions.push(partition(p as i32, bytes));
                     } else {
                         zc_topic.partitions.push(partition(p as i32, Bytes::new()));
-                        let slice = FileSlice::reopen(file.as_raw_fd(), position as u64, len).unwrap();
+                        let slice = FileSlice::reopen(file.as_raw_fd(), position as u64, len, None).unwrap();
                         files.insert((t, p), slice);
                     }
                 }
@@ -329,7 +329,7 @@ mod tests {
         let (server, _) = listener.accept().unwrap();
         let chunks = vec![
             Records::Memory(Bytes::from_static(b"head")),
-            Records::File(FileSlice::reopen(file.as_raw_fd(), 10, 900_000).unwrap()),
+            Records::File(FileSlice::reopen(file.as_raw_fd(), 10, 900_000, None).unwrap()),
             Records::Memory(Bytes::from_static(b"tail")),
         ];
         let reader = std::thread::spawn(move || {

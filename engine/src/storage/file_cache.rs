@@ -11,7 +11,9 @@
 //! (`expire_idle`), so partitions that went idle release their descriptors
 //! even when the cache is not full.
 //!
-//! Bound: at most `capacity` files stay open. A file is "in use" while some
+//! Bound: at most `capacity` files stay open, plus at most `capacity`
+//! buffered fds of zero-copy fetch slices (`slice_permit`; see
+//! `storage::records`). A file is "in use" while some
 //! caller holds its `Rc` (a write, read or scan in flight); in-use files are
 //! never evicted, so when every cached file is in use a miss goes over
 //! capacity instead of failing (counted in `FileCacheStats::over_capacity`,
@@ -32,6 +34,7 @@ use std::rc::Rc;
 use glommio::io::DmaFile;
 
 use super::error::StorageError;
+use super::records::{SliceBudget, SlicePermit};
 use super::segment::{open_existing, open_for_write};
 
 /// How a cached file was opened. A `ReadWrite` file also serves reads.
@@ -90,6 +93,10 @@ struct Inner {
 pub struct FileCache {
     capacity: usize,
     inner: RefCell<Inner>,
+    /// The buffered fds of zero-copy fetch slices, bounded by `capacity`
+    /// too (see `storage::records`): the shard's fds stay at most twice
+    /// `log.fd.cache.size`, whatever the partition count.
+    slices: SliceBudget,
 }
 
 impl FileCache {
@@ -97,6 +104,7 @@ impl FileCache {
     pub fn new(capacity: usize) -> Rc<FileCache> {
         Rc::new(FileCache {
             capacity: capacity.max(1),
+            slices: SliceBudget::new(capacity.max(1)),
             inner: RefCell::new(Inner {
                 entries: HashMap::new(),
                 by_dir: HashMap::new(),
@@ -115,6 +123,17 @@ impl FileCache {
     /// Files the cache holds open now.
     pub fn open_files(&self) -> usize {
         self.inner.borrow().entries.len()
+    }
+
+    /// A permit for one zero-copy slice fd, or None when `capacity` are
+    /// open (the read then copies).
+    pub fn slice_permit(&self) -> Option<SlicePermit> {
+        self.slices.try_take()
+    }
+
+    /// Zero-copy slice fds open now.
+    pub fn open_slices(&self) -> usize {
+        self.slices.open()
     }
 
     pub fn stats(&self) -> FileCacheStats {

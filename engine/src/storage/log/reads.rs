@@ -190,7 +190,11 @@ impl Log {
             start < end && end <= size,
             "zero-copy range {start}..{end} outside 0..{size}"
         );
-        let slice = FileSlice::reopen(file.as_raw_fd(), start, (end - start) as usize)?;
+        // Out of slice fds (see `records`): the caller copies instead.
+        let Some(permit) = self.cache.slice_permit() else {
+            return Ok(None);
+        };
+        let slice = FileSlice::reopen(file.as_raw_fd(), start, (end - start) as usize, Some(permit))?;
         Ok(Some(Records::File(slice)))
     }
 

@@ -7,6 +7,7 @@ use super::*;
 use crate::storage::batch::{split_validated, validate, BatchError};
 use crate::storage::segment;
 use crate::storage::testutil::make_batch;
+use crate::storage::Records;
 
 use crate::test_executor::run;
 
@@ -2116,5 +2117,49 @@ fn close_writes_files_counts_appends_and_recoveries_only() {
         assert_eq!(log.log_end_offset(), 6);
         assert!(log.close_writes_files(), "opened by a recovery");
         assert!(log.close_deferred().await.expect("close"));
+    });
+}
+
+/// Zero-copy slices hold an fd each until sent; the shard's file cache caps
+/// how many are open (its capacity) and a read past the cap copies.
+#[test]
+fn zero_copy_reads_copy_once_the_slice_fds_are_used_up() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = file_cache(2);
+        let log = Log::open(
+            dir.path(),
+            small_segments(16 * 1024),
+            RecoveryMode::Clean,
+            cache.clone(),
+        )
+        .await
+        .expect("open log");
+        append_batches(&log, 120, 3, 250).await;
+        assert!(log.segment_count() > 3);
+        let held: Vec<Records> = {
+            let mut held = Vec::new();
+            for offset in [0, 3] {
+                let records = log.read_records(offset, 1000, true).await.expect("read");
+                assert!(records.is_file(), "offset {offset} within the budget");
+                held.push(records);
+            }
+            held
+        };
+        assert_eq!(cache.open_slices(), 2);
+        let over = log.read_records(6, 1000, true).await.expect("read");
+        assert!(!over.is_file(), "past the budget the read copies");
+        assert_eq!(
+            batch_offsets(&over.to_bytes().expect("bytes"))[0],
+            batch_offsets(&log.read(6, 1000).await.expect("read"))[0]
+        );
+        // A clone shares its slice's fd and permit.
+        let clone = held[0].clone();
+        drop(held);
+        assert_eq!(cache.open_slices(), 1);
+        drop(clone);
+        assert_eq!(cache.open_slices(), 0);
+        assert!(log.read_records(6, 1000, true).await.expect("read").is_file());
+        log.close().await.expect("close");
     });
 }
