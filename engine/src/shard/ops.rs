@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use kafka_protocol::ResponseError;
 
 use super::{Shard, ShardOp, ShardReply};
@@ -189,10 +190,20 @@ impl Shard {
         match op {
             ShardOp::Produce { parts } => {
                 let results = futures::future::join_all(parts.into_iter().map(|p| self.produce_one(p))).await;
+                self.file_cache.trim();
                 ShardReply::Produce(results)
             }
             ShardOp::Fetch { parts } => {
-                let results = futures::future::join_all(parts.into_iter().map(|p| self.fetch_one(p))).await;
+                // At most `log.fd.cache.size` reads at once, each holding its
+                // segment file: one fetch over 100,000 partitions otherwise
+                // held thousands open at once.
+                let reads_max = self.config.log_fd_cache_size.max(1);
+                let results: Vec<FetchOutcome> = futures::stream::iter(parts)
+                    .map(|p| self.fetch_one(p))
+                    .buffered(reads_max)
+                    .collect()
+                    .await;
+                self.file_cache.trim();
                 ShardReply::Fetch(results)
             }
             ShardOp::Wait { parts, timeout_ms } => {

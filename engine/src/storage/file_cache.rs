@@ -18,7 +18,8 @@
 //! never evicted, so when every cached file is in use a miss goes over
 //! capacity instead of failing (counted in `FileCacheStats::over_capacity`,
 //! warned once). The excess is bounded by the operations in flight on the
-//! shard (each holds one file at a time) and is trimmed by the next misses.
+//! shard (each holds one file at a time; a fetch runs at most `capacity`
+//! reads at once) and is trimmed after every produce and fetch (`trim`).
 //!
 //! Back of envelope: 256 files per shard (the default) is 256 fds per core;
 //! an entry costs the path (~60 bytes), the glommio file (~150 bytes) and two
@@ -238,11 +239,44 @@ impl FileCache {
             }
             idle.iter().filter_map(|p| take(&mut inner, p)).collect()
         };
-        let closed = expired.len();
+        let mut closed = expired.len();
         for file in expired {
             close_detached(file);
         }
+        closed += self.trim();
         closed
+    }
+
+    /// Closes least recently used files not in use while the cache holds
+    /// more than `capacity` (left over from a burst of in-use files, which
+    /// only later misses trimmed: after one fetch over thousands of
+    /// partitions the shard kept thousands of fds). O(files closed) when over,
+    /// O(1) otherwise; called after every produce and fetch and by the idle
+    /// timer.
+    pub fn trim(&self) -> usize {
+        let trimmed = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.entries.len() <= self.capacity {
+                return 0;
+            }
+            let excess = inner.entries.len() - self.capacity;
+            let entries = &inner.entries;
+            let victims: Vec<PathBuf> = inner
+                .lru
+                .values()
+                .filter(|p| entries.get(*p).is_some_and(|e| Rc::strong_count(&e.file) == 1))
+                .take(excess)
+                .cloned()
+                .collect();
+            let trimmed: Vec<Rc<DmaFile>> = victims.iter().filter_map(|p| take(&mut inner, p)).collect();
+            inner.stats.evictions += trimmed.len() as u64;
+            trimmed
+        };
+        let count = trimmed.len();
+        for file in trimmed {
+            close_detached(file);
+        }
+        count
     }
 
     fn lookup(&self, path: &Path, mode: FileMode) -> Option<Rc<DmaFile>> {
@@ -407,6 +441,34 @@ mod tests {
             assert!(missing.is_err_and(|e| e.is_not_found()));
             cache.forget(dir.path());
             assert_eq!(cache.open_files(), 0);
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        });
+    }
+
+    #[test]
+    fn trim_closes_what_a_burst_left_over_capacity_once_released() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            super::super::segment::prime_iopoll_probe(dir.path())
+                .await
+                .expect("prime");
+            let paths = make_files(dir.path(), 4);
+            let cache = FileCache::new(2);
+            let mut held = Vec::new();
+            for path in &paths {
+                held.push(cache.get(path, FileMode::Read).await.expect("get"));
+            }
+            assert_eq!(cache.open_files(), 4, "all in use: over capacity");
+            assert_eq!(cache.trim(), 0, "nothing to close while in use");
+            let newest = held.pop();
+            drop(held);
+            assert_eq!(cache.trim(), 2);
+            assert_eq!(cache.open_files(), 2);
+            assert_eq!(cache.trim(), 0);
+            let hits = cache.stats().hits;
+            drop(cache.get(&paths[3], FileMode::Read).await.expect("get 3"));
+            assert_eq!(cache.stats().hits, hits + 1, "the most recent file stayed");
+            drop(newest);
             glommio::timer::sleep(Duration::from_millis(5)).await;
         });
     }
