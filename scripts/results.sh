@@ -150,8 +150,7 @@ L += ["", "Details: [capacity sweep](capacity/capacity.md) with charts "
       "[plan example](capacity/plan-example.txt) (`" + plan_cmd + "`), "
       + ("[the same sweep, 100 partitions per request](capacity-many-per-request/capacity.md), "
          if os.path.exists("results/capacity-many-per-request/capacity.md") else "")
-      + "
-      "[shardlog vs Tansu](compare-tansu.md)"
+      + "[shardlog vs Tansu](compare-tansu.md)"
       + (", [named workloads](workloads.md) (`scripts/bench-workloads.sh`)" if os.path.exists("results/workloads.md") else "")
       + "; raw JSON in `limits/`, `capacity/`, `compare-tansu/`"
       + (", `workloads/`" if os.path.exists("results/workloads.md") else "") + ".", "",
