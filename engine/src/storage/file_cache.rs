@@ -208,7 +208,7 @@ impl FileCache {
     pub fn forget(&self, dir: &Path) {
         let removed: Vec<Rc<DmaFile>> = {
             let mut inner = self.inner.borrow_mut();
-            let paths = inner.by_dir.get(dir).cloned().unwrap_or_default();
+            let paths = inner.by_dir.remove(dir).unwrap_or_default();
             paths.iter().filter_map(|p| take(&mut inner, p)).collect()
         };
         for file in removed {
@@ -256,21 +256,8 @@ impl FileCache {
     pub fn trim(&self) -> usize {
         let trimmed = {
             let mut inner = self.inner.borrow_mut();
-            if inner.entries.len() <= self.capacity {
-                return 0;
-            }
-            let excess = inner.entries.len() - self.capacity;
-            let entries = &inner.entries;
-            let victims: Vec<PathBuf> = inner
-                .lru
-                .values()
-                .filter(|p| entries.get(*p).is_some_and(|e| Rc::strong_count(&e.file) == 1))
-                .take(excess)
-                .cloned()
-                .collect();
-            let trimmed: Vec<Rc<DmaFile>> = victims.iter().filter_map(|p| take(&mut inner, p)).collect();
-            inner.stats.evictions += trimmed.len() as u64;
-            trimmed
+            let excess = inner.entries.len().saturating_sub(self.capacity);
+            take_lru_unused(&mut inner, excess)
         };
         let count = trimmed.len();
         for file in trimmed {
@@ -295,33 +282,41 @@ impl FileCache {
     /// more fits; the caller closes them. Goes over capacity (and says so
     /// once) when every file is in use.
     fn make_room(&self, inner: &mut Inner) -> Vec<Rc<DmaFile>> {
-        let mut evicted = Vec::new();
-        while inner.entries.len() >= self.capacity {
-            let entries = &inner.entries;
-            let victim = inner
-                .lru
-                .values()
-                .find(|p| entries.get(*p).is_some_and(|e| Rc::strong_count(&e.file) == 1))
-                .cloned();
-            let Some(victim) = victim else {
-                inner.stats.over_capacity += 1;
-                if !std::mem::replace(&mut inner.warned_over_capacity, true) {
-                    tracing::warn!(
-                        capacity = self.capacity,
-                        open = inner.entries.len() + 1,
-                        "every cached segment file is in use: going over log.fd.cache.size \
-                         (warned once; raise log.fd.cache.size if this persists)"
-                    );
-                }
-                break;
-            };
-            if let Some(file) = take(inner, &victim) {
-                inner.stats.evictions += 1;
-                evicted.push(file);
+        let needed = (inner.entries.len() + 1).saturating_sub(self.capacity);
+        let evicted = take_lru_unused(inner, needed);
+        if evicted.len() < needed {
+            inner.stats.over_capacity += 1;
+            if !std::mem::replace(&mut inner.warned_over_capacity, true) {
+                tracing::warn!(
+                    capacity = self.capacity,
+                    open = inner.entries.len() + 1,
+                    "every cached segment file is in use: going over log.fd.cache.size \
+                     (warned once; raise log.fd.cache.size if this persists)"
+                );
             }
         }
         evicted
     }
+}
+
+/// Takes up to `count` files not in use out of the cache, least recently
+/// used first, counting them as evictions; the caller closes them. One walk
+/// of the LRU order.
+fn take_lru_unused(inner: &mut Inner, count: usize) -> Vec<Rc<DmaFile>> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let entries = &inner.entries;
+    let victims: Vec<PathBuf> = inner
+        .lru
+        .values()
+        .filter(|p| entries.get(*p).is_some_and(|e| Rc::strong_count(&e.file) == 1))
+        .take(count)
+        .cloned()
+        .collect();
+    let taken: Vec<Rc<DmaFile>> = victims.iter().filter_map(|p| take(inner, p)).collect();
+    inner.stats.evictions += taken.len() as u64;
+    taken
 }
 
 fn next_tick(inner: &mut Inner) -> u64 {
@@ -383,6 +378,16 @@ mod tests {
 
     use crate::test_executor::run;
 
+    /// A temp dir on a device whose iopoll probe is primed (see
+    /// `segment::prime_iopoll_probe`), so DmaFile opens there work.
+    async fn primed_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        super::super::segment::prime_iopoll_probe(dir.path())
+            .await
+            .expect("prime");
+        dir
+    }
+
     fn make_files(dir: &Path, count: usize) -> Vec<PathBuf> {
         (0..count)
             .map(|i| {
@@ -396,10 +401,7 @@ mod tests {
     #[test]
     fn evicts_the_least_recently_used_file_not_in_use() {
         run(|| async {
-            let dir = tempfile::tempdir().expect("tempdir");
-            super::super::segment::prime_iopoll_probe(dir.path())
-                .await
-                .expect("prime");
+            let dir = primed_dir().await;
             let paths = make_files(dir.path(), 4);
             let cache = FileCache::new(2);
             let held = cache.get(&paths[0], FileMode::Read).await.expect("get 0");
@@ -424,10 +426,7 @@ mod tests {
     #[test]
     fn goes_over_capacity_only_while_every_file_is_in_use() {
         run(|| async {
-            let dir = tempfile::tempdir().expect("tempdir");
-            super::super::segment::prime_iopoll_probe(dir.path())
-                .await
-                .expect("prime");
+            let dir = primed_dir().await;
             let paths = make_files(dir.path(), 3);
             let cache = FileCache::new(1);
             let first = cache.get(&paths[0], FileMode::Read).await.expect("get 0");
@@ -448,10 +447,7 @@ mod tests {
     #[test]
     fn trim_closes_what_a_burst_left_over_capacity_once_released() {
         run(|| async {
-            let dir = tempfile::tempdir().expect("tempdir");
-            super::super::segment::prime_iopoll_probe(dir.path())
-                .await
-                .expect("prime");
+            let dir = primed_dir().await;
             let paths = make_files(dir.path(), 4);
             let cache = FileCache::new(2);
             let mut held = Vec::new();
@@ -476,13 +472,7 @@ mod tests {
     #[test]
     fn forget_closes_only_the_files_of_its_directory() {
         run(|| async {
-            let (a, b) = (
-                tempfile::tempdir().expect("tempdir"),
-                tempfile::tempdir().expect("tempdir"),
-            );
-            super::super::segment::prime_iopoll_probe(a.path())
-                .await
-                .expect("prime");
+            let (a, b) = (primed_dir().await, tempfile::tempdir().expect("tempdir"));
             let (in_a, in_b) = (make_files(a.path(), 3), make_files(b.path(), 2));
             // Capacity 3: the fifth file evicts the two oldest (both in `a`),
             // which must leave `a`'s index too.
@@ -510,10 +500,7 @@ mod tests {
     #[test]
     fn closes_files_idle_for_the_limit_but_not_those_in_use_or_recent() {
         run(|| async {
-            let dir = tempfile::tempdir().expect("tempdir");
-            super::super::segment::prime_iopoll_probe(dir.path())
-                .await
-                .expect("prime");
+            let dir = primed_dir().await;
             let paths = make_files(dir.path(), 3);
             let cache = FileCache::new(16);
             let held = cache.get(&paths[0], FileMode::Read).await.expect("get 0");
