@@ -8,10 +8,15 @@ partitions written round-robin. Only the partition count changes, so any
 loss per request is the broker's. Each figure is the median of --runs runs,
 each on a fresh release broker (both shards, temp data dir, loopback).
 --sets adds broker settings to every run (e.g. log.fd.cache.size=8192), for
-comparing a setting's effect in a second file.
+comparing a setting's effect in a second file. --profile-dir profiles the
+broker (`perf record -F 499 -g`) through the middle of each count's last
+measured run and writes what perf reports there as COUNT.txt: CPU by
+thread, symbols by their own samples, then the heaviest symbols with their
+callers included (needs perf).
 
   scripts/bench-partition-count.py [--runs 3] [--duration-s 10]
       [--counts 100,10000,100000] [--sets k=v,...] [--out FILE]
+      [--profile-dir DIR]
 """
 
 import argparse
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, Broker, bench, machine  # noqa: E402
+from benchlib import REPO, Broker, bench, finish, machine  # noqa: E402
 
 SHAPE = ["--record-bytes", "1024", "--batch-bytes", "4096", "--partitions-per-request", "100",
          "--producers", "4", "--inflight", "4", "--acks", "1"]
@@ -36,7 +41,26 @@ def warm_up_s(partitions):
     return 3 + partitions // 2500
 
 
-def run_once(partitions, duration_s, sets):
+def perf_report(data, *sort_args):
+    out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", *sort_args],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def profile(broker, seconds, data, text, header):
+    """perf record of the broker for `seconds`, summarised into `text`."""
+    subprocess.run(["perf", "record", "-q", "-F", "499", "-g", "-p", str(broker.proc.pid), "-o", str(data),
+                    "--", "sleep", str(seconds)], check=True, stdout=subprocess.DEVNULL)
+    by_thread = perf_report(data, "--no-children", "--sort", "comm", "-g", "none")
+    by_symbol = perf_report(data, "--children", "--sort", "sym", "-g", "none")
+    by_self = perf_report(data, "--no-children", "--sort", "dso,sym", "-g", "none")
+    text.write_text("\n".join([*header, "", "## CPU by thread (share of all samples)", "", *by_thread[:12], "",
+                               "## Symbols by their own samples (self)", "", *by_self[:40], "",
+                               "## Heaviest symbols, callers' share included (children)", "",
+                               *by_symbol[:80]]) + "\n")
+
+
+def run_once(partitions, duration_s, sets, profile_to=None):
     with tempfile.TemporaryDirectory(prefix="shardlog-pcount.", dir="/var/tmp") as work:
         broker = Broker(work, sets=sets)
         broker.start()
@@ -58,7 +82,18 @@ def run_once(partitions, duration_s, sets):
             started = time.monotonic()
             args = ["produce", "--topic", "t", "--partitions", str(partitions), *SHAPE,
                     "--duration-s", str(duration_s)]
-            result = bench(broker, *args)
+            if profile_to:
+                running = bench(broker, *args, background=True)
+                time.sleep(2)
+                command = " ".join(["perf record -F 499 -g -p BROKER -- sleep", str(max(1, duration_s - 4))])
+                profile(broker, max(1, duration_s - 4), Path(broker.work) / "perf.data", profile_to, [
+                    f"# Broker profile, {partitions:,} partitions (issue 12)", "",
+                    f"- when: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; commit {commit_id()}; {machine()}",
+                    f"- workload: `shardlog-bench {' '.join(args)}`, after its warm-up run",
+                    f"- profile: `{command}` from 2 s into the run"])
+                result = finish(running)
+            else:
+                result = bench(broker, *args)
             result = result.get("produce", result)
             broker_cores = (broker.cpu_s() - cpu_before) / (time.monotonic() - started)
             lat = result["ack_latency"]
@@ -69,6 +104,11 @@ def run_once(partitions, duration_s, sets):
             broker.stop()
 
 
+def commit_id():
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -76,18 +116,21 @@ def main():
     ap.add_argument("--counts", default="100,10000,100000")
     ap.add_argument("--sets", default="", help="broker settings for every run: k=v,k=v")
     ap.add_argument("--out", default=str(REPO / "results/partition-count.md"))
+    ap.add_argument("--profile-dir", help="perf profile of each count's last run, as DIR/COUNT.txt")
     args = ap.parse_args()
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
     sets = dict(kv.split("=", 1) for kv in args.sets.split(",") if kv)
     rows = {}
     for count in [int(c) for c in args.counts.split(",")]:
         runs = []
         for r in range(args.runs):
-            runs.append(run_once(count, args.duration_s, sets))
+            profile_to = Path(args.profile_dir) / f"{count}.txt" if args.profile_dir and r == args.runs - 1 else None
+            runs.append(run_once(count, args.duration_s, sets, profile_to))
             print(f"{count} partitions, run {r + 1}: {runs[-1]['mb_per_s']:.1f} MB/s, "
                   f"p99 {runs[-1]['p99_ms']:.1f} ms", flush=True)
         rows[count] = runs
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     base_count = min(rows)
     base = statistics.median(r["mb_per_s"] for r in rows[base_count])
     base_p99 = statistics.median(r["p99_ms"] for r in rows[base_count])

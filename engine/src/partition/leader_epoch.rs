@@ -16,6 +16,33 @@ pub struct LeaderEpochCache {
     unsaved: bool,
 }
 
+/// The whole file, read with one `read` when it fits in a block (a
+/// checkpoint of a few epochs does): `std::fs::read` also stats the file
+/// and reads once more to see the end, two of five calls per partition at
+/// a start of 100,000. A regular file returns less than asked only at its
+/// end, so a short read ends it; a full one keeps reading.
+fn read_small_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    const FIRST_READ_BYTES: usize = 4096;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = vec![0u8; FIRST_READ_BYTES];
+    let mut filled = 0;
+    loop {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if filled < bytes.len() {
+            break;
+        }
+        bytes.resize(bytes.len() * 2, 0);
+    }
+    bytes.truncate(filled);
+    Ok(bytes)
+}
+
 impl LeaderEpochCache {
     /// Parses the file; an unreadable or malformed file yields None (rebuilt by the caller).
     fn parse(text: &str) -> Option<Self> {
@@ -58,8 +85,8 @@ impl LeaderEpochCache {
     /// Loads the checkpoint (empty when there is none, or when it is
     /// malformed: then rebuilt from the epochs appended from now on).
     pub fn load(dir: &Path) -> std::io::Result<Self> {
-        match std::fs::read_to_string(Self::path(dir)) {
-            Ok(text) => Ok(Self::parse(&text).unwrap_or_else(|| {
+        match read_small_file(&Self::path(dir)) {
+            Ok(bytes) => Ok(Self::parse(&String::from_utf8_lossy(&bytes)).unwrap_or_else(|| {
                 tracing::warn!(dir = %dir.display(), "malformed {CHECKPOINT_FILE}; starting it again");
                 LeaderEpochCache::default()
             })),
@@ -195,6 +222,26 @@ mod tests {
         assert_eq!(cache.end_offset_for(2, 90), (1, 50));
         assert_eq!(cache.end_offset_for(3, 90), (3, 90));
         assert_eq!(cache.end_offset_for(7, 90), (3, 90));
+    }
+
+    #[test]
+    fn a_checkpoint_longer_than_the_first_read_loads_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = LeaderEpochCache::default();
+        for epoch in 0..1500 {
+            cache.assign_unsaved(epoch, i64::from(epoch) * 1_000_000);
+        }
+        cache.store_if_unsaved(dir.path()).unwrap();
+        let file_bytes = std::fs::metadata(dir.path().join(CHECKPOINT_FILE)).unwrap().len();
+        assert!(file_bytes > 4 * 4096, "spans several reads: {file_bytes} bytes");
+        assert_eq!(LeaderEpochCache::load(dir.path()).unwrap().entries, cache.entries);
+    }
+
+    #[test]
+    fn a_checkpoint_that_is_not_text_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CHECKPOINT_FILE), [0xff, 0xfe, b'\n', 0x80]).unwrap();
+        assert!(LeaderEpochCache::load(dir.path()).unwrap().entries.is_empty());
     }
 
     #[test]

@@ -140,9 +140,18 @@ impl Partition {
         let (epochs, (producers, snapshot_offset)) = if log.created_by_open() {
             (LeaderEpochCache::default(), (ProducerStates::new(), -1))
         } else {
+            // The log's open listed the directory: no lookups for files
+            // it did not see.
+            let listed = log.take_other_files();
+            let epochs = match &listed {
+                Some(names) if !names.iter().any(|n| n == leader_epoch::CHECKPOINT_FILE) => {
+                    LeaderEpochCache::default()
+                }
+                _ => LeaderEpochCache::load(log.dir())?,
+            };
             (
-                LeaderEpochCache::load(log.dir())?,
-                rebuild_producer_states(&log, clean_log_end).await?,
+                epochs,
+                rebuild_producer_states(&log, clean_log_end, listed.as_deref()).await?,
             )
         };
         Ok(Partition {
@@ -587,29 +596,34 @@ fn batches_below(records: Records, limit: i64) -> Result<Bytes, PartitionError> 
     Ok(bytes.slice(..end))
 }
 
+/// `listed`: the names in the log's directory (`Log::take_other_files`),
+/// or None to list it here.
 async fn rebuild_producer_states(
     log: &Log,
     clean_log_end: Option<i64>,
+    listed: Option<&[String]>,
 ) -> Result<(ProducerStates, i64), StorageError> {
     let dir = log.dir().to_path_buf();
     let log_end_offset = log.log_end_offset();
-    let mut snapshots: Vec<i64> = if clean_log_end == Some(log_end_offset) {
-        // Closed clean at this end: its state is the snapshot there, or,
-        // without one, empty (`snapshot_producers_with_state`). One stat
-        // instead of a listing.
-        if !dir
-            .join(producer_state::snapshot_file_name(log_end_offset))
-            .exists()
-        {
-            return Ok((ProducerStates::new(), log_end_offset));
-        }
-        vec![log_end_offset]
-    } else {
-        std::fs::read_dir(&dir)?
+    let mut snapshots: Vec<i64> = match listed {
+        Some(names) => names
+            .iter()
+            .filter_map(|name| producer_state::parse_snapshot_file_name(name))
+            .collect(),
+        None => std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| producer_state::parse_snapshot_file_name(&e.file_name().to_string_lossy()))
-            .collect()
+            .collect(),
     };
+    if clean_log_end == Some(log_end_offset) {
+        // Closed clean at this end: its state is the snapshot there, or,
+        // without one, empty (`snapshot_producers_with_state`); older
+        // snapshots are not read.
+        if !snapshots.contains(&log_end_offset) {
+            return Ok((ProducerStates::new(), log_end_offset));
+        }
+        snapshots = vec![log_end_offset];
+    }
     snapshots.sort_unstable();
     let mut states = ProducerStates::new();
     let mut from = log.log_start_offset();

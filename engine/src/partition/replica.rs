@@ -358,7 +358,7 @@ impl Partition {
         self.epochs
             .borrow_mut()
             .truncate_from_end(self.log.dir(), after)?;
-        let (producers, snapshot_offset) = super::rebuild_producer_states(&self.log, None).await?;
+        let (producers, snapshot_offset) = super::rebuild_producer_states(&self.log, None, None).await?;
         *self.producers.borrow_mut() = producers;
         self.snapshot_offset.set(snapshot_offset);
         tracing::info!(
@@ -405,7 +405,7 @@ impl Partition {
         self.epochs
             .borrow_mut()
             .truncate_from_end(self.log.dir(), i64::MIN)?;
-        let (producers, snapshot_offset) = super::rebuild_producer_states(&self.log, None).await?;
+        let (producers, snapshot_offset) = super::rebuild_producer_states(&self.log, None, None).await?;
         *self.producers.borrow_mut() = producers;
         self.snapshot_offset.set(snapshot_offset);
         tracing::info!(

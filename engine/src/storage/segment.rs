@@ -339,6 +339,12 @@ impl<'a> Window<'a> {
         Ok(&self.bytes[from..to])
     }
 
+    /// The `len` bytes at `position` if the window holds them (no read).
+    pub fn held(&self, position: u64, len: usize) -> Option<&[u8]> {
+        let from = usize::try_from(position.checked_sub(self.start)?).ok()?;
+        self.bytes.get(from..from.checked_add(len)?)
+    }
+
     /// Zero-copy slice of the window (after `get` covered it).
     pub fn slice(&self, position: u64, len: usize) -> Bytes {
         let from = (position - self.start) as usize;
@@ -385,6 +391,29 @@ impl ScanOutcome {
 pub async fn scan(
     file: &DmaFile,
     file_bytes: u64,
+    position: u64,
+    expected_offset: i64,
+    offset_limit: i64,
+    index: &mut SegmentIndex,
+    index_interval_bytes: u32,
+) -> Result<ScanOutcome, StorageError> {
+    let mut window = Window::new(file, file_bytes);
+    scan_in(
+        &mut window,
+        position,
+        expected_offset,
+        offset_limit,
+        index,
+        index_interval_bytes,
+    )
+    .await
+}
+
+/// `scan` through a window the caller keeps, to take bytes it already
+/// read (a clean open's tail block) without reading them again. The
+/// window's end is the file's size.
+pub async fn scan_in(
+    window: &mut Window<'_>,
     mut position: u64,
     mut expected_offset: i64,
     offset_limit: i64,
@@ -392,7 +421,7 @@ pub async fn scan(
     index_interval_bytes: u32,
 ) -> Result<ScanOutcome, StorageError> {
     let segment_base = index.base_offset();
-    let mut window = Window::new(file, file_bytes);
+    let file_bytes = window.end;
     let mut batches = 0u64;
     let mut zeroed = false;
     let stop = loop {

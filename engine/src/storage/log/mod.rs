@@ -201,6 +201,11 @@ pub struct Log {
     /// This open made the directory: nothing else (leader epochs, producer
     /// snapshots) can be in it yet, so callers skip looking.
     created: bool,
+    /// Names of the files the open's listing saw besides segments and their
+    /// indexes (leader-epoch checkpoint, producer snapshots, ...), for the
+    /// partition's own files: at a start of 100,000 logs, a second listing
+    /// or a stat per log for them costs about a second. Taken once.
+    other_files: RefCell<Option<Vec<String>>>,
 }
 
 fn mtime_ms(metadata: &std::fs::Metadata) -> i64 {
@@ -289,6 +294,7 @@ impl Log {
         let mut bases = Vec::new();
         let (mut recovery_point_listed, mut log_start_listed, mut legacy_marker_listed) =
             (false, false, false);
+        let mut other_files = Vec::new();
         for entry in entries.into_iter().flatten() {
             let entry = entry?;
             let name = entry.file_name();
@@ -300,9 +306,23 @@ impl Log {
             } else if let Some(base) = segment::parse_log_file_name(name) {
                 bases.push(base);
             } else {
-                recovery_point_listed |= name == RECOVERY_POINT_FILE;
-                log_start_listed |= name == LOG_START_OFFSET_FILE;
-                legacy_marker_listed |= name == LEGACY_CLEAN_SHUTDOWN_FILE;
+                let is = |file: &str| name == file;
+                recovery_point_listed |= is(RECOVERY_POINT_FILE);
+                log_start_listed |= is(LOG_START_OFFSET_FILE);
+                legacy_marker_listed |= is(LEGACY_CLEAN_SHUTDOWN_FILE);
+                let log_file = [
+                    RECOVERY_POINT_FILE,
+                    LOG_START_OFFSET_FILE,
+                    LEGACY_CLEAN_SHUTDOWN_FILE,
+                ]
+                .into_iter()
+                .any(is)
+                    || [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix).is_some_and(|stem| stem.ends_with('.')));
+                if !log_file {
+                    other_files.push(name.to_string());
+                }
             }
         }
         bases.sort_unstable();
@@ -356,13 +376,14 @@ impl Log {
             files_changed = true;
         }
 
-        let recovered = match mode {
+        let mut recovered = match mode {
             // Nothing to recover (the file is created below).
             RecoveryMode::Clean if brand_new => recovery::Recovered {
                 report: RecoveryReport::default(),
                 log_end_offset: 0,
                 files_changed: true,
                 active_file_bytes: 0,
+                tail: None,
             },
             RecoveryMode::Clean => {
                 let active_base = segments.keys().next_back().copied().unwrap_or(0);
@@ -412,7 +433,13 @@ impl Log {
             file.fdatasync().await?;
         }
         let tail_start = align_down(active_size);
-        let tail = if active_size > tail_start {
+        let scanned_tail = recovered
+            .tail
+            .take()
+            .filter(|tail| tail_start + tail.len() as u64 == active_size);
+        let tail = if let Some(tail) = scanned_tail {
+            tail
+        } else if active_size > tail_start {
             let read = file
                 .read_at(tail_start, (active_size - tail_start) as usize)
                 .await?;
@@ -493,6 +520,7 @@ impl Log {
             state: RefCell::new(state),
             log_start_offset_writing: Cell::new(false),
             created,
+            other_files: RefCell::new(Some(other_files)),
         }))
     }
 
@@ -503,6 +531,14 @@ impl Log {
     /// Whether this log's open created its directory (a new partition).
     pub fn created_by_open(&self) -> bool {
         self.created
+    }
+
+    /// The names the open's directory listing saw besides the log's own
+    /// (segments, indexes, offset files, temp and compaction files), so the partition finds its own files
+    /// without listing again: empty for a directory the open created, None
+    /// once taken (then the caller looks for itself).
+    pub fn take_other_files(&self) -> Option<Vec<String>> {
+        self.other_files.borrow_mut().take()
     }
 
     pub fn log_start_offset(&self) -> i64 {

@@ -59,6 +59,9 @@ pub(super) struct Recovered {
     /// The active segment file's size as found (clean opens); u64::MAX
     /// when the caller cuts it to the data (unclean).
     pub(super) active_file_bytes: u64,
+    /// The active segment's bytes from its last block boundary to its end
+    /// (the writer's tail), when the scan read them already.
+    pub(super) tail: Option<Vec<u8>>,
 }
 
 /// An active segment this small is scanned whole at a clean open rather
@@ -92,6 +95,7 @@ pub(super) async fn recover_clean(
             log_end_offset: base,
             files_changed: false,
             active_file_bytes: 0,
+            tail: None,
         });
     }
     let bounds = IndexBounds {
@@ -120,9 +124,9 @@ pub(super) async fn recover_clean(
             (SegmentIndex::new(base), 0, base)
         }
     };
-    let outcome = segment::scan(
-        file,
-        file_bytes,
+    let mut window = segment::Window::new(file, file_bytes);
+    let outcome = segment::scan_in(
+        &mut window,
         position,
         expected_offset,
         i64::MAX,
@@ -130,6 +134,12 @@ pub(super) async fn recover_clean(
         config.index_interval_bytes,
     )
     .await?;
+    // The writer's tail block is usually in the last window read (all of
+    // a small segment is): one device read per log at a start, not two.
+    let tail_start = super::align_down(outcome.valid_bytes);
+    let tail = window
+        .held(tail_start, (outcome.valid_bytes - tail_start) as usize)
+        .map(<[u8]>::to_vec);
     report.batches_scanned += outcome.batches;
     let torn = outcome.torn_bytes(file_bytes);
     if torn > 0 {
@@ -145,6 +155,7 @@ pub(super) async fn recover_clean(
         // keeps it.
         files_changed: torn > 0,
         active_file_bytes: file_bytes,
+        tail,
     })
 }
 
@@ -249,5 +260,6 @@ pub(super) async fn recover_unclean(
         log_end_offset,
         files_changed,
         active_file_bytes: u64::MAX,
+        tail: None,
     })
 }

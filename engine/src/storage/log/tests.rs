@@ -2163,3 +2163,65 @@ fn zero_copy_reads_copy_once_the_slice_fds_are_used_up() {
         log.close().await.expect("close");
     });
 }
+
+#[test]
+fn a_clean_open_takes_the_writer_tail_from_its_scan_and_appends_keep_earlier_batches_whole() {
+    run(|| async {
+        // One-block and multi-block active segments, both ending mid-block:
+        // the writer's first append rewrites that block from the bytes the
+        // open's scan read, so a wrong tail would break an earlier batch.
+        for (batches, value_bytes) in [(3usize, 300usize), (30, 700)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+            append_batches(&log, batches, 2, value_bytes).await;
+            assert_ne!(log.size_bytes() % BLOCK_BYTES, 0, "ends mid-block");
+            log.close().await.expect("close");
+            for round in 0..2 {
+                let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+                append_batches(&log, 2, 2, 100).await;
+                let read = log.read(0, 1 << 24).await.expect("read");
+                let offsets = batch_offsets(&read);
+                assert_eq!(
+                    offsets.len(),
+                    batches + 2 * (round + 1),
+                    "every batch reads back valid"
+                );
+                assert!(
+                    offsets.windows(2).all(|w| w[1].0 == w[0].1 + 1),
+                    "no gap: {offsets:?}"
+                );
+                log.close().await.expect("close");
+            }
+            let log = open(dir.path(), LogConfig::default(), RecoveryMode::Unclean).await;
+            assert_eq!(log.recovery_report().bytes_truncated, 0, "nothing torn");
+            assert_eq!(log.log_end_offset(), 2 * (batches as i64 + 4));
+        }
+    });
+}
+
+#[test]
+fn the_open_listing_hands_over_the_partition_files_once() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        assert_eq!(
+            log.take_other_files(),
+            Some(Vec::new()),
+            "a new directory holds nothing"
+        );
+        append_batches(&log, 2, 2, 100).await;
+        log.close().await.expect("close");
+        std::fs::write(dir.path().join("leader-epoch-checkpoint"), "0\n1\n0 0\n").expect("write");
+        std::fs::write(dir.path().join("00000000000000000004.snapshot"), b"x").expect("write");
+        std::fs::write(dir.path().join("00000000000000000000.index"), b"").expect("write");
+        std::fs::write(dir.path().join("00000000000000000000.timeindex"), b"").expect("write");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        let mut listed = log.take_other_files().expect("listed at open");
+        listed.sort();
+        assert_eq!(
+            listed,
+            ["00000000000000000004.snapshot", "leader-epoch-checkpoint"]
+        );
+        assert_eq!(log.take_other_files(), None, "taken once");
+    });
+}

@@ -30,6 +30,13 @@ use super::{glommio_file::OwnedGlommioFile, Stat};
 
 pub(super) type Result<T> = crate::Result<T, ()>;
 
+thread_local! {
+    /// shardlog patch: the filesystem type (`statfs` f_type) of each
+    /// device (major, minor) a DMA file was opened on, by this thread.
+    static FS_TYPE_BY_DEVICE: std::cell::RefCell<std::collections::HashMap<(usize, usize), u64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// Close result of [`DmaFile::close_rc()`]. Indicates which operation is
 /// performed on close.
 #[derive(Debug)]
@@ -129,15 +136,28 @@ impl DmaFile {
     ) -> io::Result<DmaFile> {
         let file = GlommioFile::open_at(dir, path, flags, mode).await?;
         let (major, minor) = (file.dev_major as usize, file.dev_minor as usize);
-        let buf = statfs(path).unwrap();
-        let fstype = buf.filesystem_type();
+        // shardlog patch: one statfs per device, not per open (a start
+        // of 100,000 logs paid one path lookup each), and an error rather
+        // than a panic when it fails. A device keeps its filesystem while
+        // mounted, and only tmpfs-or-not is read from it.
+        let fstype = match FS_TYPE_BY_DEVICE.with(|d| d.borrow().get(&(major, minor)).copied()) {
+            Some(fstype) => fstype,
+            None => {
+                let fstype = statfs(path)
+                    .map_err(io::Error::from)?
+                    .filesystem_type()
+                    .0 as u64;
+                FS_TYPE_BY_DEVICE.with(|d| d.borrow_mut().insert((major, minor), fstype));
+                fstype
+            }
+        };
         let max_sectors_size = sysfs::BlockDevice::max_sectors_size(major, minor);
         let max_segment_size = sysfs::BlockDevice::max_segment_size(major, minor);
         // make sure the alignment is at least 512 in any case
         let o_direct_alignment =
             sysfs::BlockDevice::logical_block_size(major, minor).max(512) as u64;
 
-        let pollable = if (fstype.0 as u64) == (libc::TMPFS_MAGIC as u64) {
+        let pollable = if fstype == (libc::TMPFS_MAGIC as u64) {
             PollableStatus::NonPollable(DirectIo::Disabled)
         } else {
             // Allow this to work on non direct I/O devices, but only if this is in-memory
