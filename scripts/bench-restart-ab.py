@@ -18,8 +18,10 @@ AdminClient, and then either one record per partition from librdkafka
 the bound at 100,000) or 3 s of shardlog-bench produce (--fill bench), and
 a clean stop. Prints every time and the median per binary.
 
+--cold drops the kernel's caches before each timed start, as a reboot would.
+
   scripts/bench-restart-ab.py --work DIR [--partitions 100000] [--rounds 3]
-      [--mode clean|kill] [--fill librdkafka|bench] BINARY_A BINARY_B ...
+      [--mode clean|kill] [--fill librdkafka|bench] [--cold] BINARY_A BINARY_B ...
 """
 
 import argparse
@@ -77,6 +79,8 @@ def main():
     ap.add_argument("--mode", choices=["clean", "kill"], default="clean")
     ap.add_argument("--fill", choices=["librdkafka", "bench"], default="librdkafka")
     ap.add_argument("--fill-s", type=int, default=2, help="produce before each kill (--mode kill)")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page, dentry and inode caches before each timed start (root), as after a reboot")
     ap.add_argument("binaries", nargs="+")
     args = ap.parse_args()
     print(f"{machine()}; data in {args.work}", flush=True)
@@ -90,6 +94,9 @@ def main():
                 broker.start()
                 bench_produce(broker, args.partitions, args.fill_s)
                 broker.stop(signal.SIGKILL)
+            if args.cold:
+                subprocess.run(["sync"], check=True)
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
             broker.start()
             times[binary].append(broker.start_s)
             stop_s = broker.stop(signal.SIGTERM)

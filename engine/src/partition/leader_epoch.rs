@@ -16,33 +16,6 @@ pub struct LeaderEpochCache {
     unsaved: bool,
 }
 
-/// The whole file, read with one `read` when it fits in a block (a
-/// checkpoint of a few epochs does): `std::fs::read` also stats the file
-/// and reads once more to see the end, two of five calls per partition at
-/// a start of 100,000. A regular file returns less than asked only at its
-/// end, so a short read ends it; a full one keeps reading.
-fn read_small_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    const FIRST_READ_BYTES: usize = 4096;
-    let mut file = std::fs::File::open(path)?;
-    let mut bytes = vec![0u8; FIRST_READ_BYTES];
-    let mut filled = 0;
-    loop {
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        if filled < bytes.len() {
-            break;
-        }
-        bytes.resize(bytes.len() * 2, 0);
-    }
-    bytes.truncate(filled);
-    Ok(bytes)
-}
-
 impl LeaderEpochCache {
     /// Parses the file; an unreadable or malformed file yields None (rebuilt by the caller).
     fn parse(text: &str) -> Option<Self> {
@@ -82,14 +55,20 @@ impl LeaderEpochCache {
         dir.join(CHECKPOINT_FILE)
     }
 
+    /// The checkpoint from the file's bytes (read by the log's open, see
+    /// `Log::open_reading`): empty when malformed, then rebuilt.
+    pub fn from_bytes(dir: &Path, bytes: &[u8]) -> Self {
+        Self::parse(&String::from_utf8_lossy(bytes)).unwrap_or_else(|| {
+            tracing::warn!(dir = %dir.display(), "malformed {CHECKPOINT_FILE}; starting it again");
+            LeaderEpochCache::default()
+        })
+    }
+
     /// Loads the checkpoint (empty when there is none, or when it is
     /// malformed: then rebuilt from the epochs appended from now on).
     pub fn load(dir: &Path) -> std::io::Result<Self> {
-        match read_small_file(&Self::path(dir)) {
-            Ok(bytes) => Ok(Self::parse(&String::from_utf8_lossy(&bytes)).unwrap_or_else(|| {
-                tracing::warn!(dir = %dir.display(), "malformed {CHECKPOINT_FILE}; starting it again");
-                LeaderEpochCache::default()
-            })),
+        match crate::storage::read_small_file(&Self::path(dir)) {
+            Ok(bytes) => Ok(Self::from_bytes(dir, &bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LeaderEpochCache::default()),
             Err(e) => Err(e),
         }

@@ -20,7 +20,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
-use crate::storage::{batch, AppendResult, Log, Records, StorageError};
+use crate::storage::{batch, AppendResult, Log, OtherFile, Records, StorageError};
 use leader_epoch::LeaderEpochCache;
 use producer_state::{ProducerStates, SequenceCheck};
 pub use replica::{Following, Role};
@@ -143,15 +143,29 @@ impl Partition {
             // The log's open listed the directory: no lookups for files
             // it did not see.
             let listed = log.take_other_files();
-            let epochs = match &listed {
-                Some(names) if !names.iter().any(|n| n == leader_epoch::CHECKPOINT_FILE) => {
-                    LeaderEpochCache::default()
+            let checkpoint = listed
+                .as_ref()
+                .map(|files| files.iter().find(|f| f.name == leader_epoch::CHECKPOINT_FILE));
+            let epochs = match checkpoint {
+                Some(None) => LeaderEpochCache::default(),
+                Some(Some(OtherFile {
+                    bytes: Some(bytes), ..
+                })) => LeaderEpochCache::from_bytes(log.dir(), bytes),
+                // Not read with the listing: on the blocking pool, like it
+                // (after a reboot the read waits for the device).
+                Some(Some(_)) | None => {
+                    let dir = log.dir().to_path_buf();
+                    glommio::executor()
+                        .spawn_blocking(move || LeaderEpochCache::load(&dir))
+                        .await?
                 }
-                _ => LeaderEpochCache::load(log.dir())?,
             };
+            let names: Option<Vec<&str>> = listed
+                .as_ref()
+                .map(|files| files.iter().map(|f| f.name.as_str()).collect());
             (
                 epochs,
-                rebuild_producer_states(&log, clean_log_end, listed.as_deref()).await?,
+                rebuild_producer_states(&log, clean_log_end, names.as_deref()).await?,
             )
         };
         Ok(Partition {
@@ -601,7 +615,7 @@ fn batches_below(records: Records, limit: i64) -> Result<Bytes, PartitionError> 
 async fn rebuild_producer_states(
     log: &Log,
     clean_log_end: Option<i64>,
-    listed: Option<&[String]>,
+    listed: Option<&[&str]>,
 ) -> Result<(ProducerStates, i64), StorageError> {
     let dir = log.dir().to_path_buf();
     let log_end_offset = log.log_end_offset();

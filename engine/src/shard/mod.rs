@@ -278,7 +278,16 @@ impl Shard {
     ) -> Result<Rc<Partition>, crate::storage::StorageError> {
         let dir = controller::partition_dir(&self.config.data_dir, &topic.name, index);
         let log_config = crate::config::topic::log_config(&topic.configs, &self.config);
-        let log = crate::storage::Log::open(&dir, log_config, mode, self.file_cache.clone()).await?;
+        // The leader-epoch checkpoint is read with the log's listing: one
+        // trip to the blocking pool per partition at a start, not two.
+        let log = crate::storage::Log::open_reading(
+            &dir,
+            log_config,
+            mode,
+            self.file_cache.clone(),
+            &[crate::partition::leader_epoch::CHECKPOINT_FILE],
+        )
+        .await?;
         let report = log.recovery_report();
         // A cut tail is worth a line of its own; plain rescans after a crash
         // (every log of the shard) are summed up by `apply`.

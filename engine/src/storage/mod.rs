@@ -18,7 +18,7 @@ pub mod testutil;
 pub use batch::{parse_header, split_validated, validate, BatchError, BatchHeader};
 pub use error::StorageError;
 pub use file_cache::{FileCache, FileCacheStats, FileMode};
-pub use log::{AppendResult, Log, RecoveryMode, RecoveryReport};
+pub use log::{read_small_file, AppendResult, Log, OtherFile, RecoveryMode, RecoveryReport};
 pub use log_config::LogConfig;
 pub use records::{FileSlice, Records};
 pub use segment::sync_filesystem;

@@ -201,11 +201,11 @@ pub struct Log {
     /// This open made the directory: nothing else (leader epochs, producer
     /// snapshots) can be in it yet, so callers skip looking.
     created: bool,
-    /// Names of the files the open's listing saw besides segments and their
-    /// indexes (leader-epoch checkpoint, producer snapshots, ...), for the
+    /// Names of the files the open's listing saw besides the log's own
+    /// (leader-epoch checkpoint, producer snapshots, ...), for the
     /// partition's own files: at a start of 100,000 logs, a second listing
     /// or a stat per log for them costs about a second. Taken once.
-    other_files: RefCell<Option<Vec<String>>>,
+    other_files: RefCell<Option<Vec<OtherFile>>>,
 }
 
 fn mtime_ms(metadata: &std::fs::Metadata) -> i64 {
@@ -242,6 +242,167 @@ async fn write_offset_file(dir: &Path, name: &str, offset: i64) -> Result<(), St
     segment::write_file_atomic(dir, name, format!("{offset}\n").into_bytes()).await
 }
 
+/// The whole file, read with one `read` when it fits in a block (a
+/// leader-epoch checkpoint of a few epochs does): `std::fs::read` also
+/// stats the file and reads once more to see the end, two of five calls
+/// per partition at a start of 100,000. Blocking. A regular file returns less than asked only at its
+/// end, so a short read ends it; a full one keeps reading.
+pub fn read_small_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    const FIRST_READ_BYTES: usize = 4096;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = vec![0u8; FIRST_READ_BYTES];
+    let mut filled = 0;
+    loop {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if filled < bytes.len() {
+            break;
+        }
+        bytes.resize(bytes.len() * 2, 0);
+    }
+    bytes.truncate(filled);
+    Ok(bytes)
+}
+
+/// What `Log::open` needs from the log's directory: one listing and a stat
+/// per segment, made on the blocking pool (`DirListing::read`).
+struct DirListing {
+    /// The directory did not exist: the listing created it (empty).
+    created: bool,
+    /// (base offset, size, mtime ms) of each segment file, by base offset.
+    segment_files: Vec<(i64, u64, i64)>,
+    /// Temp and `.cleaned` files a cut-short write or compaction left.
+    leftovers: Vec<PathBuf>,
+    recovery_point_listed: bool,
+    log_start_listed: bool,
+    legacy_marker_listed: bool,
+    /// The files that are not the log's own (`Log::take_other_files`).
+    other_files: Vec<OtherFile>,
+}
+
+/// A file in a log's directory that is not the log's own (a partition's
+/// leader-epoch checkpoint, its producer snapshots), as the log's open saw
+/// it: with its bytes when the caller asked for them (`Log::open_reading`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherFile {
+    pub name: String,
+    /// Read by the open's listing; None when not asked for, or gone by then.
+    pub bytes: Option<Vec<u8>>,
+}
+
+thread_local! {
+    /// Moving mean of how long this shard's recent `DirListing::read`s took
+    /// (µs, the calls themselves wherever they ran).
+    static LISTING_US_MEAN: Cell<f64> = const { Cell::new(0.0) };
+}
+
+/// Listings slower than this on average go to the blocking pool.
+const LISTING_ON_POOL_FROM_US: f64 = 200.0;
+
+impl DirListing {
+    /// One listing, and a stat per segment, serve every file check of an
+    /// open. With the metadata cached (a process restart) they take tens
+    /// of µs and run best on the shard thread: the blocking pool's hand-off
+    /// made a start of 100,000 logs a second slower. After a reboot each
+    /// call may wait for the device (directory block, inodes) and the shard
+    /// thread waited for them one after the other, 17-30 s for 100,000
+    /// logs; on the pool the opens in flight overlap them (about 9 s). So
+    /// the recent listings' speed picks where the next one runs.
+    async fn read_adaptively(dir: &Path, read_names: &'static [&'static str]) -> std::io::Result<DirListing> {
+        let timed = |dir: &Path| {
+            let started = std::time::Instant::now();
+            let listing = DirListing::read(dir, read_names);
+            (listing, started.elapsed().as_secs_f64() * 1e6)
+        };
+        let (listing, took_us) = if LISTING_US_MEAN.get() > LISTING_ON_POOL_FROM_US {
+            let dir = dir.to_path_buf();
+            glommio::executor().spawn_blocking(move || timed(&dir)).await
+        } else {
+            timed(dir)
+        };
+        LISTING_US_MEAN.set(LISTING_US_MEAN.get() * 0.9 + took_us * 0.1);
+        listing
+    }
+
+    /// Lists `dir` (creating it if missing), stats its segments and reads
+    /// the other files named in `read_names`. Blocking.
+    fn read(dir: &Path, read_names: &[&str]) -> std::io::Result<DirListing> {
+        let mut listing = DirListing {
+            created: false,
+            segment_files: Vec::new(),
+            leftovers: Vec::new(),
+            recovery_point_listed: false,
+            log_start_listed: false,
+            legacy_marker_listed: false,
+            other_files: Vec::new(),
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A directory this open makes is empty: no listing.
+                std::fs::create_dir_all(dir)?;
+                listing.created = true;
+                return Ok(listing);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut bases = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") || name.ends_with(&format!(".{}", cleaner::CLEANED_SUFFIX)) {
+                listing.leftovers.push(entry.path());
+            } else if let Some(base) = segment::parse_log_file_name(name) {
+                bases.push(base);
+            } else {
+                let is = |file: &str| name == file;
+                listing.recovery_point_listed |= is(RECOVERY_POINT_FILE);
+                listing.log_start_listed |= is(LOG_START_OFFSET_FILE);
+                listing.legacy_marker_listed |= is(LEGACY_CLEAN_SHUTDOWN_FILE);
+                let log_file = [
+                    RECOVERY_POINT_FILE,
+                    LOG_START_OFFSET_FILE,
+                    LEGACY_CLEAN_SHUTDOWN_FILE,
+                ]
+                .into_iter()
+                .any(is)
+                    || [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix).is_some_and(|stem| stem.ends_with('.')));
+                if !log_file {
+                    let bytes = if read_names.contains(&name) {
+                        match read_small_file(&entry.path()) {
+                            Ok(bytes) => Some(bytes),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                            Err(e) => return Err(e),
+                        }
+                    } else {
+                        None
+                    };
+                    listing.other_files.push(OtherFile {
+                        name: name.to_string(),
+                        bytes,
+                    });
+                }
+            }
+        }
+        bases.sort_unstable();
+        for base in bases {
+            let metadata = std::fs::metadata(file_path(dir, base, LOG_SUFFIX))?;
+            listing
+                .segment_files
+                .push((base, metadata.len(), mtime_ms(&metadata)));
+        }
+        Ok(listing)
+    }
+}
+
 impl Log {
     /// Opens (creating `dir` if missing) the log in `dir`.
     ///
@@ -260,10 +421,24 @@ impl Log {
         mode: RecoveryMode,
         cache: Rc<FileCache>,
     ) -> Result<Rc<Log>, StorageError> {
+        Self::open_reading(dir, config, mode, cache, &[]).await
+    }
+
+    /// `open`, also reading the files of the directory named in
+    /// `read_names` (small ones: a partition's leader-epoch checkpoint)
+    /// with the listing, on the blocking pool; `take_other_files` hands
+    /// them over.
+    pub async fn open_reading(
+        dir: &Path,
+        config: LogConfig,
+        mode: RecoveryMode,
+        cache: Rc<FileCache>,
+        read_names: &'static [&'static str],
+    ) -> Result<Rc<Log>, StorageError> {
         // Files cached for this directory belong to an earlier Log dropped
         // without close (or to a failed open): they may be stale.
         cache.forget(dir);
-        let opened = Self::open_in(dir, config, mode, &cache).await;
+        let opened = Self::open_in(dir, config, mode, &cache, read_names).await;
         if opened.is_err() {
             cache.forget(dir);
         }
@@ -275,57 +450,25 @@ impl Log {
         config: LogConfig,
         mode: RecoveryMode,
         cache: &Rc<FileCache>,
+        read_names: &'static [&'static str],
     ) -> Result<Rc<Log>, StorageError> {
-        // Startup only: std::fs metadata calls are brief and bounded by the
-        // partition's segment count. One listing serves every file check
-        // below: at 100,000 partitions each syscall per log costs a start
-        // about a second.
-        // A directory this open makes is empty: no second listing.
-        let (entries, created) = match std::fs::read_dir(dir) {
-            Ok(entries) => (Some(entries), false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)?;
-                (None, true)
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let listing = DirListing::read_adaptively(dir, read_names).await?;
+        let DirListing {
+            created,
+            segment_files,
+            leftovers,
+            recovery_point_listed,
+            log_start_listed,
+            legacy_marker_listed,
+            other_files,
+        } = listing;
+        for leftover in leftovers {
+            // A compaction pass cut short leaves `.cleaned` files: the
+            // originals are still whole, so the leftovers go.
+            segment::remove_if_exists(&leftover).await?;
+        }
         segment::prime_iopoll_probe(dir).await?;
         let mut files_changed = false;
-        let mut bases = Vec::new();
-        let (mut recovery_point_listed, mut log_start_listed, mut legacy_marker_listed) =
-            (false, false, false);
-        let mut other_files = Vec::new();
-        for entry in entries.into_iter().flatten() {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.ends_with(".tmp") || name.ends_with(&format!(".{}", cleaner::CLEANED_SUFFIX)) {
-                // A compaction pass cut short leaves `.cleaned` files: the
-                // originals are still whole, so the leftovers go.
-                segment::remove_if_exists(&entry.path()).await?;
-            } else if let Some(base) = segment::parse_log_file_name(name) {
-                bases.push(base);
-            } else {
-                let is = |file: &str| name == file;
-                recovery_point_listed |= is(RECOVERY_POINT_FILE);
-                log_start_listed |= is(LOG_START_OFFSET_FILE);
-                legacy_marker_listed |= is(LEGACY_CLEAN_SHUTDOWN_FILE);
-                let log_file = [
-                    RECOVERY_POINT_FILE,
-                    LOG_START_OFFSET_FILE,
-                    LEGACY_CLEAN_SHUTDOWN_FILE,
-                ]
-                .into_iter()
-                .any(is)
-                    || [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX]
-                        .iter()
-                        .any(|suffix| name.strip_suffix(suffix).is_some_and(|stem| stem.ends_with('.')));
-                if !log_file {
-                    other_files.push(name.to_string());
-                }
-            }
-        }
-        bases.sort_unstable();
         let stored_log_start_offset = if log_start_listed {
             read_offset_file(dir, LOG_START_OFFSET_FILE).await?
         } else {
@@ -333,14 +476,13 @@ impl Log {
         };
 
         let mut segments = Segments::new();
-        for base in bases {
-            let metadata = std::fs::metadata(file_path(dir, base, LOG_SUFFIX))?;
+        for (base, size_bytes, last_modified_ms) in segment_files {
             segments.insert(
                 base,
                 Box::new(Segment {
                     base_offset: base,
-                    size_bytes: metadata.len(),
-                    last_modified_ms: mtime_ms(&metadata),
+                    size_bytes,
+                    last_modified_ms,
                     first_append_ms: None,
                     index: None,
                     generation: 0,
@@ -534,10 +676,11 @@ impl Log {
     }
 
     /// The names the open's directory listing saw besides the log's own
-    /// (segments, indexes, offset files, temp and compaction files), so the partition finds its own files
-    /// without listing again: empty for a directory the open created, None
-    /// once taken (then the caller looks for itself).
-    pub fn take_other_files(&self) -> Option<Vec<String>> {
+    /// (segments, indexes, offset files, temp and compaction files), so
+    /// the partition finds its own files without listing again: empty for
+    /// a directory the open created, None once taken (then the caller
+    /// looks for itself).
+    pub fn take_other_files(&self) -> Option<Vec<OtherFile>> {
         self.other_files.borrow_mut().take()
     }
 

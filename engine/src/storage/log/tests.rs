@@ -2215,13 +2215,68 @@ fn the_open_listing_hands_over_the_partition_files_once() {
         std::fs::write(dir.path().join("00000000000000000004.snapshot"), b"x").expect("write");
         std::fs::write(dir.path().join("00000000000000000000.index"), b"").expect("write");
         std::fs::write(dir.path().join("00000000000000000000.timeindex"), b"").expect("write");
-        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        let log = Log::open_reading(
+            dir.path(),
+            LogConfig::default(),
+            RecoveryMode::Clean,
+            file_cache(4),
+            &["leader-epoch-checkpoint"],
+        )
+        .await
+        .expect("open");
         let mut listed = log.take_other_files().expect("listed at open");
-        listed.sort();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(
             listed,
-            ["00000000000000000004.snapshot", "leader-epoch-checkpoint"]
+            [
+                OtherFile {
+                    name: "00000000000000000004.snapshot".into(),
+                    bytes: None
+                },
+                OtherFile {
+                    name: "leader-epoch-checkpoint".into(),
+                    bytes: Some(b"0\n1\n0 0\n".to_vec())
+                }
+            ],
+            "only the file asked for is read"
         );
         assert_eq!(log.take_other_files(), None, "taken once");
+    });
+}
+
+#[test]
+fn slow_listings_move_to_the_blocking_pool_and_fast_ones_come_back() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+        append_batches(&log, 3, 2, 100).await;
+        log.close().await.expect("close");
+        std::fs::write(dir.path().join("leader-epoch-checkpoint"), "0\n1\n0 0\n").expect("write");
+        // As after a reboot: the recent listings waited for the device.
+        LISTING_US_MEAN.set(10.0 * LISTING_ON_POOL_FROM_US);
+        let log = Log::open_reading(
+            dir.path(),
+            LogConfig::default(),
+            RecoveryMode::Clean,
+            file_cache(4),
+            &["leader-epoch-checkpoint"],
+        )
+        .await
+        .expect("open through the pool");
+        assert_eq!(log.log_end_offset(), 6);
+        let listed = log.take_other_files().expect("listed");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].bytes.as_deref(), Some(&b"0\n1\n0 0\n"[..]));
+        log.close().await.expect("close");
+        // Each fast listing pulls the mean down until they run inline again.
+        for _ in 0..40 {
+            let log = open(dir.path(), LogConfig::default(), RecoveryMode::Clean).await;
+            log.close().await.expect("close");
+        }
+        assert!(
+            LISTING_US_MEAN.get() < LISTING_ON_POOL_FROM_US,
+            "back on the shard thread: {} µs",
+            LISTING_US_MEAN.get()
+        );
     });
 }
