@@ -201,7 +201,7 @@ pub struct Log {
     /// This open made the directory: nothing else (leader epochs, producer
     /// snapshots) can be in it yet, so callers skip looking.
     created: bool,
-    /// Names of the files the open's listing saw besides the log's own
+    /// The files the open's listing saw besides the log's own
     /// (leader-epoch checkpoint, producer snapshots, ...), for the
     /// partition's own files: at a start of 100,000 logs, a second listing
     /// or a stat per log for them costs about a second. Taken once.
@@ -245,8 +245,9 @@ async fn write_offset_file(dir: &Path, name: &str, offset: i64) -> Result<(), St
 /// The whole file, read with one `read` when it fits in a block (a
 /// leader-epoch checkpoint of a few epochs does): `std::fs::read` also
 /// stats the file and reads once more to see the end, two of five calls
-/// per partition at a start of 100,000. Blocking. A regular file returns less than asked only at its
-/// end, so a short read ends it; a full one keeps reading.
+/// per partition at a start of 100,000. Blocking. A regular file returns
+/// less than asked only at its end, so a short read ends it; a full one
+/// keeps reading.
 pub fn read_small_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     const FIRST_READ_BYTES: usize = 4096;
@@ -269,8 +270,8 @@ pub fn read_small_file(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// What `Log::open` needs from the log's directory: one listing and a stat
-/// per segment, made on the blocking pool (`DirListing::read`).
+/// What `Log::open` needs from the log's directory: one listing, a stat
+/// per segment and the other files asked for (`DirListing::read`).
 struct DirListing {
     /// The directory did not exist: the listing created it (empty).
     created: bool,
