@@ -7,7 +7,7 @@ page cache are shared and only the binary differs.
       clean stop), times the start to its "listening on" line, and stops it
       with SIGTERM.
   --mode kill: each turn starts the binary, produces --fill-s seconds of
-      small batches to every partition (shardlog-bench, 1,000 partitions per
+      small batches to every partition (shardlog-bench, up to 1,000 partitions per
       request), kills it with SIGKILL, then times the restart (log recovery)
       and stops it cleanly.
 
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import BENCH_BIN, REPO, Broker, machine  # noqa: E402
+from benchlib import REPO, Broker, bench, machine  # noqa: E402
 
 TOPIC = "wide"
 
@@ -41,15 +41,16 @@ TOPIC = "wide"
 def bench_produce(broker, partitions, seconds):
     """Small batches to every partition; repeated while the new logs are
     still opening (the broker refuses produce until they are)."""
-    for _ in range(20):
-        done = subprocess.run([str(BENCH_BIN), "produce", "--bootstrap", broker.bootstrap, "--topic", TOPIC,
-                               "--partitions", str(partitions), "--partitions-per-request", "1000",
-                               "--batch-bytes", "128", "--record-bytes", "100", "--duration-s", str(seconds),
-                               "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if done.returncode == 0:
+    for attempt in range(20):
+        try:
+            bench(broker, "produce", "--topic", TOPIC, "--partitions", str(partitions),
+                  "--partitions-per-request", str(min(1000, partitions)), "--batch-bytes", "128", "--record-bytes", "100",
+                  "--duration-s", str(seconds))
             return
-        time.sleep(3)
-    raise SystemExit("shardlog-bench produce kept failing")
+        except RuntimeError:
+            if attempt == 19:
+                raise
+            time.sleep(3)
 
 
 def fill(work, binary, partitions, how):

@@ -151,21 +151,13 @@ impl Partition {
                 Some(Some(OtherFile {
                     bytes: Some(bytes), ..
                 })) => LeaderEpochCache::from_bytes(log.dir(), bytes),
-                // Not read with the listing: on the blocking pool, like it
-                // (after a reboot the read waits for the device).
-                Some(Some(_)) | None => {
-                    let dir = log.dir().to_path_buf();
-                    glommio::executor()
-                        .spawn_blocking(move || LeaderEpochCache::load(&dir))
-                        .await?
-                }
+                // Not read with the listing (the log was opened without
+                // asking for it, or the file went in between).
+                Some(Some(_)) | None => LeaderEpochCache::load(log.dir())?,
             };
-            let names: Option<Vec<&str>> = listed
-                .as_ref()
-                .map(|files| files.iter().map(|f| f.name.as_str()).collect());
             (
                 epochs,
-                rebuild_producer_states(&log, clean_log_end, names.as_deref()).await?,
+                rebuild_producer_states(&log, clean_log_end, listed.as_deref()).await?,
             )
         };
         Ok(Partition {
@@ -610,19 +602,19 @@ fn batches_below(records: Records, limit: i64) -> Result<Bytes, PartitionError> 
     Ok(bytes.slice(..end))
 }
 
-/// `listed`: the names in the log's directory (`Log::take_other_files`),
+/// `listed`: the files in the log's directory (`Log::take_other_files`),
 /// or None to list it here.
 async fn rebuild_producer_states(
     log: &Log,
     clean_log_end: Option<i64>,
-    listed: Option<&[&str]>,
+    listed: Option<&[OtherFile]>,
 ) -> Result<(ProducerStates, i64), StorageError> {
     let dir = log.dir().to_path_buf();
     let log_end_offset = log.log_end_offset();
     let mut snapshots: Vec<i64> = match listed {
-        Some(names) => names
+        Some(files) => files
             .iter()
-            .filter_map(|name| producer_state::parse_snapshot_file_name(name))
+            .filter_map(|file| producer_state::parse_snapshot_file_name(&file.name))
             .collect(),
         None => std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok())

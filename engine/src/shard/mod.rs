@@ -278,8 +278,9 @@ impl Shard {
     ) -> Result<Rc<Partition>, crate::storage::StorageError> {
         let dir = controller::partition_dir(&self.config.data_dir, &topic.name, index);
         let log_config = crate::config::topic::log_config(&topic.configs, &self.config);
-        // The leader-epoch checkpoint is read with the log's listing: one
-        // trip to the blocking pool per partition at a start, not two.
+        // The leader-epoch checkpoint is read with the log's listing, where
+        // that runs: after a reboot, one trip to the blocking pool per
+        // partition at a start, not two.
         let log = crate::storage::Log::open_reading(
             &dir,
             log_config,

@@ -362,21 +362,16 @@ impl DirListing {
             } else if let Some(base) = segment::parse_log_file_name(name) {
                 bases.push(base);
             } else {
-                let is = |file: &str| name == file;
-                listing.recovery_point_listed |= is(RECOVERY_POINT_FILE);
-                listing.log_start_listed |= is(LOG_START_OFFSET_FILE);
-                listing.legacy_marker_listed |= is(LEGACY_CLEAN_SHUTDOWN_FILE);
-                let log_file = [
-                    RECOVERY_POINT_FILE,
-                    LOG_START_OFFSET_FILE,
-                    LEGACY_CLEAN_SHUTDOWN_FILE,
-                ]
-                .into_iter()
-                .any(is)
-                    || [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX]
-                        .iter()
-                        .any(|suffix| name.strip_suffix(suffix).is_some_and(|stem| stem.ends_with('.')));
-                if !log_file {
+                let recovery_point = name == RECOVERY_POINT_FILE;
+                let log_start = name == LOG_START_OFFSET_FILE;
+                let legacy_marker = name == LEGACY_CLEAN_SHUTDOWN_FILE;
+                listing.recovery_point_listed |= recovery_point;
+                listing.log_start_listed |= log_start;
+                listing.legacy_marker_listed |= legacy_marker;
+                let index_file = [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix).is_some_and(|stem| stem.ends_with('.')));
+                if !(recovery_point || log_start || legacy_marker || index_file) {
                     let bytes = if read_names.contains(&name) {
                         match read_small_file(&entry.path()) {
                             Ok(bytes) => Some(bytes),
@@ -427,8 +422,8 @@ impl Log {
 
     /// `open`, also reading the files of the directory named in
     /// `read_names` (small ones: a partition's leader-epoch checkpoint)
-    /// with the listing, on the blocking pool; `take_other_files` hands
-    /// them over.
+    /// with the listing, wherever that runs (`DirListing::read_adaptively`);
+    /// `take_other_files` hands them over.
     pub async fn open_reading(
         dir: &Path,
         config: LogConfig,
@@ -676,7 +671,7 @@ impl Log {
         self.created
     }
 
-    /// The names the open's directory listing saw besides the log's own
+    /// The files the open's directory listing saw besides the log's own
     /// (segments, indexes, offset files, temp and compaction files), so
     /// the partition finds its own files without listing again: empty for
     /// a directory the open created, None once taken (then the caller

@@ -2199,6 +2199,20 @@ fn a_clean_open_takes_the_writer_tail_from_its_scan_and_appends_keep_earlier_bat
     });
 }
 
+/// A clean open that reads `leader-epoch-checkpoint` with its listing, as
+/// a shard opens a partition's log.
+async fn open_reading_checkpoint(dir: &Path) -> Rc<Log> {
+    Log::open_reading(
+        dir,
+        LogConfig::default(),
+        RecoveryMode::Clean,
+        file_cache(4),
+        &["leader-epoch-checkpoint"],
+    )
+    .await
+    .expect("open")
+}
+
 #[test]
 fn the_open_listing_hands_over_the_partition_files_once() {
     run(|| async {
@@ -2215,15 +2229,7 @@ fn the_open_listing_hands_over_the_partition_files_once() {
         std::fs::write(dir.path().join("00000000000000000004.snapshot"), b"x").expect("write");
         std::fs::write(dir.path().join("00000000000000000000.index"), b"").expect("write");
         std::fs::write(dir.path().join("00000000000000000000.timeindex"), b"").expect("write");
-        let log = Log::open_reading(
-            dir.path(),
-            LogConfig::default(),
-            RecoveryMode::Clean,
-            file_cache(4),
-            &["leader-epoch-checkpoint"],
-        )
-        .await
-        .expect("open");
+        let log = open_reading_checkpoint(dir.path()).await;
         let mut listed = log.take_other_files().expect("listed at open");
         listed.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(
@@ -2254,15 +2260,7 @@ fn slow_listings_move_to_the_blocking_pool_and_fast_ones_come_back() {
         std::fs::write(dir.path().join("leader-epoch-checkpoint"), "0\n1\n0 0\n").expect("write");
         // As after a reboot: the recent listings waited for the device.
         LISTING_US_MEAN.set(10.0 * LISTING_ON_POOL_FROM_US);
-        let log = Log::open_reading(
-            dir.path(),
-            LogConfig::default(),
-            RecoveryMode::Clean,
-            file_cache(4),
-            &["leader-epoch-checkpoint"],
-        )
-        .await
-        .expect("open through the pool");
+        let log = open_reading_checkpoint(dir.path()).await;
         assert_eq!(log.log_end_offset(), 6);
         let listed = log.take_other_files().expect("listed");
         assert_eq!(listed.len(), 1);
