@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod fifo;
 pub mod group;
+pub mod latency;
 pub mod partition;
 pub mod protocol;
 pub mod replication;

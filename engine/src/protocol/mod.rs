@@ -28,7 +28,7 @@ mod zero_copy;
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +45,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
+use crate::latency::{self, Stage};
 use crate::shard::Shard;
 use crate::storage::Records;
 
@@ -96,6 +97,16 @@ pub async fn connection(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> std
     read
 }
 
+/// A handled request, queued for the connection's writer.
+struct Answer {
+    outcome: Outcome,
+    api_key: i16,
+    /// When the request was read whole, and when its handler finished: the
+    /// stage latencies (`crate::latency`).
+    read_at: Instant,
+    handled_at: Instant,
+}
+
 /// Requests started but not yet answered on one connection.
 #[derive(Default)]
 struct InFlight {
@@ -132,7 +143,7 @@ impl InFlight {
 async fn read_requests(
     shard: &Rc<Shard>,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
-    answers: glommio::channels::local_channel::LocalSender<glommio::Task<Outcome>>,
+    answers: glommio::channels::local_channel::LocalSender<glommio::Task<Answer>>,
     in_flight: &InFlight,
     peer: &str,
 ) -> std::io::Result<()> {
@@ -157,8 +168,10 @@ async fn read_requests(
             tracing::warn!(%peer, "truncated request of {size} bytes ({e}); closing connection");
             return Ok(());
         }
+        let read_at = Instant::now();
         let frame = body.freeze();
-        let pipelined = i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Produce as i16;
+        let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+        let pipelined = api_key == ApiKey::Produce as i16;
         if !pipelined {
             in_flight.drained().await;
         }
@@ -170,8 +183,18 @@ async fn read_requests(
         let handler_peer = peer.to_string();
         // Spawned tasks first run in spawn order: this handler reaches its
         // appends before any later request's handler does.
-        let handler =
-            glommio::spawn_local(async move { handle_request(&handler_shard, frame, &handler_peer).await });
+        let handler = glommio::spawn_local(async move {
+            latency::record(Some(api_key), Stage::RequestQueue, read_at);
+            let started = Instant::now();
+            let outcome = handle_request(&handler_shard, frame, &handler_peer).await;
+            latency::record(Some(api_key), Stage::Handle, started);
+            Answer {
+                outcome,
+                api_key,
+                read_at,
+                handled_at: Instant::now(),
+            }
+        });
         if answers.send(handler).await.is_err() {
             return Ok(()); // the writer stopped: the connection is closing
         }
@@ -191,13 +214,18 @@ async fn write_answers(
     shard: Rc<Shard>,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     socket: std::os::fd::RawFd,
-    queued: glommio::channels::local_channel::LocalReceiver<glommio::Task<Outcome>>,
+    queued: glommio::channels::local_channel::LocalReceiver<glommio::Task<Answer>>,
     in_flight: Rc<InFlight>,
     peer: String,
 ) {
     while let Some(handler) = queued.recv().await {
-        let outcome = handler.await;
-        let sent = send_outcome(&shard, &mut writer, socket, outcome, &peer).await;
+        let answer = handler.await;
+        let api_key = Some(answer.api_key);
+        latency::record(api_key, Stage::ResponseQueue, answer.handled_at);
+        let send_start = Instant::now();
+        let sent = send_outcome(&shard, &mut writer, socket, answer.outcome, &peer).await;
+        latency::record(api_key, Stage::ResponseSend, send_start);
+        latency::record(api_key, Stage::Total, answer.read_at);
         in_flight.finish();
         if !sent {
             in_flight.writer_stopped();

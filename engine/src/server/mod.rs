@@ -424,6 +424,7 @@ async fn shard_main(
     drop(accept);
     drop(timers);
     let budget = Duration::from_millis(config.shutdown_timeout_ms);
+    crate::latency::log_summary(id);
     let log_ends = futures_lite::future::or(shard.close_all(), async {
         glommio::timer::sleep(budget).await;
         tracing::error!(shard = id, "closing logs took longer than shutdown.timeout.ms");

@@ -12,12 +12,14 @@
 //! (`append_replicated`, written byte for byte at the offsets they carry).
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use glommio::io::DmaFile;
 
 use crate::clock::now_ms;
+use crate::latency::{self, Stage};
 use crate::storage::batch::{self, BatchError};
 use crate::storage::file_cache::FileMode;
 use crate::storage::index::SegmentIndex;
@@ -35,6 +37,8 @@ pub(super) struct PendingAppend {
     offsets: i64,
     records: u64,
     mode: AppendMode,
+    /// When the caller queued it (`latency::Stage::AppendQueue`).
+    queued_at: Instant,
 }
 
 /// What the writer does to an append's batches while copying them into the
@@ -144,6 +148,9 @@ impl Log {
     }
 
     async fn write_drained(&self, drained: Vec<(PendingAppend, Reply)>) {
+        for (append, _) in &drained {
+            latency::record(None, Stage::AppendQueue, append.queued_at);
+        }
         let now = now_ms();
         let (appends, replies) = self.refuse_non_contiguous(drained);
         let mut results: Vec<Option<AppendResult>> = vec![None; appends.len()];
@@ -387,6 +394,7 @@ impl Log {
         let new_tail = out[(align_down(new_size) - tail_start) as usize..cursor].to_vec();
 
         let reserved = self.preallocate(&file, tail_start + buffer_bytes).await;
+        let write_start = Instant::now();
         let written = if reserved && !tail.is_empty() && buffer_bytes > BLOCK_BYTES {
             // The rewritten tail block is data already on disk and the rest
             // is reserved but unwritten: ext4 counts a write as an overwrite
@@ -413,6 +421,7 @@ impl Log {
         } else {
             file.write_at(buffer, tail_start).await?
         };
+        latency::record(None, Stage::SegmentWrite, write_start);
         if written as u64 != buffer_bytes {
             // Nothing is published: the next write starts at the same block
             // and overwrites whatever part of this one landed.
@@ -612,6 +621,7 @@ fn describe(batches: Vec<Bytes>, mode: AppendMode) -> Result<PendingAppend, Stor
         offsets: 0,
         records: 0,
         mode,
+        queued_at: Instant::now(),
     };
     let mut next_offset = match mode {
         AppendMode::Replicated { base_offset } => Some(base_offset),
