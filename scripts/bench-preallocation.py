@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("data_path", REPO / "scripts" / "bench-data-path.py")
 dp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(dp)
+sys.path.insert(0, str(REPO / "scripts"))
+import benchlib  # noqa: E402
 
 PRODUCE = ["produce", "--topic", "p", "--partitions", "6", "--record-bytes", "1024", "--batch-bytes", "65536",
            "--producers", "1", "--inflight", "4", "--acks", "1"]
@@ -149,7 +151,7 @@ def main():
         sys.exit("needs root: losetup, mount, perf tracepoints")
     if "xfs" in args.fs and not shutil.which("mkfs.xfs"):
         subprocess.run(["apt-get", "install", "-y", "-q", "xfsprogs"], check=True, stdout=subprocess.DEVNULL)
-    for tool in (dp.BROKER_BIN, dp.BENCH_BIN):
+    for tool in (benchlib.BROKER_BIN, benchlib.BENCH_BIN):
         if not Path(tool).exists():
             subprocess.run(["cargo", "build", "--release", "-p", "shardlog", "-p", "shardlog-bench"], check=True,
                            cwd=REPO)
