@@ -127,6 +127,9 @@ pub struct BrokerConfig {
     pub unclean_leader_election_enable: bool,
     /// `log.message.timestamp.type`.
     pub log_message_timestamp_type: String,
+    /// `compression.type`: the codec topics store batches in unless they
+    /// override it (`producer`: as sent; see `storage::recompress`).
+    pub compression_type: String,
     /// `log.cleanup.policy`.
     pub log_cleanup_policy: String,
     /// `controlled.shutdown` budget: how long a clean shutdown may take before giving up.
@@ -231,6 +234,7 @@ impl Default for BrokerConfig {
             min_insync_replicas: 1,
             unclean_leader_election_enable: false,
             log_message_timestamp_type: "CreateTime".to_string(),
+            compression_type: "producer".to_string(),
             log_cleanup_policy: "delete".to_string(),
             shutdown_timeout_ms: 30_000,
             log: LogConfig::default(),
@@ -352,6 +356,16 @@ impl BrokerConfig {
                     return Err(invalid(key, v, "must be CreateTime or LogAppendTime"));
                 }
                 self.log_message_timestamp_type = v.to_string();
+            }
+            "compression.type" => {
+                if crate::storage::recompress::TopicCompression::parse(v).is_none() {
+                    return Err(invalid(
+                        key,
+                        v,
+                        "must be producer, uncompressed, gzip, snappy, lz4 or zstd",
+                    ));
+                }
+                self.compression_type = v.trim().to_string();
             }
             "log.cleanup.policy" => {
                 let Some((delete, compact)) = topic::parse_cleanup_policy(v) else {
@@ -654,6 +668,11 @@ impl BrokerConfig {
                 "log.message.timestamp.type",
                 self.log_message_timestamp_type.clone(),
                 d.log_message_timestamp_type.clone(),
+            ),
+            (
+                "compression.type",
+                self.compression_type.clone(),
+                d.compression_type.clone(),
             ),
             (
                 "log.cleanup.policy",

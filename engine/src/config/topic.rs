@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::BrokerConfig;
 use crate::partition::PartitionPolicy;
+use crate::storage::recompress::TopicCompression;
 use crate::storage::LogConfig;
 
 /// Topic config names this broker knows, in the order DescribeConfigs lists them.
@@ -26,7 +27,24 @@ pub const TOPIC_KEYS: &[&str] = &[
     "min.cleanable.dirty.ratio",
     "unclean.leader.election.enable",
     "preallocate",
+    "compression.type",
 ];
+
+/// Topic config names Kafka 4.0 removed but clients may still send
+/// (`message.format.version`): accepted and ignored, with a warning, as
+/// Kafka 4.0 does. Never stored, so DescribeConfigs does not list them.
+pub const IGNORED_KEYS: &[&str] = &["message.format.version"];
+
+/// Is `key` accepted only to be dropped (`IGNORED_KEYS`)? Logs the warning.
+pub fn ignored(key: &str) -> bool {
+    let ignored = IGNORED_KEYS.contains(&key);
+    if ignored {
+        tracing::warn!(
+            "topic config {key} is ignored: it was removed in Kafka 4.0 (only message format v2 is stored)"
+        );
+    }
+    ignored
+}
 
 /// Kafka's DescribeConfigs config type of a list value (`cleanup.policy`).
 pub const CONFIG_TYPE_LIST: i8 = 7;
@@ -40,7 +58,7 @@ pub fn config_type(key: &str) -> i8 {
     const DOUBLE: i8 = 6;
     match key {
         "cleanup.policy" => CONFIG_TYPE_LIST,
-        "message.timestamp.type" => STRING,
+        "message.timestamp.type" | "compression.type" => STRING,
         "unclean.leader.election.enable" | "preallocate" => BOOLEAN,
         "min.cleanable.dirty.ratio" => DOUBLE,
         "segment.index.bytes"
@@ -95,6 +113,12 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
                 "Invalid value {value} for configuration {key}: CreateTime or LogAppendTime"
             )),
         },
+        "compression.type" => match TopicCompression::parse(value) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "Invalid value {value} for configuration {key}: String must be one of: uncompressed, zstd, lz4, snappy, gzip, producer"
+            )),
+        },
         _ => Err(format!("Unknown topic config name: {key}")),
     }
 }
@@ -143,6 +167,7 @@ pub fn effective(key: &str, overrides: &BTreeMap<String, String>, broker: &Broke
         "delete.retention.ms" => broker.log.delete_retention_ms.to_string(),
         "min.cleanable.dirty.ratio" => broker.log.min_cleanable_dirty_ratio.to_string(),
         "preallocate" => broker.log.preallocate.to_string(),
+        "compression.type" => broker.compression_type.clone(),
         _ => String::new(),
     };
     (value, true)
@@ -199,6 +224,9 @@ pub fn partition_policy(overrides: &BTreeMap<String, String>, broker: &BrokerCon
     PartitionPolicy {
         max_message_bytes: num(overrides, "max.message.bytes").unwrap_or(broker.message_max_bytes),
         log_append_time: effective("message.timestamp.type", overrides, broker).0 == "LogAppendTime",
+        // Both were validated where they were set.
+        compression: TopicCompression::parse(&effective("compression.type", overrides, broker).0)
+            .unwrap_or(TopicCompression::Producer),
     }
 }
 

@@ -919,6 +919,9 @@ fn check_new_topic(
     let mut configs = BTreeMap::new();
     for (key, value) in &t.configs {
         let Some(value) = value else { continue };
+        if topic::ignored(key) {
+            continue;
+        }
         topic::validate(key, value).map_err(|m| (ResponseError::InvalidConfig, m))?;
         configs.insert(key.clone(), value.trim().to_string());
     }
@@ -1112,6 +1115,9 @@ fn altered_overrides(
                 ResponseError::InvalidRequest,
                 format!("Duplicate config key {name}"),
             ));
+        }
+        if topic::ignored(name) {
+            continue;
         }
         let list = |v: &str| -> Vec<String> {
             v.split(',')

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
+use crate::storage::recompress::{recompress, RecompressError, TopicCompression};
 use crate::storage::{batch, AppendResult, Log, OtherFile, Records, StorageError};
 use leader_epoch::LeaderEpochCache;
 use producer_state::{ProducerStates, SequenceCheck};
@@ -33,6 +34,8 @@ pub struct PartitionPolicy {
     pub max_message_bytes: usize,
     /// `message.timestamp.type=LogAppendTime`: produce answers carry the append time.
     pub log_append_time: bool,
+    /// `compression.type`: the codec batches are stored in.
+    pub compression: TopicCompression,
 }
 
 /// Why a partition refused a request, already in Kafka's terms.
@@ -109,6 +112,10 @@ pub struct Partition {
     /// Serialises idempotent appends (check, write, record) and snapshots,
     /// strictly in arrival order (see `fifo`).
     idempotent_lock: crate::fifo::FifoLock,
+    /// Keeps arrival order for appends to a topic with a `compression.type`
+    /// codec: one waiting for the blocking pool to re-encode it must not be
+    /// overtaken by a later one (`append`).
+    codec_order: crate::fifo::FifoLock,
     /// Log end offset covered by the last producer-state snapshot.
     snapshot_offset: Cell<i64>,
     /// A snapshot task started by `snapshot_after_roll` has not finished.
@@ -173,6 +180,7 @@ impl Partition {
             policy: RefCell::new(policy),
             producers: RefCell::new(producers),
             idempotent_lock: crate::fifo::FifoLock::new(),
+            codec_order: crate::fifo::FifoLock::new(),
             snapshot_offset: Cell::new(snapshot_offset),
             snapshot_running: Cell::new(false),
             cache: PartitionCache::new(cache_budget),
@@ -226,10 +234,17 @@ impl Partition {
     }
 
     /// Checks the client's batches (header, lengths, CRC32C, size limit) and
-    /// appends them. The payload is never decompressed.
+    /// appends them. The payload is decompressed only when the topic's
+    /// `compression.type` names a codec other than the batch's
+    /// (`in_topic_codec`).
     pub async fn append(&self, records: &Bytes) -> Result<AppendResult, PartitionError> {
         self.check_leader()?;
-        let max_message_bytes = self.policy.borrow().max_message_bytes;
+        let (max_message_bytes, compression) = {
+            let policy = self.policy.borrow();
+            (policy.max_message_bytes, policy.compression)
+        };
+        // Drawn in the request's first poll, so in arrival order.
+        let order = (compression != TopicCompression::Producer).then(|| self.codec_order.ticket());
         let batches = batch::split_validated(records).map_err(|e| {
             let code = match e {
                 batch::BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
@@ -237,20 +252,26 @@ impl Partition {
             };
             PartitionError::new(code, format!("{}-{}: {e}", self.topic, self.index))
         })?;
-        if let Some(too_big) = batches.iter().find(|b| b.len() > max_message_bytes) {
-            return Err(PartitionError::new(
-                ResponseError::MessageTooLarge,
-                format!(
-                    "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
-                    too_big.len()
-                ),
-            ));
-        }
+        check_batch_sizes(&batches, max_message_bytes)?;
+        let (batches, order) = match order {
+            None => (batches, None),
+            Some(ticket) => {
+                let batches = self.in_topic_codec(batches, compression).await?;
+                // Re-encoded batches must fit too, as in Kafka.
+                check_batch_sizes(&batches, max_message_bytes)?;
+                (batches, Some(ticket.acquire().await))
+            }
+        };
         let first = batches[0].clone();
         let header = batch::parse_header(&first)
             .map_err(|e| PartitionError::new(ResponseError::CorruptMessage, e.to_string()))?;
         if header.producer_id.get() < 0 {
-            return self.write(batches).await;
+            let write = self.write(batches);
+            // Passing the turn on wakes the next append, which runs only
+            // once this task yields: after `write`'s first poll below has
+            // queued these batches in the log (it does so before any await).
+            drop(order);
+            return write.await;
         }
         if batches.len() != 1 {
             return Err(PartitionError::new(
@@ -264,7 +285,10 @@ impl Partition {
                 "transactions are not supported by this broker",
             ));
         }
-        let _turn = self.idempotent_lock.ticket().acquire().await;
+        // The idempotent line keeps the order from here.
+        let ticket = self.idempotent_lock.ticket();
+        drop(order);
+        let _turn = ticket.acquire().await;
         let check = self.producers.borrow().check(header);
         match check {
             SequenceCheck::NotIdempotent | SequenceCheck::Append => {}
@@ -306,6 +330,43 @@ impl Partition {
             crate::clock::now_ms(),
         );
         Ok(result)
+    }
+
+    /// `batches` in the topic's `compression.type` codec: those in another
+    /// codec are decoded and encoded again on the blocking pool, never on
+    /// the shard thread (a full decompress and compress per batch).
+    async fn in_topic_codec(
+        &self,
+        batches: Vec<Bytes>,
+        compression: TopicCompression,
+    ) -> Result<Vec<Bytes>, PartitionError> {
+        let TopicCompression::Codec(codec) = compression else {
+            return Ok(batches);
+        };
+        let stale = move |b: &Bytes| batch::parse_header(b).is_ok_and(|h| compression.needs_recompression(h));
+        if !batches.iter().any(stale) {
+            return Ok(batches);
+        }
+        let encoded = glommio::executor()
+            .spawn_blocking(move || -> Result<Vec<Bytes>, RecompressError> {
+                let mut out = Vec::with_capacity(batches.len());
+                for b in batches {
+                    if stale(&b) {
+                        out.extend(recompress(&b, codec)?);
+                    } else {
+                        out.push(b);
+                    }
+                }
+                Ok(out)
+            })
+            .await;
+        encoded.map_err(|e| {
+            tracing::warn!("{}-{}: {e}", self.topic, self.index);
+            PartitionError::new(
+                ResponseError::CorruptMessage,
+                format!("{}-{}: {e}", self.topic, self.index),
+            )
+        })
     }
 
     /// Appends to the log and the tail cache. Kafka answers the append time
@@ -686,6 +747,20 @@ async fn rebuild_producer_states(
     Ok((states, covered))
 }
 
+/// MESSAGE_TOO_LARGE for a batch over `max.message.bytes`.
+fn check_batch_sizes(batches: &[Bytes], max_message_bytes: usize) -> Result<(), PartitionError> {
+    match batches.iter().find(|b| b.len() > max_message_bytes) {
+        Some(too_big) => Err(PartitionError::new(
+            ResponseError::MessageTooLarge,
+            format!(
+                "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
+                too_big.len()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,6 +773,7 @@ mod tests {
         PartitionPolicy {
             max_message_bytes: 1 << 20,
             log_append_time: false,
+            compression: TopicCompression::Producer,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod index;
 pub mod log;
 mod log_config;
 pub mod offset_checkpoint;
+pub mod recompress;
 mod records;
 mod segment;
 #[cfg(test)]
