@@ -52,6 +52,9 @@ pub struct BrokerConfig {
     pub auto_create_topics_enable: bool,
     /// `socket.request.max.bytes`: larger request frames close the connection.
     pub socket_request_max_bytes: usize,
+    /// `max.request.partition.size.limit`: the most partitions one
+    /// DescribeTopicPartitions answer holds (the client may ask for fewer).
+    pub max_request_partition_size_limit: usize,
     /// `message.max.bytes`: the largest record batch a topic accepts by default.
     pub message_max_bytes: usize,
     /// `max.connections`: per broker; split evenly between shards.
@@ -210,6 +213,7 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             auto_create_topics_enable: true,
             socket_request_max_bytes: 104_857_600,
+            max_request_partition_size_limit: 2_000,
             message_max_bytes: 1_048_588,
             max_connections: 10_000,
             connections_max_idle_ms: 600_000,
@@ -297,6 +301,9 @@ impl BrokerConfig {
             "default.replication.factor" => self.default_replication_factor = parse_positive(key, v)?,
             "auto.create.topics.enable" => self.auto_create_topics_enable = parse(key, v)?,
             "socket.request.max.bytes" => self.socket_request_max_bytes = parse_positive(key, v)?,
+            "max.request.partition.size.limit" => {
+                self.max_request_partition_size_limit = parse_positive(key, v)?
+            }
             "message.max.bytes" => self.message_max_bytes = parse_positive(key, v)?,
             "max.connections" => self.max_connections = parse_positive(key, v)?,
             "connections.max.idle.ms" => self.connections_max_idle_ms = parse_positive(key, v)?,
@@ -488,6 +495,11 @@ impl BrokerConfig {
                 "socket.request.max.bytes",
                 self.socket_request_max_bytes.to_string(),
                 d.socket_request_max_bytes.to_string(),
+            ),
+            (
+                "max.request.partition.size.limit",
+                self.max_request_partition_size_limit.to_string(),
+                d.max_request_partition_size_limit.to_string(),
             ),
             (
                 "message.max.bytes",
