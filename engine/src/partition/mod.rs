@@ -13,6 +13,7 @@ pub mod leader_epoch;
 pub mod producer_state;
 pub mod replica;
 pub mod tail_cache;
+pub mod txn_index;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -23,9 +24,10 @@ use kafka_protocol::ResponseError;
 use crate::storage::recompress::{recompress, RecompressError, TopicCompression};
 use crate::storage::{batch, AppendResult, Log, OtherFile, Records, StorageError};
 use leader_epoch::LeaderEpochCache;
-use producer_state::{ProducerStates, SequenceCheck};
+use producer_state::{CompletedTxn, MarkerRefusal, ProducerStates, SequenceCheck};
 pub use replica::{Following, Role};
 use tail_cache::{CacheBudget, PartitionCache};
+use txn_index::{AbortedIndex, AbortedTxn};
 
 /// Per-topic settings the partition enforces on its append path.
 #[derive(Clone, Debug)]
@@ -79,6 +81,18 @@ pub struct ReadOutcome {
     pub records: Records,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    pub last_stable_offset: i64,
+}
+
+/// How far a read may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadLimit {
+    /// A follower's: the log end.
+    LogEnd,
+    /// A read_uncommitted consumer's: the high watermark.
+    HighWatermark,
+    /// A read_committed consumer's: the last stable offset.
+    LastStable,
 }
 
 pub struct Partition {
@@ -122,6 +136,8 @@ pub struct Partition {
     snapshot_running: Cell<bool>,
     /// Recently appended batches, served to tail consumers from memory.
     cache: Rc<PartitionCache>,
+    /// Aborted transactions of the log (`txn_index`).
+    aborted: RefCell<AbortedIndex>,
 }
 
 impl Partition {
@@ -144,8 +160,12 @@ impl Partition {
     ) -> Result<Self, StorageError> {
         // A new partition's directory holds no checkpoint or snapshot:
         // two lookups fewer each when 100,000 are created at once.
-        let (epochs, (producers, snapshot_offset)) = if log.created_by_open() {
-            (LeaderEpochCache::default(), (ProducerStates::new(), -1))
+        let mut txn_files = Vec::new();
+        let (epochs, (producers, snapshot_offset, replayed)) = if log.created_by_open() {
+            (
+                LeaderEpochCache::default(),
+                (ProducerStates::new(), -1, Vec::new()),
+            )
         } else {
             // The log's open listed the directory: no lookups for files
             // it did not see.
@@ -162,12 +182,13 @@ impl Partition {
                 // asking for it, or the file went in between).
                 Some(Some(_)) | None => LeaderEpochCache::load(log.dir())?,
             };
+            txn_files = txn_index_files(&log, listed.as_deref())?;
             (
                 epochs,
                 rebuild_producer_states(&log, clean_log_end, listed.as_deref()).await?,
             )
         };
-        Ok(Partition {
+        let partition = Partition {
             topic,
             topic_id,
             index,
@@ -184,7 +205,97 @@ impl Partition {
             snapshot_offset: Cell::new(snapshot_offset),
             snapshot_running: Cell::new(false),
             cache: PartitionCache::new(cache_budget),
-        })
+            aborted: RefCell::new(AbortedIndex::default()),
+        };
+        partition.load_aborted(&txn_files, replayed).await?;
+        Ok(partition)
+    }
+
+    /// Fills the aborted-transaction index from the segments' `.txnindex`
+    /// files and the aborts the producer-state replay found (a marker whose
+    /// entry a crash lost), forgets entries past the log end (a marker the
+    /// crash lost), and writes back the files of segments that changed.
+    async fn load_aborted(
+        &self,
+        files: &[(i64, Vec<u8>)],
+        replayed: Vec<CompletedTxn>,
+    ) -> Result<(), StorageError> {
+        let log_end = self.log.log_end_offset();
+        let mut stale = Vec::new();
+        {
+            let mut aborted = self.aborted.borrow_mut();
+            for (base, bytes) in files {
+                let entries = txn_index::decode(bytes);
+                if entries.len() * txn_index::ENTRY_BYTES != bytes.len()
+                    || entries.iter().any(|e| e.last_offset >= log_end)
+                {
+                    stale.push(*base);
+                }
+                for entry in entries {
+                    aborted.insert(entry);
+                }
+            }
+            aborted.truncate_from(log_end);
+            aborted.trim_below(self.log.log_start_offset());
+        }
+        self.absorb_replayed(replayed, stale).await
+    }
+
+    /// Adds the aborts a producer-state replay found to the index and
+    /// rewrites the `.txnindex` files of their segments and of `also`.
+    async fn absorb_replayed(
+        &self,
+        replayed: Vec<CompletedTxn>,
+        mut also: Vec<i64>,
+    ) -> Result<(), StorageError> {
+        for completed in replayed.into_iter().filter(|c| c.aborted) {
+            // The stable offset at its end is not known after the fact; the
+            // entry after its marker is what Kafka's rebuild records too.
+            let entry = AbortedTxn::of(completed, completed.last_offset + 1);
+            if self.aborted.borrow_mut().insert(entry) {
+                also.extend(self.log.segment_base_of(entry.last_offset));
+            }
+        }
+        also.sort_unstable();
+        also.dedup();
+        for base in also {
+            self.store_txn_index(base).await?;
+        }
+        Ok(())
+    }
+
+    /// After a truncation to `log_end`: forgets the aborts past it, adds the
+    /// ones the rebuild replayed, rewrites the active segment's file.
+    pub(crate) async fn aborted_after_truncation(
+        &self,
+        log_end: i64,
+        replayed: Vec<CompletedTxn>,
+    ) -> Result<(), StorageError> {
+        self.aborted.borrow_mut().truncate_from(log_end);
+        self.absorb_replayed(replayed, vec![self.log.active_base_offset()])
+            .await
+    }
+
+    /// Writes segment `base`'s `.txnindex` from the index (temp file,
+    /// fdatasync, rename: an entry must not be lost once its marker is
+    /// answered), or removes it when the segment has no aborts.
+    async fn store_txn_index(&self, base: i64) -> Result<(), StorageError> {
+        let entries: Vec<AbortedTxn> = {
+            let aborted = self.aborted.borrow();
+            aborted
+                .in_range(base, i64::MAX)
+                .into_iter()
+                .filter(|e| self.log.segment_base_of(e.last_offset) == Some(base))
+                .collect()
+        };
+        let name = crate::storage::segment_file_name(base, crate::storage::TXN_INDEX_SUFFIX);
+        if entries.is_empty() {
+            return match std::fs::remove_file(self.log.dir().join(&name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
+        crate::storage::write_file_atomic(self.log.dir(), &name, txn_index::encode(&entries)).await
     }
 
     pub fn topic(&self) -> &str {
@@ -233,6 +344,29 @@ impl Partition {
         self.log.log_start_offset()
     }
 
+    /// Below this offset no record belongs to an open transaction, and
+    /// every record is below the high watermark: read_committed consumers
+    /// read up to here (Kafka's last stable offset).
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        self.producers
+            .borrow()
+            .first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// The aborted transactions a read_committed read from `from` may hold
+    /// records of, up to the last stable offset: (producer id, first offset).
+    pub fn aborted_transactions(&self, from: i64) -> Vec<(i64, i64)> {
+        self.aborted.borrow().overlapping(from, self.last_stable_offset())
+    }
+
+    /// Open transactions on this partition, oldest first: (first offset,
+    /// producer id).
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.producers.borrow().open_transactions().collect()
+    }
+
     /// Checks the client's batches (header, lengths, CRC32C, size limit) and
     /// appends them. The payload is decompressed only when the topic's
     /// `compression.type` names a codec other than the batch's
@@ -265,6 +399,19 @@ impl Partition {
         let first = batches[0].clone();
         let header = batch::parse_header(&first)
             .map_err(|e| PartitionError::new(ResponseError::CorruptMessage, e.to_string()))?;
+        if let Some(refusal) = batches.iter().find_map(|b| {
+            let h = batch::parse_header(b).ok()?;
+            if h.is_control() {
+                // Only the coordinator ends transactions (WriteTxnMarkers), as in Kafka.
+                Some("control batches are written by the transaction coordinator, not by producers")
+            } else if h.is_transactional() && h.producer_id.get() < 0 {
+                Some("a transactional batch needs a producer id")
+            } else {
+                None
+            }
+        }) {
+            return Err(PartitionError::new(ResponseError::InvalidRecord, refusal));
+        }
         if header.producer_id.get() < 0 {
             let write = self.write(batches);
             // Passing the turn on wakes the next append, which runs only
@@ -277,12 +424,6 @@ impl Partition {
             return Err(PartitionError::new(
                 ResponseError::InvalidRecord,
                 "an idempotent producer sends one batch per partition and request",
-            ));
-        }
-        if header.is_transactional() || header.is_control() {
-            return Err(PartitionError::new(
-                ResponseError::InvalidTxnState,
-                "transactions are not supported by this broker",
             ));
         }
         // The idempotent line keeps the order from here.
@@ -317,6 +458,15 @@ impl Partition {
                     ResponseError::InvalidProducerEpoch,
                     format!(
                         "producer {}: epoch {got} is older than {current}",
+                        header.producer_id.get()
+                    ),
+                ))
+            }
+            SequenceCheck::InvalidTxnState => {
+                return Err(PartitionError::new(
+                    ResponseError::InvalidTxnState,
+                    format!(
+                        "producer {}: a non-transactional batch while its transaction is open",
                         header.producer_id.get()
                     ),
                 ))
@@ -389,6 +539,65 @@ impl Partition {
             result.log_append_time_ms = -1;
         }
         Ok(result)
+    }
+
+    /// WriteTxnMarkers on the leader: ends `producer_id`'s transaction on
+    /// this partition with a commit or abort marker (`storage::txn_marker`),
+    /// after Kafka's checks (the producer epoch and the coordinator epoch
+    /// may not go back). An abort is indexed (`txn_index`, its segment's
+    /// `.txnindex` written before the answer). Returns the marker's offset.
+    pub async fn write_txn_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        commit: bool,
+    ) -> Result<i64, PartitionError> {
+        self.check_leader()?;
+        let _turn = self.idempotent_lock.ticket().acquire().await;
+        let checked = self
+            .producers
+            .borrow()
+            .check_marker(producer_id, producer_epoch, coordinator_epoch);
+        match checked {
+            Ok(()) => {}
+            Err(MarkerRefusal::InvalidEpoch { current, got }) => {
+                return Err(PartitionError::new(
+                    ResponseError::InvalidProducerEpoch,
+                    format!("producer {producer_id}: marker epoch {got} is older than {current}"),
+                ))
+            }
+            Err(MarkerRefusal::CoordinatorFenced { current, got }) => {
+                return Err(PartitionError::new(
+                    ResponseError::TransactionCoordinatorFenced,
+                    format!("producer {producer_id}: coordinator epoch {got} is older than {current}"),
+                ))
+            }
+        }
+        let marker = crate::storage::txn_marker::Marker {
+            commit,
+            coordinator_epoch,
+        };
+        let now_ms = crate::clock::now_ms();
+        let bytes = crate::storage::txn_marker::encode(producer_id, producer_epoch, marker, now_ms);
+        let result = self.write(vec![bytes]).await?;
+        let completed = self.producers.borrow_mut().on_marker_appended(
+            producer_id,
+            producer_epoch,
+            marker,
+            result.base_offset,
+            now_ms,
+        );
+        if let Some(completed) = completed.filter(|c| c.aborted) {
+            let entry = AbortedTxn::of(completed, self.last_stable_offset());
+            self.aborted.borrow_mut().insert(entry);
+            if let Some(base) = self.log.segment_base_of(entry.last_offset) {
+                self.store_txn_index(base).await?;
+            }
+        }
+        // The last stable offset may have moved: read_committed readers wait on it.
+        self.data_changed.notify(usize::MAX);
+        Ok(result.base_offset)
     }
 
     /// Forgets idempotent producers idle for `expiration_ms`.
@@ -485,19 +694,38 @@ impl Partition {
         zero_copy: bool,
         upto_log_end: bool,
     ) -> Result<ReadOutcome, PartitionError> {
+        let limit = if upto_log_end {
+            ReadLimit::LogEnd
+        } else {
+            ReadLimit::HighWatermark
+        };
+        self.read_upto(offset, max_bytes, zero_copy, limit).await
+    }
+
+    /// `read` with the limit named: a read_committed consumer reads below
+    /// the last stable offset.
+    pub async fn read_upto(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        zero_copy: bool,
+        read_limit: ReadLimit,
+    ) -> Result<ReadOutcome, PartitionError> {
         let log_start_offset = self.log_start_offset();
         let high_watermark = self.high_watermark();
+        let last_stable_offset = self.last_stable_offset();
         let log_end_offset = self.log.log_end_offset();
-        let limit = if upto_log_end {
-            log_end_offset
-        } else {
-            high_watermark
+        let limit = match read_limit {
+            ReadLimit::LogEnd => log_end_offset,
+            ReadLimit::HighWatermark => high_watermark,
+            ReadLimit::LastStable => last_stable_offset,
         };
         if offset >= limit && offset >= log_start_offset && offset <= log_end_offset {
             return Ok(ReadOutcome {
                 records: Records::default(),
                 high_watermark,
                 log_start_offset,
+                last_stable_offset,
             });
         }
         self.cache.trim_below(log_start_offset);
@@ -524,6 +752,7 @@ impl Partition {
             records,
             high_watermark,
             log_start_offset: self.log_start_offset(),
+            last_stable_offset,
         })
     }
 
@@ -579,7 +808,11 @@ impl Partition {
     /// ListOffsets: -2 earliest, -1 latest, -3 max timestamp, -4 earliest
     /// local; otherwise the first offset whose timestamp is >= `timestamp`.
     /// Returns (offset, timestamp); (-1, -1) when no record qualifies.
-    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<(i64, i64), PartitionError> {
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+        read_committed: bool,
+    ) -> Result<(i64, i64), PartitionError> {
         const LATEST: i64 = -1;
         const EARLIEST: i64 = -2;
         const MAX_TIMESTAMP: i64 = -3;
@@ -593,6 +826,7 @@ impl Partition {
             ));
         }
         match timestamp {
+            LATEST if read_committed => Ok((self.last_stable_offset(), -1)),
             LATEST => Ok((self.high_watermark(), -1)),
             EARLIEST | EARLIEST_LOCAL => Ok((self.log_start_offset(), -1)),
             MAX_TIMESTAMP => match self.log.max_timestamp_batch().await? {
@@ -665,11 +899,41 @@ fn batches_below(records: Records, limit: i64) -> Result<Bytes, PartitionError> 
 
 /// `listed`: the files in the log's directory (`Log::take_other_files`),
 /// or None to list it here.
+/// The log's `.txnindex` files: (segment base, bytes). From the listing
+/// when there is one (only the files it saw are read).
+fn txn_index_files(log: &Log, listed: Option<&[OtherFile]>) -> std::io::Result<Vec<(i64, Vec<u8>)>> {
+    let names: Vec<String> = match listed {
+        Some(files) => files.iter().map(|f| f.name.clone()).collect(),
+        None => std::fs::read_dir(log.dir())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let Some(base) = name
+            .strip_suffix(crate::storage::TXN_INDEX_SUFFIX)
+            .and_then(|stem| stem.strip_suffix('.'))
+            .filter(|digits| digits.len() == 20)
+            .and_then(|digits| digits.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        match crate::storage::read_small_file(&log.dir().join(&name)) {
+            Ok(bytes) => out.push((base, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Also returns the transactions the replay saw end (their markers).
 async fn rebuild_producer_states(
     log: &Log,
     clean_log_end: Option<i64>,
     listed: Option<&[OtherFile]>,
-) -> Result<(ProducerStates, i64), StorageError> {
+) -> Result<(ProducerStates, i64, Vec<CompletedTxn>), StorageError> {
     let dir = log.dir().to_path_buf();
     let log_end_offset = log.log_end_offset();
     let mut snapshots: Vec<i64> = match listed {
@@ -687,7 +951,7 @@ async fn rebuild_producer_states(
         // without one, empty (`snapshot_producers_with_state`); older
         // snapshots are not read.
         if !snapshots.contains(&log_end_offset) {
-            return Ok((ProducerStates::new(), log_end_offset));
+            return Ok((ProducerStates::new(), log_end_offset, Vec::new()));
         }
         snapshots = vec![log_end_offset];
     }
@@ -717,6 +981,7 @@ async fn rebuild_producer_states(
     }
     let mut offset = from;
     let mut replayed = 0u64;
+    let mut completed = Vec::new();
     while offset < log_end_offset {
         let chunk = log.read(offset, 1 << 20).await?;
         let mut position = 0usize;
@@ -726,8 +991,12 @@ async fn rebuild_producer_states(
             let Some(stored) = chunk.get(position..end) else {
                 break;
             };
-            if let Err(e) = states.replay(stored) {
-                tracing::warn!(dir = %dir.display(), "skipping a batch in producer-state rebuild: {e}");
+            match states.replay(stored) {
+                Ok(Some(txn)) => completed.push(txn),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "skipping a batch in producer-state rebuild: {e}")
+                }
             }
             offset = offset.max(header.last_offset() + 1);
             position = end;
@@ -744,7 +1013,7 @@ async fn rebuild_producer_states(
     } else if replayed > 0 {
         tracing::debug!(dir = %dir.display(), "producer state rebuilt from offset {from}: {replayed} batches, no producers");
     }
-    Ok((states, covered))
+    Ok((states, covered, completed))
 }
 
 /// MESSAGE_TOO_LARGE for a batch over `max.message.bytes`.

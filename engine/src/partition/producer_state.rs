@@ -11,16 +11,21 @@
 //! after the snapshot's offset. No I/O: snapshots are encoded to and decoded
 //! from bytes, the caller reads and writes the files.
 //!
-//! Not covered (yet): transactions. Control batches (commit/abort markers) are
-//! skipped on replay, and the produce path must refuse them from clients
-//! before calling `check`, as Kafka does.
+//! Transactions (Kafka's `currentTxnFirstOffset`): a producer's first
+//! transactional batch on this partition opens its transaction here; the
+//! coordinator's marker (a control batch, `storage::txn_marker`) closes it
+//! and yields a [`CompletedTxn`], which the partition turns into an
+//! aborted-transaction index entry when it aborted. The smallest first
+//! offset of the open transactions bounds the last stable offset. The produce
+//! path must refuse control batches from clients before calling `check`, as
+//! Kafka does; markers come through `check_marker` / `on_marker_appended`.
 //!
 //! Back-of-envelope: an entry is a `HashMap` slot (~40 bytes) plus a
 //! `VecDeque` of at most 5 × 32-byte [`BatchMeta`] ≈ 200 bytes, so 10 000
 //! producers writing to one partition hold ~2 MB. A snapshot entry is at most
 //! 20 + 5 × 32 = 180 bytes. `check` is one hash lookup and a scan of 5 batches.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use zerocopy::byteorder::{BigEndian as BE, I16, I32, I64, U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -54,11 +59,37 @@ pub struct BatchMeta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerEntry {
     pub producer_epoch: i16,
-    /// Oldest first; never empty, at most [`BATCHES_REMEMBERED`], offsets
-    /// strictly increasing.
+    /// Oldest first; at most [`BATCHES_REMEMBERED`], offsets strictly
+    /// increasing. Empty only after a marker moved the producer to a new
+    /// epoch.
     pub batches: VecDeque<BatchMeta>,
     /// Last time this producer wrote, for expiration.
     pub last_timestamp_ms: i64,
+    /// First offset of this producer's open transaction on this partition
+    /// (Kafka's `currentTxnFirstOffset`).
+    pub current_txn_first_offset: Option<i64>,
+    /// Coordinator epoch of the last marker written for this producer
+    /// (Kafka's `coordinatorEpoch`); -1 before any.
+    pub coordinator_epoch: i32,
+}
+
+/// A transaction a marker closed on this partition: its records span
+/// `first_offset..last_offset`, the marker is at `last_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompletedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub aborted: bool,
+}
+
+/// Why a marker is refused before it is written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MarkerRefusal {
+    /// -> INVALID_PRODUCER_EPOCH (47) / PRODUCER_FENCED.
+    InvalidEpoch { current: i16, got: i16 },
+    /// -> TRANSACTION_COORDINATOR_FENCED (52).
+    CoordinatorFenced { current: i32, got: i32 },
 }
 
 impl ProducerEntry {
@@ -86,6 +117,9 @@ pub enum SequenceCheck {
     },
     /// -> INVALID_PRODUCER_EPOCH (47).
     InvalidEpoch { current: i16, got: i16 },
+    /// A non-transactional batch from a producer with an open transaction
+    /// here -> INVALID_TXN_STATE (48), as Kafka.
+    InvalidTxnState,
 }
 
 /// Producer states of one partition. Lives on the partition's owner shard
@@ -94,6 +128,9 @@ pub enum SequenceCheck {
 #[derive(Default, Debug)]
 pub struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
+    /// First offset -> producer id of every open transaction: derived from
+    /// `producers`, kept in step by every change.
+    open_txns: BTreeMap<i64, i64>,
 }
 
 /// The sequence number after `seq`; sequences wrap from `i32::MAX` to 0.
@@ -160,6 +197,9 @@ impl ProducerStates {
                 got_first_seq: first_seq,
             };
         }
+        if !header.is_transactional() && same_epoch.is_some_and(|e| e.current_txn_first_offset.is_some()) {
+            return SequenceCheck::InvalidTxnState;
+        }
         SequenceCheck::Append
     }
 
@@ -208,6 +248,93 @@ impl ProducerStates {
             timestamp_ms: header.max_timestamp.get(),
         };
         self.record(producer_id, epoch, meta, now_ms);
+        if header.is_transactional() {
+            self.open_txn(producer_id, first_offset);
+        }
+    }
+
+    /// Opens `producer_id`'s transaction at `first_offset` unless one is open.
+    fn open_txn(&mut self, producer_id: i64, first_offset: i64) {
+        let entry = self.producers.get_mut(&producer_id).expect("recorded before");
+        if entry.current_txn_first_offset.is_none() {
+            entry.current_txn_first_offset = Some(first_offset);
+            self.open_txns.insert(first_offset, producer_id);
+        }
+    }
+
+    /// May a marker for `producer_id` at `producer_epoch` from a coordinator
+    /// at `coordinator_epoch` be written? Kafka's rules: the epoch may not go
+    /// back, nor the coordinator epoch. A producer this partition does not
+    /// know passes (its marker closes nothing). Pure.
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), MarkerRefusal> {
+        let Some(entry) = self.producers.get(&producer_id) else {
+            return Ok(());
+        };
+        if producer_epoch < entry.producer_epoch {
+            return Err(MarkerRefusal::InvalidEpoch {
+                current: entry.producer_epoch,
+                got: producer_epoch,
+            });
+        }
+        if coordinator_epoch < entry.coordinator_epoch {
+            return Err(MarkerRefusal::CoordinatorFenced {
+                current: entry.coordinator_epoch,
+                got: coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a marker the log just wrote at `offset`, after
+    /// [`check_marker`](Self::check_marker) passed: closes the producer's
+    /// open transaction. Returns what it closed (a transaction with no
+    /// records here spans the marker alone, as in Kafka), or None for a
+    /// producer this partition does not know.
+    pub fn on_marker_appended(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: crate::storage::txn_marker::Marker,
+        offset: i64,
+        now_ms: i64,
+    ) -> Option<CompletedTxn> {
+        let entry = self.producers.get_mut(&producer_id)?;
+        assert!(
+            entry.current_txn_first_offset.is_none_or(|first| first < offset),
+            "producer {producer_id}: marker at {offset} before its transaction's first offset"
+        );
+        if producer_epoch > entry.producer_epoch {
+            entry.producer_epoch = producer_epoch;
+            entry.batches.clear();
+        }
+        entry.coordinator_epoch = entry.coordinator_epoch.max(marker.coordinator_epoch);
+        entry.last_timestamp_ms = entry.last_timestamp_ms.max(now_ms);
+        let first_offset = entry.current_txn_first_offset.take();
+        if let Some(first) = first_offset {
+            self.open_txns.remove(&first);
+        }
+        Some(CompletedTxn {
+            producer_id,
+            first_offset: first_offset.unwrap_or(offset),
+            last_offset: offset,
+            aborted: !marker.commit,
+        })
+    }
+
+    /// The first offset of the oldest open transaction: records from it on
+    /// are not stable (Kafka's first unstable offset).
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.open_txns.keys().next().copied()
+    }
+
+    /// Open transactions, oldest first: (first offset, producer id).
+    pub fn open_transactions(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.open_txns.iter().map(|(first, producer)| (*first, *producer))
     }
 
     /// Same as [`on_appended`](Self::on_appended) for one whole batch read
@@ -217,11 +344,14 @@ impl ProducerStates {
     /// Batches at or below the producer's last known offset are already
     /// reflected (e.g. by the snapshot the rebuild started from) and skipped,
     /// as are control batches and batches with an impossible sequence range.
-    pub fn replay(&mut self, stored_batch: &[u8]) -> Result<(), BatchError> {
+    pub fn replay(&mut self, stored_batch: &[u8]) -> Result<Option<CompletedTxn>, BatchError> {
         let header = batch::check_shape(stored_batch)?;
         let producer_id = header.producer_id.get();
-        if producer_id < 0 || header.is_control() {
-            return Ok(());
+        if producer_id < 0 {
+            return Ok(None);
+        }
+        if header.is_control() {
+            return Ok(self.replay_marker(header, stored_batch));
         }
         let Some(last_seq) = last_seq_of(header.base_sequence.get(), header.last_offset_delta.get()) else {
             tracing::warn!(
@@ -229,7 +359,7 @@ impl ProducerStates {
                 base_offset = header.base_offset.get(),
                 "skipping stored batch with an invalid base sequence"
             );
-            return Ok(());
+            return Ok(None);
         };
         let first_offset = header.base_offset.get();
         let already_known = self
@@ -238,7 +368,7 @@ impl ProducerStates {
             .and_then(ProducerEntry::last_offset)
             .is_some_and(|previous| first_offset <= previous);
         if already_known {
-            return Ok(());
+            return Ok(None);
         }
         let meta = BatchMeta {
             first_seq: header.base_sequence.get(),
@@ -248,7 +378,36 @@ impl ProducerStates {
             timestamp_ms: header.max_timestamp.get(),
         };
         self.record(producer_id, header.producer_epoch.get(), meta, meta.timestamp_ms);
-        Ok(())
+        if header.is_transactional() {
+            self.open_txn(producer_id, first_offset);
+        }
+        Ok(None)
+    }
+
+    /// A stored marker: closes the producer's open transaction when that
+    /// transaction started before it. Any other marker is already reflected
+    /// (the snapshot the rebuild started from came after it), closed a
+    /// transaction with no records here, or names a producer not known here:
+    /// nothing to do.
+    fn replay_marker(&mut self, header: &BatchHeader, stored_batch: &[u8]) -> Option<CompletedTxn> {
+        let producer_id = header.producer_id.get();
+        let offset = header.base_offset.get();
+        let open_before = self
+            .producers
+            .get(&producer_id)?
+            .current_txn_first_offset
+            .is_some_and(|first| first < offset);
+        if !open_before {
+            return None;
+        }
+        let marker = crate::storage::txn_marker::decode(&bytes::Bytes::copy_from_slice(stored_batch))?;
+        self.on_marker_appended(
+            producer_id,
+            header.producer_epoch.get(),
+            marker,
+            offset,
+            header.max_timestamp.get(),
+        )
     }
 
     fn record(&mut self, producer_id: i64, epoch: i16, meta: BatchMeta, now_ms: i64) {
@@ -259,6 +418,8 @@ impl ProducerStates {
                 producer_epoch: epoch,
                 batches: VecDeque::with_capacity(BATCHES_REMEMBERED),
                 last_timestamp_ms: now_ms,
+                current_txn_first_offset: None,
+                coordinator_epoch: -1,
             });
         if entry.producer_epoch != epoch {
             entry.producer_epoch = epoch;
@@ -287,9 +448,13 @@ impl ProducerStates {
     /// Drops producers idle for `expiration_ms` or longer (Kafka:
     /// `producer.id.expiration.ms`, default
     /// [`PRODUCER_ID_EXPIRATION_MS_DEFAULT`]).
+    /// A producer with an open transaction here is kept: its transaction
+    /// must end by a marker (or the coordinator's timeout abort) first.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) {
-        self.producers
-            .retain(|_, entry| now_ms.saturating_sub(entry.last_timestamp_ms) < expiration_ms);
+        self.producers.retain(|_, entry| {
+            entry.current_txn_first_offset.is_some()
+                || now_ms.saturating_sub(entry.last_timestamp_ms) < expiration_ms
+        });
     }
 
     /// Encodes the state as a snapshot covering the log up to (excluding)
@@ -301,7 +466,8 @@ impl ProducerStates {
         entries.sort_unstable_by_key(|(producer_id, _)| **producer_id);
         let mut body = Vec::with_capacity(
             SNAPSHOT_BODY_HEADER_BYTES
-                + self.producers.len() * (SNAPSHOT_ENTRY_BYTES + 2 * SNAPSHOT_BATCH_BYTES),
+                + self.producers.len()
+                    * (SNAPSHOT_ENTRY_BYTES + SNAPSHOT_TXN_BYTES + 2 * SNAPSHOT_BATCH_BYTES),
         );
         let entry_count = u32::try_from(entries.len()).expect("entry count fits u32");
         let body_header = SnapshotBodyHeader {
@@ -318,6 +484,11 @@ impl ProducerStates {
                 batch_count: U16::new(batch_count),
             };
             body.extend_from_slice(encoded.as_bytes());
+            let txn = SnapshotTxn {
+                current_txn_first_offset: I64::new(entry.current_txn_first_offset.unwrap_or(-1)),
+                coordinator_epoch: I32::new(entry.coordinator_epoch),
+            };
+            body.extend_from_slice(txn.as_bytes());
             for meta in &entry.batches {
                 assert!(
                     meta.last_offset < log_offset,
@@ -351,7 +522,7 @@ impl ProducerStates {
     /// every count and invariant; never panics and never allocates more than
     /// the input can describe.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<(i64, ProducerStates), SnapshotError> {
-        let body = check_snapshot_frame(bytes)?;
+        let (version, body) = check_snapshot_frame(bytes)?;
         let (body_header, mut rest) = SnapshotBodyHeader::ref_from_prefix(body)
             .map_err(|_| SnapshotError::Truncated { what: "body header" })?;
         let log_offset = body_header.log_offset.get();
@@ -359,7 +530,11 @@ impl ProducerStates {
             return Err(SnapshotError::Invalid("negative log offset"));
         }
         let entry_count = body_header.entry_count.get();
-        let entry_bytes_min = (SNAPSHOT_ENTRY_BYTES + SNAPSHOT_BATCH_BYTES) as u64;
+        let entry_bytes_min = if version == SNAPSHOT_VERSION_NO_TXN {
+            SNAPSHOT_ENTRY_BYTES + SNAPSHOT_BATCH_BYTES
+        } else {
+            SNAPSHOT_ENTRY_BYTES + SNAPSHOT_TXN_BYTES
+        } as u64;
         if u64::from(entry_count) * entry_bytes_min > rest.len() as u64 {
             return Err(SnapshotError::ImpossibleCount {
                 what: "entries",
@@ -367,10 +542,16 @@ impl ProducerStates {
                 remaining_bytes: rest.len(),
             });
         }
-        // Bounded by the check above: at most rest.len() / 52 entries.
+        // Bounded by the check above: at most rest.len() / 32 entries.
         let mut producers = HashMap::with_capacity(entry_count as usize);
+        let mut open_txns = BTreeMap::new();
         for _ in 0..entry_count {
-            let (producer_id, entry, after) = decode_entry(rest, log_offset)?;
+            let (producer_id, entry, after) = decode_entry(rest, log_offset, version)?;
+            if let Some(first) = entry.current_txn_first_offset {
+                if open_txns.insert(first, producer_id).is_some() {
+                    return Err(SnapshotError::Invalid("two transactions start at one offset"));
+                }
+            }
             if producers.insert(producer_id, entry).is_some() {
                 return Err(SnapshotError::Invalid("duplicate producer id"));
             }
@@ -379,7 +560,7 @@ impl ProducerStates {
         if !rest.is_empty() {
             return Err(SnapshotError::TrailingBytes { len: rest.len() });
         }
-        Ok((log_offset, ProducerStates { producers }))
+        Ok((log_offset, ProducerStates { producers, open_txns }))
     }
 }
 
@@ -440,7 +621,11 @@ pub const SNAPSHOT_FILE_SUFFIX: &str = ".snapshot";
 //                                         first_offset i64, last_offset i64,
 //                                         timestamp_ms i64))
 const SNAPSHOT_MAGIC: [u8; 4] = *b"SLPS";
-const SNAPSHOT_VERSION: u16 = 1;
+/// Version 2 adds each entry's transaction fields (`SnapshotTxn`) and
+/// allows entries without batches (a marker with a new epoch clears them);
+/// version 1 snapshots still load.
+const SNAPSHOT_VERSION: u16 = 2;
+const SNAPSHOT_VERSION_NO_TXN: u16 = 1;
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
 #[repr(C)]
@@ -467,6 +652,14 @@ struct SnapshotEntry {
     batch_count: U16<BE>,
 }
 
+/// After each entry from version 2 on; -1: no open transaction.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
+#[repr(C)]
+struct SnapshotTxn {
+    current_txn_first_offset: I64<BE>,
+    coordinator_epoch: I32<BE>,
+}
+
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
 #[repr(C)]
 struct SnapshotBatch {
@@ -481,19 +674,21 @@ const SNAPSHOT_HEADER_BYTES: usize = 14;
 const SNAPSHOT_BODY_HEADER_BYTES: usize = 12;
 const SNAPSHOT_ENTRY_BYTES: usize = 20;
 const SNAPSHOT_BATCH_BYTES: usize = 32;
+const SNAPSHOT_TXN_BYTES: usize = 12;
+const _: () = assert!(std::mem::size_of::<SnapshotTxn>() == SNAPSHOT_TXN_BYTES);
 const _: () = assert!(std::mem::size_of::<SnapshotHeader>() == SNAPSHOT_HEADER_BYTES);
 const _: () = assert!(std::mem::size_of::<SnapshotBodyHeader>() == SNAPSHOT_BODY_HEADER_BYTES);
 const _: () = assert!(std::mem::size_of::<SnapshotEntry>() == SNAPSHOT_ENTRY_BYTES);
 const _: () = assert!(std::mem::size_of::<SnapshotBatch>() == SNAPSHOT_BATCH_BYTES);
 
-/// Checks magic, version, length and CRC32C; returns the body.
-fn check_snapshot_frame(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+/// Checks magic, version, length and CRC32C; returns the version and body.
+fn check_snapshot_frame(bytes: &[u8]) -> Result<(u16, &[u8]), SnapshotError> {
     let (header, body) =
         SnapshotHeader::ref_from_prefix(bytes).map_err(|_| SnapshotError::TooShort { len: bytes.len() })?;
     if header.magic != SNAPSHOT_MAGIC {
         return Err(SnapshotError::BadMagic(header.magic));
     }
-    if header.version.get() != SNAPSHOT_VERSION {
+    if header.version.get() != SNAPSHOT_VERSION && header.version.get() != SNAPSHOT_VERSION_NO_TXN {
         return Err(SnapshotError::UnsupportedVersion(header.version.get()));
     }
     let declared = header.body_bytes.get();
@@ -508,11 +703,15 @@ fn check_snapshot_frame(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     if computed != stored {
         return Err(SnapshotError::CrcMismatch { stored, computed });
     }
-    Ok(body)
+    Ok((header.version.get(), body))
 }
 
 /// Decodes one entry at the start of `bytes`; returns it and the rest.
-fn decode_entry(bytes: &[u8], log_offset: i64) -> Result<(i64, ProducerEntry, &[u8]), SnapshotError> {
+fn decode_entry(
+    bytes: &[u8],
+    log_offset: i64,
+    version: u16,
+) -> Result<(i64, ProducerEntry, &[u8]), SnapshotError> {
     let (encoded, mut rest) =
         SnapshotEntry::ref_from_prefix(bytes).map_err(|_| SnapshotError::Truncated { what: "entry" })?;
     let producer_id = encoded.producer_id.get();
@@ -520,8 +719,21 @@ fn decode_entry(bytes: &[u8], log_offset: i64) -> Result<(i64, ProducerEntry, &[
     if producer_id < 0 || producer_epoch < 0 {
         return Err(SnapshotError::Invalid("negative producer id or epoch"));
     }
+    let (current_txn_first_offset, coordinator_epoch) = if version == SNAPSHOT_VERSION_NO_TXN {
+        (None, -1)
+    } else {
+        let (txn, after) =
+            SnapshotTxn::ref_from_prefix(rest).map_err(|_| SnapshotError::Truncated { what: "entry" })?;
+        rest = after;
+        let first = txn.current_txn_first_offset.get();
+        if first < -1 || first >= log_offset {
+            return Err(SnapshotError::Invalid("transaction first offset out of range"));
+        }
+        ((first >= 0).then_some(first), txn.coordinator_epoch.get())
+    };
     let batch_count = encoded.batch_count.get();
-    if batch_count == 0 || usize::from(batch_count) > BATCHES_REMEMBERED {
+    let batches_min = u16::from(version == SNAPSHOT_VERSION_NO_TXN);
+    if batch_count < batches_min || usize::from(batch_count) > BATCHES_REMEMBERED {
         return Err(SnapshotError::ImpossibleCount {
             what: "batches",
             count: u32::from(batch_count),
@@ -547,6 +759,8 @@ fn decode_entry(bytes: &[u8], log_offset: i64) -> Result<(i64, ProducerEntry, &[
         producer_epoch,
         batches,
         last_timestamp_ms: encoded.last_timestamp_ms.get(),
+        current_txn_first_offset,
+        coordinator_epoch,
     };
     Ok((producer_id, entry, rest))
 }
@@ -1091,5 +1305,141 @@ mod tests {
         ] {
             assert_eq!(parse_snapshot_file_name(name), None, "{name}");
         }
+    }
+
+    /// `idempotent_batch` flagged transactional.
+    fn txn_batch(base_offset: i64, producer_id: i64, epoch: i16, base_seq: i32, n_records: usize) -> Vec<u8> {
+        let mut bytes = idempotent_batch(base_offset, producer_id, epoch, base_seq, n_records);
+        let (header, _) = BatchHeader::mut_from_prefix(&mut bytes).expect("header fits");
+        header.attributes = I16::new(header.attributes.get() | 0x10);
+        let crc = crc32c::crc32c(&bytes[CRC_COVERED_START..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    fn marker_at(offset: i64, producer_id: i64, epoch: i16, commit: bool) -> Vec<u8> {
+        let marker = crate::storage::txn_marker::Marker {
+            commit,
+            coordinator_epoch: 1,
+        };
+        let mut bytes = crate::storage::txn_marker::encode(producer_id, epoch, marker, 5_000).to_vec();
+        bytes[..8].copy_from_slice(&offset.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_transaction_opens_at_its_first_batch_and_a_marker_closes_it() {
+        let mut states = ProducerStates::new();
+        append(&mut states, &txn_batch(10, PID, 0, 0, 2));
+        append(&mut states, &txn_batch(12, PID, 0, 2, 2));
+        append(&mut states, &txn_batch(14, 8, 0, 0, 1));
+        assert_eq!(states.first_unstable_offset(), Some(10));
+        assert_eq!(
+            states.open_transactions().collect::<Vec<_>>(),
+            vec![(10, PID), (14, 8)]
+        );
+        // A non-transactional batch while the transaction is open is refused.
+        let plain = idempotent_batch(16, PID, 0, 4, 1);
+        assert_eq!(
+            states.check(validate(&plain).unwrap()),
+            SequenceCheck::InvalidTxnState
+        );
+        // Markers: an older epoch or coordinator epoch is refused.
+        assert_eq!(
+            states.check_marker(PID, -1, 0),
+            Err(MarkerRefusal::InvalidEpoch { current: 0, got: -1 })
+        );
+        assert_eq!(states.check_marker(PID, 0, 0), Ok(()));
+        let abort = crate::storage::txn_marker::Marker {
+            commit: false,
+            coordinator_epoch: 3,
+        };
+        let done = states.on_marker_appended(PID, 0, abort, 16, 2_000).unwrap();
+        assert_eq!(
+            done,
+            CompletedTxn {
+                producer_id: PID,
+                first_offset: 10,
+                last_offset: 16,
+                aborted: true
+            }
+        );
+        assert_eq!(
+            states.check_marker(PID, 0, 2),
+            Err(MarkerRefusal::CoordinatorFenced { current: 3, got: 2 })
+        );
+        assert_eq!(states.first_unstable_offset(), Some(14));
+        // After the marker the producer writes outside a transaction again.
+        let plain = idempotent_batch(17, PID, 0, 4, 1);
+        assert_eq!(states.check(validate(&plain).unwrap()), SequenceCheck::Append);
+        // A marker with a new epoch (the coordinator fenced the producer)
+        // resets its sequences.
+        let commit = crate::storage::txn_marker::Marker {
+            commit: true,
+            coordinator_epoch: 3,
+        };
+        states.on_marker_appended(8, 1, commit, 18, 2_000).unwrap();
+        assert_eq!(states.first_unstable_offset(), None);
+        assert!(states.get(8).unwrap().batches.is_empty());
+        let restart = idempotent_batch(19, 8, 1, 0, 1);
+        assert_eq!(states.check(validate(&restart).unwrap()), SequenceCheck::Append);
+    }
+
+    #[test]
+    fn replay_and_snapshots_rebuild_open_transactions_and_their_ends() {
+        let log = [
+            txn_batch(0, PID, 0, 0, 2),
+            txn_batch(2, 8, 0, 0, 1),
+            marker_at(3, PID, 0, false),
+            txn_batch(4, PID, 0, 2, 1),
+        ];
+        let mut replayed = ProducerStates::new();
+        let mut ended = Vec::new();
+        for bytes in &log {
+            ended.extend(replayed.replay(bytes).unwrap());
+        }
+        assert_eq!(
+            ended,
+            vec![CompletedTxn {
+                producer_id: PID,
+                first_offset: 0,
+                last_offset: 3,
+                aborted: true
+            }]
+        );
+        assert_eq!(
+            replayed.open_transactions().collect::<Vec<_>>(),
+            vec![(2, 8), (4, PID)]
+        );
+        // A snapshot keeps the open transactions; a replay of the log again
+        // over it ends nothing twice.
+        let (offset, mut loaded) = ProducerStates::decode_snapshot(&replayed.encode_snapshot(5)).unwrap();
+        assert_eq!(offset, 5);
+        assert_eq!(
+            loaded.open_transactions().collect::<Vec<_>>(),
+            vec![(2, 8), (4, PID)]
+        );
+        for bytes in &log {
+            assert_eq!(loaded.replay(bytes).unwrap(), None);
+        }
+        assert_eq!(loaded.producers, replayed.producers);
+    }
+
+    #[test]
+    fn version_1_snapshots_still_load() {
+        let mut states = ProducerStates::new();
+        append(&mut states, &idempotent_batch(0, PID, 0, 0, 2));
+        let mut bytes = states.encode_snapshot(2);
+        // Re-frame the body as version 1: drop the 12 transaction bytes
+        // after the 20-byte entry.
+        let body_start = SNAPSHOT_HEADER_BYTES;
+        let entry_end = body_start + SNAPSHOT_BODY_HEADER_BYTES + SNAPSHOT_ENTRY_BYTES;
+        bytes.drain(entry_end..entry_end + SNAPSHOT_TXN_BYTES);
+        let body = bytes[body_start..].to_vec();
+        bytes[4..6].copy_from_slice(&SNAPSHOT_VERSION_NO_TXN.to_be_bytes());
+        bytes[6..10].copy_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes[10..14].copy_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        let (_, loaded) = ProducerStates::decode_snapshot(&bytes).unwrap();
+        assert_eq!(loaded.producers, states.producers);
     }
 }

@@ -304,6 +304,7 @@ impl Partition {
             let result: AppendResult = self.log.append_replicated(batches).await?;
             let now_ms = crate::clock::now_ms();
             let mut epochs_changed = Vec::new();
+            let mut ended = Vec::new();
             for bytes in &cached {
                 let header = batch::parse_header(bytes)
                     .map_err(|e| PartitionError::new(ResponseError::CorruptMessage, e.to_string()))?;
@@ -315,6 +316,12 @@ impl Partition {
                         header.last_offset(),
                         now_ms,
                     );
+                } else if header.producer_id.get() >= 0 {
+                    // The leader's transaction marker: the same end here.
+                    let replayed = self.producers.borrow_mut().replay(bytes);
+                    if let Ok(Some(completed)) = replayed {
+                        ended.push(completed);
+                    }
                 }
             }
             {
@@ -324,6 +331,9 @@ impl Partition {
                 }
             }
             self.cache.insert(&cached, result.base_offset, None, None);
+            if ended.iter().any(|c| c.aborted) {
+                self.absorb_replayed(ended, Vec::new()).await?;
+            }
         }
         if let Role::Follower(f) = &mut *self.role.borrow_mut() {
             f.high_watermark = f.high_watermark.max(leader_high_watermark);
@@ -358,9 +368,11 @@ impl Partition {
         self.epochs
             .borrow_mut()
             .truncate_from_end(self.log.dir(), after)?;
-        let (producers, snapshot_offset) = super::rebuild_producer_states(&self.log, None, None).await?;
+        let (producers, snapshot_offset, replayed) =
+            super::rebuild_producer_states(&self.log, None, None).await?;
         *self.producers.borrow_mut() = producers;
         self.snapshot_offset.set(snapshot_offset);
+        self.aborted_after_truncation(after, replayed).await?;
         tracing::info!(
             "{}-{}: truncated from {before} to {after} to match the leader",
             self.topic,
@@ -405,9 +417,11 @@ impl Partition {
         self.epochs
             .borrow_mut()
             .truncate_from_end(self.log.dir(), i64::MIN)?;
-        let (producers, snapshot_offset) = super::rebuild_producer_states(&self.log, None, None).await?;
+        let (producers, snapshot_offset, replayed) =
+            super::rebuild_producer_states(&self.log, None, None).await?;
         *self.producers.borrow_mut() = producers;
         self.snapshot_offset.set(snapshot_offset);
+        self.aborted_after_truncation(offset, replayed).await?;
         tracing::info!(
             "{}-{}: restarted at the leader's log start {offset}",
             self.topic,

@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
 use super::zero_copy::FileParts;
@@ -25,6 +25,7 @@ const FETCH_REPLICA_STATE_VERSION: i16 = 15;
 
 struct Slot {
     current_leader_epoch: i32,
+    read_committed: bool,
     topic_index: usize,
     topic: String,
     partition: i32,
@@ -88,6 +89,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> (Fetc
             let owner = owner.ok();
             slots.push(Slot {
                 current_leader_epoch: p.current_leader_epoch,
+                read_committed: req.isolation_level == READ_COMMITTED,
                 topic_index,
                 topic: name.clone(),
                 partition: p.partition,
@@ -163,6 +165,7 @@ async fn read_all(shard: &Rc<Shard>, slots: &mut [Slot], replica_id: i32) {
                         max_bytes: s.max_bytes,
                         replica_id,
                         current_leader_epoch: s.current_leader_epoch,
+                        read_committed: s.read_committed && replica_id < 0,
                     },
                 )
             })
@@ -183,13 +186,27 @@ async fn read_all(shard: &Rc<Shard>, slots: &mut [Slot], replica_id: i32) {
         error,
         high_watermark,
         log_start_offset,
+        last_stable_offset,
+        aborted_transactions,
         records,
     } in outcomes
     {
         let s = &mut slots[slot];
         s.response.high_watermark = high_watermark;
-        s.response.last_stable_offset = high_watermark;
+        s.response.last_stable_offset = last_stable_offset;
         s.response.log_start_offset = log_start_offset;
+        if let Some(aborted) = aborted_transactions {
+            s.response.aborted_transactions = Some(
+                aborted
+                    .into_iter()
+                    .map(|(producer_id, first_offset)| {
+                        AbortedTransaction::default()
+                            .with_producer_id(ProducerId(producer_id))
+                            .with_first_offset(first_offset)
+                    })
+                    .collect(),
+            );
+        }
         s.response.error_code = error.map(|e| e.code.code()).unwrap_or(0);
         s.records = records;
     }
@@ -209,6 +226,7 @@ async fn wait_any(shard: &Rc<Shard>, slots: &[Slot], timeout_ms: u64, upto_log_e
                         partition: s.partition,
                         offset: s.offset,
                         upto_log_end,
+                        read_committed: s.read_committed && !upto_log_end,
                         high_watermark_seen: s.response.high_watermark,
                     },
                 )

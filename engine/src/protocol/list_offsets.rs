@@ -36,6 +36,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                         topic: name.clone(),
                         partition: p.partition_index,
                         timestamp: p.timestamp,
+                        read_committed: req.isolation_level == 1,
                     },
                 )),
             }

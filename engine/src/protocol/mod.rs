@@ -23,6 +23,7 @@ mod partition_lists;
 mod produce;
 mod producer_id;
 mod reassignments;
+mod txn_markers;
 pub mod versions;
 mod zero_copy;
 
@@ -42,7 +43,7 @@ use kafka_protocol::messages::{
     JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
     ListPartitionReassignmentsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
     OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest,
+    SyncGroupRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -448,6 +449,10 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::DescribeConfigs => {
             let req = decode!(DescribeConfigsRequest);
             encode_response(correlation_id, version, &admin::describe_configs(shard, req))
+        }
+        ApiKey::WriteTxnMarkers => {
+            let req = decode!(WriteTxnMarkersRequest);
+            encode_response(correlation_id, version, &txn_markers::handle(shard, req).await)
         }
         ApiKey::DescribeTopicPartitions => {
             let req = decode!(DescribeTopicPartitionsRequest);

@@ -30,6 +30,7 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DescribeConfigs => (1, 4),
         ApiKey::DescribeCluster => (0, 2),
         ApiKey::DescribeTopicPartitions => (0, 0),
+        ApiKey::WriteTxnMarkers => (1, 1),
         ApiKey::AlterConfigs => (0, 2),
         ApiKey::IncrementalAlterConfigs => (0, 1),
         ApiKey::DeleteRecords => (0, 2),

@@ -38,7 +38,8 @@ use crate::storage::{offset_checkpoint, RecoveryMode};
 pub use control::{fetch_first_image, ControlPlane};
 pub use ops::{
     ControlOp, ControlReply, DeleteRecordsOutcome, DeleteRecordsPart, EpochOutcome, EpochPart, FetchOutcome,
-    FetchPart, OffsetsOutcome, OffsetsPart, ProduceOutcome, ProducePart, ReplicaSize, WaitPart,
+    FetchPart, MarkerOutcome, MarkerPart, OffsetsOutcome, OffsetsPart, ProduceOutcome, ProducePart,
+    ReplicaSize, WaitPart,
 };
 
 /// The shard that runs the node's control work: metadata changes (the
@@ -69,6 +70,10 @@ pub enum ShardOp {
     LeaderEpochs {
         parts: Vec<EpochPart>,
     },
+    /// WriteTxnMarkers: end transactions on partitions this shard leads.
+    TxnMarkers {
+        parts: Vec<MarkerPart>,
+    },
     /// DescribeLogDirs: this shard's replicas (those listed, or all).
     ReplicaSizes {
         wanted: Option<Vec<(String, i32)>>,
@@ -91,6 +96,7 @@ pub enum ShardReply {
     ListOffsets(Vec<OffsetsOutcome>),
     DeleteRecords(Vec<DeleteRecordsOutcome>),
     LeaderEpochs(Vec<EpochOutcome>),
+    TxnMarkers(Vec<MarkerOutcome>),
     ReplicaSizes(Vec<ReplicaSize>),
     Applied,
     Control(ControlReply),

@@ -12,7 +12,7 @@ use kafka_protocol::ResponseError;
 
 use super::{Shard, ShardOp, ShardReply};
 use crate::controller::{ConfigAlteration, NewTopic, NodeView, Refusal, TopicOutcome};
-use crate::partition::PartitionError;
+use crate::partition::{PartitionError, ReadLimit};
 use crate::storage::Records;
 
 pub struct ProducePart {
@@ -43,6 +43,9 @@ pub struct FetchPart {
     /// The fetching follower's node id; -1 for a consumer.
     pub replica_id: i32,
     pub current_leader_epoch: i32,
+    /// A read_committed consumer: reads below the last stable offset and
+    /// gets the aborted transactions.
+    pub read_committed: bool,
 }
 
 pub struct FetchOutcome {
@@ -50,6 +53,10 @@ pub struct FetchOutcome {
     pub error: Option<PartitionError>,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    pub last_stable_offset: i64,
+    /// For read_committed: (producer id, first offset) of the aborted
+    /// transactions the records may hold.
+    pub aborted_transactions: Option<Vec<(i64, i64)>>,
     pub records: Records,
 }
 
@@ -59,10 +66,28 @@ pub struct WaitPart {
     pub offset: i64,
     /// A follower waits for the log end, a consumer for the high watermark.
     pub upto_log_end: bool,
+    /// A read_committed consumer waits for the last stable offset.
+    pub read_committed: bool,
     /// The high watermark the first read answered: a follower's wait also
     /// ends when it moves, so followers learn it at once (as Kafka completes
     /// delayed fetches on a watermark change) and a new leader starts from it.
     pub high_watermark_seen: i64,
+}
+
+/// One partition of one WriteTxnMarkers marker.
+pub struct MarkerPart {
+    pub slot: usize,
+    pub topic: String,
+    pub partition: i32,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub coordinator_epoch: i32,
+    pub commit: bool,
+}
+
+pub struct MarkerOutcome {
+    pub slot: usize,
+    pub error: Option<PartitionError>,
 }
 
 pub struct OffsetsPart {
@@ -70,6 +95,8 @@ pub struct OffsetsPart {
     pub topic: String,
     pub partition: i32,
     pub timestamp: i64,
+    /// LATEST is the last stable offset for a read_committed client.
+    pub read_committed: bool,
 }
 
 pub struct OffsetsOutcome {
@@ -193,6 +220,11 @@ impl Shard {
                 self.file_cache.trim();
                 ShardReply::Produce(results)
             }
+            ShardOp::TxnMarkers { parts } => {
+                let results = futures::future::join_all(parts.into_iter().map(|p| self.marker_one(p))).await;
+                self.file_cache.trim();
+                ShardReply::TxnMarkers(results)
+            }
             ShardOp::Fetch { parts } => {
                 // At most `log.fd.cache.size` reads at once, each holding its
                 // segment file: one fetch over 100,000 partitions otherwise
@@ -314,6 +346,8 @@ impl Shard {
             error: None,
             high_watermark: -1,
             log_start_offset: -1,
+            last_stable_offset: -1,
+            aborted_transactions: None,
             records: Records::default(),
         };
         let Some(partition) = self.partition(&part.topic, part.partition) else {
@@ -334,19 +368,31 @@ impl Shard {
         }
         outcome.high_watermark = partition.high_watermark();
         outcome.log_start_offset = partition.log_start_offset();
+        outcome.last_stable_offset = partition.last_stable_offset();
+        let limit = if follower {
+            ReadLimit::LogEnd
+        } else if part.read_committed {
+            ReadLimit::LastStable
+        } else {
+            ReadLimit::HighWatermark
+        };
         match partition
-            .read(
+            .read_upto(
                 part.offset,
                 part.max_bytes,
                 self.config.fetch_zero_copy_enable,
-                follower,
+                limit,
             )
             .await
         {
             Ok(read) => {
                 outcome.high_watermark = read.high_watermark;
                 outcome.log_start_offset = read.log_start_offset;
+                outcome.last_stable_offset = read.last_stable_offset;
                 outcome.records = read.records;
+                if part.read_committed {
+                    outcome.aborted_transactions = Some(partition.aborted_transactions(part.offset));
+                }
             }
             Err(e) => outcome.error = Some(e),
         }
@@ -383,6 +429,8 @@ impl Shard {
                     true
                 } else if w.upto_log_end {
                     p.log_end_offset() > w.offset || p.high_watermark() > w.high_watermark_seen
+                } else if w.read_committed {
+                    p.last_stable_offset() > w.offset
                 } else {
                     p.high_watermark() > w.offset
                 }
@@ -405,6 +453,34 @@ impl Shard {
         }
     }
 
+    async fn marker_one(&self, part: MarkerPart) -> MarkerOutcome {
+        let error = match self.partition(&part.topic, part.partition) {
+            None => Some(not_here(&part.topic, part.partition)),
+            Some(partition) => partition
+                .write_txn_marker(
+                    part.producer_id,
+                    part.producer_epoch,
+                    part.coordinator_epoch,
+                    part.commit,
+                )
+                .await
+                .err(),
+        };
+        if let Some(e) = &error {
+            tracing::warn!(
+                "transaction marker for producer {} on {}-{} refused: {}",
+                part.producer_id,
+                part.topic,
+                part.partition,
+                e.message
+            );
+        }
+        MarkerOutcome {
+            slot: part.slot,
+            error,
+        }
+    }
+
     async fn list_offset_one(&self, part: OffsetsPart) -> OffsetsOutcome {
         let mut outcome = OffsetsOutcome {
             slot: part.slot,
@@ -418,7 +494,10 @@ impl Shard {
             return outcome;
         };
         outcome.leader_epoch = partition.leader_epoch();
-        match partition.offset_for_timestamp(part.timestamp).await {
+        match partition
+            .offset_for_timestamp(part.timestamp, part.read_committed)
+            .await
+        {
             Ok((offset, timestamp)) => {
                 outcome.offset = offset;
                 outcome.timestamp = timestamp;

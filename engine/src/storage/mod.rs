@@ -15,6 +15,7 @@ mod records;
 mod segment;
 #[cfg(test)]
 pub mod testutil;
+pub mod txn_marker;
 
 pub use batch::{parse_header, split_validated, validate, BatchError, BatchHeader};
 pub use error::StorageError;
@@ -22,4 +23,4 @@ pub use file_cache::{FileCache, FileCacheStats, FileMode};
 pub use log::{read_small_file, AppendResult, Log, OtherFile, RecoveryMode, RecoveryReport};
 pub use log_config::LogConfig;
 pub use records::{FileSlice, Records};
-pub use segment::sync_filesystem;
+pub use segment::{file_name as segment_file_name, sync_filesystem, write_file_atomic, TXN_INDEX_SUFFIX};

@@ -19,6 +19,8 @@ use super::index::{IndexBounds, OffsetIndex, SegmentIndex, TimeIndex};
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// Kafka's aborted-transaction index of a segment (`partition::txn_index`).
+pub const TXN_INDEX_SUFFIX: &str = "txnindex";
 /// Bytes read per I/O while scanning a segment.
 pub const SCAN_CHUNK_BYTES: usize = 1 << 20;
 /// Largest batch a scan will accept; a longer length field is garbage. Kafka
@@ -265,9 +267,9 @@ pub async fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
     }
 }
 
-/// Removes a segment's three files.
+/// Removes a segment's files (its `.txnindex` too, when it has one).
 pub async fn remove_segment_files(dir: &Path, base_offset: i64) -> Result<(), StorageError> {
-    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
         remove_if_exists(&file_path(dir, base_offset, suffix)).await?;
     }
     Ok(())

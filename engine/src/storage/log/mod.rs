@@ -700,6 +700,17 @@ impl Log {
         self.state.borrow().active_base()
     }
 
+    /// The base offset of the segment holding `offset` (the last segment
+    /// starting at or below it), None below the first segment.
+    pub fn segment_base_of(&self, offset: i64) -> Option<i64> {
+        self.state
+            .borrow()
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map(|(base, _)| *base)
+    }
+
     pub fn segment_count(&self) -> usize {
         self.state.borrow().segments.len()
     }
