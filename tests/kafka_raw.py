@@ -395,7 +395,8 @@ def encode_record(offset_delta, timestamp_delta, key, value, headers=()):
     return varint(len(body)) + body
 
 
-def record_batch(records, base_timestamp=None, base_offset=0, attributes=0):
+def record_batch(records, base_timestamp=None, base_offset=0, attributes=0, producer_id=-1, producer_epoch=-1,
+                 base_sequence=-1):
     """records: list of (key, value) bytes tuples. Returns an uncompressed v2 batch."""
     if base_timestamp is None:
         base_timestamp = int(time.time() * 1000)
@@ -405,9 +406,9 @@ def record_batch(records, base_timestamp=None, base_offset=0, attributes=0):
         + int32(len(records) - 1)  # lastOffsetDelta
         + int64(base_timestamp)  # baseTimestamp
         + int64(base_timestamp)  # maxTimestamp
-        + int64(-1)  # producerId
-        + int16(-1)  # producerEpoch
-        + int32(-1)  # baseSequence
+        + int64(producer_id)
+        + int16(producer_epoch)
+        + int32(base_sequence)
         + int32(len(records))
         + encoded
     )
