@@ -18,4 +18,5 @@ pub mod shard;
 pub mod storage;
 #[cfg(test)]
 pub(crate) mod test_executor;
+pub mod txn;
 pub mod wire;

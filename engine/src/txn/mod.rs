@@ -1,0 +1,31 @@
+//! The transaction coordinator (Kafka's `TransactionCoordinator`), built in
+//! steps (see `README.md` and `SPEC.md`). So far: the records it keeps in
+//! `__transaction_state`. The partition side of transactions (open
+//! transactions, markers, the last stable offset, `.txnindex`) is in
+//! `partition`.
+
+pub mod records;
+
+/// Kafka's name for the coordinator's log.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// The `__transaction_state` partition of `transactional_id`: Kafka's
+/// `Utils.abs(transactionalId.hashCode) % partitions`, the group rule.
+pub fn partition_for(transactional_id: &str, partitions: i32) -> i32 {
+    crate::group::partition_for(transactional_id, partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactional_ids_map_to_kafkas_partitions() {
+        // Java's String.hashCode: "my-txn" -1061187895, "txn-1" 110810510,
+        // "polygenelubricants" i32::MIN (abs maps it to 0).
+        assert_eq!(partition_for("my-txn", 50), 45);
+        assert_eq!(partition_for("txn-1", 50), 10);
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
+        assert_eq!(partition_for("é😀", 50), 12);
+    }
+}
