@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from clients import confluent_consumer, confluent_produce
 from conftest import create_topic, unique_topic
 import kafka_raw as kr
+from test_replication import cluster_of  # noqa: F401  (the fixture)
 
 INIT_PRODUCER_ID = 22
 WRITE_TXN_MARKERS = 27
@@ -84,13 +85,13 @@ def write_markers(conn, markers):
     return out
 
 
-def consume(bootstrap, topic, isolation, expect_at_least, timeout=20.0, settle=1.5):
+def consume(bootstrap, topic, isolation, expect_at_least, timeout=20.0, settle=1.5, partitions=None):
     """Values read from every partition from offset 0 with `isolation`: reads
     until `expect_at_least` values came and nothing more arrives for `settle` s."""
     c = confluent_consumer(bootstrap, **{"isolation.level": isolation, "enable.partition.eof": True})
     got = []
     try:
-        c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions or PARTITIONS)])
         deadline = time.monotonic() + timeout
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
@@ -181,3 +182,39 @@ def test_an_open_transaction_survives_a_restart_and_holds_the_stable_offset(brok
     broker.stop()
     broker.restart()
     assert consume(broker.bootstrap, topic, "read_committed", 1) == [b"after-1"]
+
+
+def test_a_new_leader_keeps_open_and_aborted_transactions_of_the_old_one(cluster_of):
+    from test_replication import create, wait_isr
+
+    c = cluster_of(3)
+    topic = unique_topic("txn-fail")
+    create(c, topic, partitions=1, config={"min.insync.replicas": "2"})
+    leader = c.partitions_of(topic)[0]["leader"]
+    with kr.Conn(c.bootstrap_of([leader])) as conn:
+        plain = TxnProducer(conn, topic)
+        aborted = TxnProducer(conn, topic)
+        committed = TxnProducer(conn, topic)
+        still_open = TxnProducer(conn, topic)
+        assert plain.send(0, [b"plain-1"], transactional=False) == 0
+        assert aborted.send(0, [b"aborted-1", b"aborted-2"]) == 0
+        assert committed.send(0, [b"committed-1"]) == 0
+        codes = write_markers(conn, [(aborted.producer_id, aborted.epoch, False, {topic: [0]}, 0),
+                                     (committed.producer_id, committed.epoch, True, {topic: [0]}, 0)])
+        assert set(codes.values()) == {0}, codes
+        assert still_open.send(0, [b"open-1"]) == 0
+        assert plain.send(0, [b"plain-2"], transactional=False) == 0
+    # Every replica has it all (acks=all, full ISR), then the leader dies.
+    wait_isr(c, topic, 1, full=True)
+    c.kill(leader)
+    wait_isr(c, topic, 1, pred=lambda parts: parts[0]["leader"] not in (leader, -1), what="a new leader")
+    new_leader = c.partitions_of(topic)[0]["leader"]
+    # The new leader still holds the open transaction (plain-2 after it
+    # stays hidden) and knows the abort.
+    assert consume(c.live_bootstrap, topic, "read_committed", 2, timeout=15, partitions=1) == [
+        b"plain-1", b"committed-1"]
+    with kr.Conn(c.bootstrap_of([new_leader])) as conn:
+        codes = write_markers(conn, [(still_open.producer_id, still_open.epoch, True, {topic: [0]}, 0)])
+        assert set(codes.values()) == {0}, codes
+    assert consume(c.live_bootstrap, topic, "read_committed", 4, timeout=15, partitions=1) == [
+        b"plain-1", b"committed-1", b"open-1", b"plain-2"]
