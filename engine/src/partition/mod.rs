@@ -361,12 +361,6 @@ impl Partition {
         self.aborted.borrow().overlapping(from, self.last_stable_offset())
     }
 
-    /// Open transactions on this partition, oldest first: (first offset,
-    /// producer id).
-    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
-        self.producers.borrow().open_transactions().collect()
-    }
-
     /// Checks the client's batches (header, lengths, CRC32C, size limit) and
     /// appends them. The payload is decompressed only when the topic's
     /// `compression.type` names a codec other than the batch's
