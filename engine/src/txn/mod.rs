@@ -1,10 +1,12 @@
 //! The transaction coordinator (Kafka's `TransactionCoordinator`), built in
 //! steps (see `README.md` and `SPEC.md`). So far: the records it keeps in
-//! `__transaction_state`. The partition side of transactions (open
+//! `__transaction_state` (`records`) and Kafka's rules for a transactional
+//! id's state (`state`), both pure. The partition side of transactions (open
 //! transactions, markers, the last stable offset, `.txnindex`) is in
 //! `partition`.
 
 pub mod records;
+pub mod state;
 
 /// Kafka's name for the coordinator's log.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
