@@ -65,8 +65,12 @@ thread_local! {
 }
 
 /// Records the time since `since` for request type `api_key` (None for a
-/// storage stage).
+/// storage stage). Keys Kafka does not define are not recorded: a client
+/// sending every i16 must not make the shard allocate a histogram for each.
 pub fn record(api_key: Option<i16>, stage: Stage, since: Instant) {
+    if api_key.is_some_and(|key| kafka_protocol::messages::ApiKey::try_from(key).is_err()) {
+        return;
+    }
     let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
     HISTOGRAMS.with(|histograms| {
         let mut histograms = histograms.borrow_mut();
@@ -137,5 +141,10 @@ mod tests {
             .unwrap();
         assert!(p50 >= 3_000, "{handle}");
         assert!(lines.iter().any(|l| l.starts_with("storage segment_write n=1 ")));
+        // Unknown request types are not kept.
+        for key in [-1, 999, i16::MAX] {
+            record(Some(key), Stage::Total, start);
+        }
+        assert_eq!(summary().len(), 2);
     }
 }
