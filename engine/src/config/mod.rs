@@ -143,6 +143,8 @@ pub struct BrokerConfig {
     pub shard_channel_capacity: usize,
     /// Consumer-group coordinator settings (`offsets.*`, `group.*`).
     pub group: GroupConfig,
+    /// Transaction coordinator settings (`transaction.*`).
+    pub txn: TxnConfig,
     /// Roles, quorum voters, the CONTROLLER listener, rack, broker session.
     pub cluster: cluster::ClusterConfig,
 }
@@ -180,6 +182,55 @@ pub struct GroupConfig {
     /// `shard.groups.max` (shardlog): groups one shard coordinates; a join
     /// for a new group beyond it gets COORDINATOR_NOT_AVAILABLE (retriable).
     pub shard_groups_max: usize,
+}
+
+/// Transaction coordinator settings, Kafka's names; the defaults are
+/// Kafka's except where a single node needs otherwise (said per field).
+#[derive(Clone, Debug)]
+pub struct TxnConfig {
+    /// `transaction.state.log.num.partitions`: partitions of
+    /// `__transaction_state`; id `t` lives on `abs(hash(t)) % this`.
+    pub state_log_num_partitions: i32,
+    /// `transaction.state.log.replication.factor`. Kafka's default is 3;
+    /// shardlog's is 1, like its `offsets.topic.replication.factor`, so a
+    /// single node works out of the box. Clusters set 3.
+    pub state_log_replication_factor: i16,
+    /// `transaction.state.log.min.isr`: replicas a coordinator write waits
+    /// for (capped by the partition's ISR rules as any acks=all write).
+    /// Kafka's default is 2; shardlog's 1 goes with the replication factor.
+    pub state_log_min_isr: usize,
+    /// `transaction.max.timeout.ms`: a longer `transaction.timeout.ms` is
+    /// refused (INVALID_TRANSACTION_TIMEOUT).
+    pub max_timeout_ms: i32,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how
+    /// often open transactions are checked against their timeout.
+    pub abort_timed_out_cleanup_interval_ms: u64,
+    /// `transaction.state.log.write.timeout.ms` (shardlog; Kafka uses the
+    /// transaction's timeout): how long a coordinator write waits for its
+    /// replicas before the client sees COORDINATOR_NOT_AVAILABLE.
+    pub state_log_write_timeout_ms: u64,
+    /// `transaction.marker.retry.backoff.ms` (shardlog): pause before
+    /// markers are sent again to partitions whose leader could not take them.
+    pub marker_retry_backoff_ms: u64,
+    /// `shard.transactional.ids.max` (shardlog): transactional ids one shard
+    /// coordinates; InitProducerId for a new id beyond it gets
+    /// COORDINATOR_NOT_AVAILABLE (retriable).
+    pub shard_transactional_ids_max: usize,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        TxnConfig {
+            state_log_num_partitions: 50,
+            state_log_replication_factor: 1,
+            state_log_min_isr: 1,
+            max_timeout_ms: 900_000,
+            abort_timed_out_cleanup_interval_ms: 10_000,
+            state_log_write_timeout_ms: 5_000,
+            marker_retry_backoff_ms: 100,
+            shard_transactional_ids_max: 100_000,
+        }
+    }
 }
 
 impl Default for GroupConfig {
@@ -244,6 +295,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             shard_channel_capacity: 1024,
             group: GroupConfig::default(),
+            txn: TxnConfig::default(),
             cluster: cluster::ClusterConfig::default(),
         }
     }
@@ -418,6 +470,24 @@ impl BrokerConfig {
                 self.group.member_metadata_max_bytes = parse_positive(key, v)?
             }
             "shard.groups.max" => self.group.shard_groups_max = parse_positive(key, v)?,
+            "transaction.state.log.num.partitions" => {
+                self.txn.state_log_num_partitions = parse_positive(key, v)?
+            }
+            "transaction.state.log.replication.factor" => {
+                self.txn.state_log_replication_factor = parse_positive(key, v)?
+            }
+            "transaction.state.log.min.isr" => self.txn.state_log_min_isr = parse_positive(key, v)?,
+            "transaction.max.timeout.ms" => self.txn.max_timeout_ms = parse_positive(key, v)?,
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
+                self.txn.abort_timed_out_cleanup_interval_ms = parse_positive(key, v)?
+            }
+            "transaction.state.log.write.timeout.ms" => {
+                self.txn.state_log_write_timeout_ms = parse_positive(key, v)?
+            }
+            "transaction.marker.retry.backoff.ms" => {
+                self.txn.marker_retry_backoff_ms = parse_positive(key, v)?
+            }
+            "shard.transactional.ids.max" => self.txn.shard_transactional_ids_max = parse_positive(key, v)?,
             _ if self.cluster.set(key, v)? => {}
             _ => tracing::warn!(
                 key,
@@ -735,6 +805,31 @@ impl BrokerConfig {
                 "offset.metadata.max.bytes",
                 self.group.offset_metadata_max_bytes.to_string(),
                 d.group.offset_metadata_max_bytes.to_string(),
+            ),
+            (
+                "transaction.state.log.num.partitions",
+                self.txn.state_log_num_partitions.to_string(),
+                d.txn.state_log_num_partitions.to_string(),
+            ),
+            (
+                "transaction.state.log.replication.factor",
+                self.txn.state_log_replication_factor.to_string(),
+                d.txn.state_log_replication_factor.to_string(),
+            ),
+            (
+                "transaction.state.log.min.isr",
+                self.txn.state_log_min_isr.to_string(),
+                d.txn.state_log_min_isr.to_string(),
+            ),
+            (
+                "transaction.max.timeout.ms",
+                self.txn.max_timeout_ms.to_string(),
+                d.txn.max_timeout_ms.to_string(),
+            ),
+            (
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+                self.txn.abort_timed_out_cleanup_interval_ms.to_string(),
+                d.txn.abort_timed_out_cleanup_interval_ms.to_string(),
             ),
         ];
         entries

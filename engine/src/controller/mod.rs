@@ -32,6 +32,10 @@ pub const METADATA_FILE: &str = "shardlog-metadata.json";
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Kafka's `offsets.topic.segment.bytes` default.
 pub const OFFSETS_TOPIC_SEGMENT_BYTES: u64 = 104_857_600;
+/// The internal topic holding the transaction coordinator's state.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+/// Kafka's `transaction.state.log.segment.bytes` default.
+pub const TRANSACTION_STATE_SEGMENT_BYTES: u64 = 104_857_600;
 pub const TOPIC_NAME_MAX_CHARS: usize = 249;
 
 /// One partition's place in the cluster. (Which core of its node holds
@@ -296,23 +300,59 @@ impl MetadataImage {
     /// compacted, never deleted by time or size), or None when it exists or
     /// no broker can take it yet.
     pub fn with_offsets_topic(&self, partitions: i32, rf: i16) -> Option<MetadataImage> {
-        if self.topics.contains_key(OFFSETS_TOPIC) {
-            return None;
-        }
-        let mut configs = BTreeMap::new();
         // Kafka's internal topic is compacted, never deleted by time or size,
         // and rolls at `offsets.topic.segment.bytes` (100 MiB), so the
         // cleaner gets sealed segments to compact long before 1 GiB.
+        self.with_internal_topic(OFFSETS_TOPIC, partitions, rf, OFFSETS_TOPIC_SEGMENT_BYTES, &[])
+    }
+
+    /// `__transaction_state` as Kafka creates it: compacted, uncompressed
+    /// (the coordinator reads its own records back in place), never
+    /// elected uncleanly (a coordinator that lost a PrepareCommit would
+    /// forget a decision it already gave), and `min.insync.replicas` from
+    /// `transaction.state.log.min.isr`.
+    pub fn with_transaction_state_topic(
+        &self,
+        partitions: i32,
+        rf: i16,
+        min_isr: usize,
+    ) -> Option<MetadataImage> {
+        let min_isr = min_isr.to_string();
+        self.with_internal_topic(
+            TRANSACTION_STATE_TOPIC,
+            partitions,
+            rf,
+            TRANSACTION_STATE_SEGMENT_BYTES,
+            &[
+                ("compression.type", "uncompressed"),
+                ("unclean.leader.election.enable", "false"),
+                ("min.insync.replicas", &min_isr),
+            ],
+        )
+    }
+
+    fn with_internal_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        rf: i16,
+        segment_bytes: u64,
+        extra: &[(&str, &str)],
+    ) -> Option<MetadataImage> {
+        if self.topics.contains_key(name) {
+            return None;
+        }
+        let mut configs = BTreeMap::new();
         configs.insert("cleanup.policy".to_string(), "compact".to_string());
         configs.insert("retention.ms".to_string(), "-1".to_string());
         configs.insert("retention.bytes".to_string(), "-1".to_string());
-        configs.insert(
-            "segment.bytes".to_string(),
-            OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
-        );
+        configs.insert("segment.bytes".to_string(), segment_bytes.to_string());
+        for (k, v) in extra {
+            configs.insert(k.to_string(), v.to_string());
+        }
         let partitions = self.place(partitions.max(1) as usize, rf).ok()?;
         Some(self.with_topic(TopicMeta {
-            name: OFFSETS_TOPIC.to_string(),
+            name: name.to_string(),
             id: Uuid::new_v4(),
             partitions,
             configs,
@@ -1213,9 +1253,10 @@ pub fn random_cluster_id() -> String {
 }
 
 /// Kafka's topic name rule: 1–249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
-/// Topics the broker creates and owns (`__consumer_offsets`).
+/// Topics the broker creates and owns (`__consumer_offsets`,
+/// `__transaction_state`).
 pub fn is_internal(name: &str) -> bool {
-    name == OFFSETS_TOPIC
+    name == OFFSETS_TOPIC || name == TRANSACTION_STATE_TOPIC
 }
 
 pub fn validate_topic_name(name: &str) -> Result<(), Refusal> {

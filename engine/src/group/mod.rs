@@ -1073,7 +1073,7 @@ impl Coordinator {
                         "{OFFSETS_TOPIC}-{index}: skipped {skipped} compressed or control batches"
                     );
                 }
-                for rec in recs {
+                for rec in recs.into_iter().filter_map(records::LogItem::into_record) {
                     match records::decode_key(&rec.key) {
                         Ok(key) => {
                             latest.insert(key, rec.value);

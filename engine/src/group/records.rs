@@ -392,18 +392,36 @@ pub fn encode_batch(records: &[(Bytes, Option<Bytes>)], timestamp_ms: i64) -> By
     out.freeze()
 }
 
-/// One record read back from the log: its offset, key and value (None = tombstone).
+/// One record read back from the log: its offset, key and value (None =
+/// tombstone), and the producer of a transactional batch (-1 otherwise).
 pub struct LogRecord {
     pub offset: i64,
     pub key: Bytes,
     pub value: Option<Bytes>,
+    pub txn_producer_id: i64,
+}
+
+/// What a coordinator log holds, in log order: records, and the markers
+/// that end a producer's transactional records (TxnOffsetCommit).
+pub enum LogItem {
+    Record(LogRecord),
+    Marker { producer_id: i64, commit: bool },
+}
+
+impl LogItem {
+    pub fn into_record(self) -> Option<LogRecord> {
+        match self {
+            LogItem::Record(r) => Some(r),
+            LogItem::Marker { .. } => None,
+        }
+    }
 }
 
 /// Walks the batches in `bytes` (whole batches, as `Partition::read` returns
-/// them) and returns their records plus the offset after the last batch.
-/// Compressed batches are skipped (the coordinator never writes them) and
-/// reported in the count.
-pub fn read_batches(bytes: &Bytes) -> Result<(Vec<LogRecord>, i64, usize), RecordError> {
+/// them) and returns their records and markers plus the offset after the
+/// last batch. Compressed batches are skipped (the coordinator never writes
+/// them) and reported in the count.
+pub fn read_batches(bytes: &Bytes) -> Result<(Vec<LogItem>, i64, usize), RecordError> {
     let mut out = Vec::new();
     let mut next_offset = -1;
     let mut skipped = 0;
@@ -414,11 +432,29 @@ pub fn read_batches(bytes: &Bytes) -> Result<(Vec<LogRecord>, i64, usize), Recor
         let total = header.total_bytes();
         let base_offset = header.base_offset.get();
         next_offset = header.last_offset() + 1;
-        if header.compression() != 0 || header.is_control() {
+        let producer_id = header.producer_id.get();
+        if header.is_control() {
+            let batch = bytes.slice(pos..pos + total);
+            match crate::storage::txn_marker::decode(&batch) {
+                Some(marker) => out.push(LogItem::Marker {
+                    producer_id,
+                    commit: marker.commit,
+                }),
+                None => skipped += 1,
+            }
+            pos += total;
+            continue;
+        }
+        if header.compression() != 0 {
             skipped += 1;
             pos += total;
             continue;
         }
+        let txn_producer_id = if header.is_transactional() {
+            producer_id
+        } else {
+            -1
+        };
         let count = header.records_count.get();
         let mut r = Reader::new(&bytes[pos + BATCH_HEADER_BYTES..pos + total]);
         for _ in 0..count.max(0) {
@@ -447,11 +483,12 @@ pub fn read_batches(bytes: &Bytes) -> Result<(Vec<LogRecord>, i64, usize), Recor
                 return Err(RecordError::Invalid("record length"));
             }
             r.take(end - r.pos)?;
-            out.push(LogRecord {
+            out.push(LogItem::Record(LogRecord {
                 offset: base_offset + i64::from(offset_delta),
                 key,
                 value,
-            });
+                txn_producer_id,
+            }));
         }
         pos += total;
     }
@@ -589,7 +626,9 @@ mod tests {
         let batch = encode_batch(&records, 77);
         crate::storage::batch::validate(&batch).unwrap();
         let (read, next, skipped) = read_batches(&batch).unwrap();
+        let read: Vec<LogRecord> = read.into_iter().filter_map(LogItem::into_record).collect();
         assert_eq!((next, skipped, read.len()), (2, 0, 2));
+        assert_eq!(read[0].txn_producer_id, -1);
         assert_eq!(read[0].key, Bytes::from_static(b"k1"));
         assert_eq!(read[0].value, Some(Bytes::from_static(b"v1")));
         assert_eq!(read[1].offset, 1);

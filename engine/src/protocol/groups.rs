@@ -49,6 +49,9 @@ pub fn find_coordinator(
     version: i16,
 ) -> FindCoordinatorResponse {
     let image = shard.image();
+    if image.topic(crate::txn::TRANSACTION_STATE_TOPIC).is_none() && req.key_type == KEY_TYPE_TRANSACTION {
+        super::transactions::request_state_topic(shard);
+    }
     if image.topic(group::OFFSETS_TOPIC).is_none() && req.key_type == KEY_TYPE_GROUP {
         // Kafka creates the topic at the first FindCoordinator; the client
         // retries on COORDINATOR_NOT_AVAILABLE until it exists.
@@ -62,25 +65,33 @@ pub fn find_coordinator(
     }
     let brokers = super::metadata::live_brokers(shard);
     let answer = |key: &StrBytes| -> Coordinator {
-        let leader = group::offsets_partition_of(&image, key.as_str())
-            .and_then(|p| image.partition(group::OFFSETS_TOPIC, p))
+        // Group g's coordinator leads its `__consumer_offsets` partition,
+        // transactional id t's its `__transaction_state` partition.
+        let topic = match req.key_type {
+            KEY_TYPE_GROUP => group::OFFSETS_TOPIC,
+            _ => crate::txn::TRANSACTION_STATE_TOPIC,
+        };
+        let leader = image
+            .topic(topic)
+            .map(|t| crate::group::partition_for(key.as_str(), t.partitions.len() as i32))
+            .and_then(|p| image.partition(topic, p))
             .and_then(|p| brokers.iter().find(|b| b.id == p.leader));
         let error = match req.key_type {
-            KEY_TYPE_GROUP if leader.is_some() => None,
+            KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION if leader.is_some() => None,
             KEY_TYPE_GROUP => Some((
                 ResponseError::CoordinatorNotAvailable,
                 "the group's __consumer_offsets partition has no live leader",
             )),
             KEY_TYPE_TRANSACTION => Some((
                 ResponseError::CoordinatorNotAvailable,
-                "transactions are not supported by this broker",
+                "the transactional id's __transaction_state partition has no live leader",
             )),
             _ => Some((ResponseError::InvalidRequest, "unknown coordinator key type")),
         };
         let c = Coordinator::default().with_key(key.clone());
         match error {
             None => {
-                let b = leader.expect("a group key with no error has a leader");
+                let b = leader.expect("a key with no error has a leader");
                 c.with_error_code(0)
                     .with_node_id(BrokerId(b.id))
                     .with_host(str_bytes(&b.host))

@@ -20,9 +20,10 @@ mod log_dirs;
 mod metadata;
 mod offsets;
 mod partition_lists;
-mod produce;
+pub(crate) mod produce;
 mod producer_id;
 mod reassignments;
+mod transactions;
 mod txn_markers;
 pub mod versions;
 mod zero_copy;
@@ -35,15 +36,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
-    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeLogDirsRequest, DescribeTopicPartitionsRequest, ElectLeadersRequest, FetchRequest,
-    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
-    ListPartitionReassignmentsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest, WriteTxnMarkersRequest,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AlterConfigsRequest,
+    AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    DescribeTopicPartitionsRequest, DescribeTransactionsRequest, ElectLeadersRequest, EndTxnRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
+    ListPartitionReassignmentsRequest, ListTransactionsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader,
+    ResponseHeader, SyncGroupRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -450,6 +452,38 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
             let req = decode!(DescribeConfigsRequest);
             encode_response(correlation_id, version, &admin::describe_configs(shard, req))
         }
+        ApiKey::AddPartitionsToTxn => {
+            let req = decode!(AddPartitionsToTxnRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &transactions::add_partitions(shard, req, version).await,
+            )
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let req = decode!(AddOffsetsToTxnRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &transactions::add_offsets(shard, req, version).await,
+            )
+        }
+        ApiKey::EndTxn => {
+            let req = decode!(EndTxnRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &transactions::end_txn(shard, req, version).await,
+            )
+        }
+        ApiKey::DescribeTransactions => {
+            let req = decode!(DescribeTransactionsRequest);
+            encode_response(correlation_id, version, &transactions::describe(shard, req).await)
+        }
+        ApiKey::ListTransactions => {
+            let req = decode!(ListTransactionsRequest);
+            encode_response(correlation_id, version, &transactions::list(shard, req).await)
+        }
         ApiKey::WriteTxnMarkers => {
             let req = decode!(WriteTxnMarkersRequest);
             encode_response(correlation_id, version, &txn_markers::handle(shard, req).await)
@@ -487,7 +521,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
             encode_response(
                 correlation_id,
                 version,
-                &producer_id::init_producer_id(shard, req).await,
+                &producer_id::init_producer_id(shard, req, version).await,
             )
         }
         ApiKey::DeleteRecords => {

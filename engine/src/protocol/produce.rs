@@ -13,7 +13,7 @@ use crate::wire::str_bytes;
 const PRODUCE_TOPIC_IDS_VERSION: i16 = 13;
 
 /// acks=-1 needs `min.insync.replicas` in-sync replicas, as Kafka enforces.
-fn min_insync_replicas(
+pub(crate) fn min_insync_replicas(
     overrides: &std::collections::BTreeMap<String, String>,
     broker: &crate::config::BrokerConfig,
 ) -> i32 {

@@ -31,6 +31,13 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DescribeCluster => (0, 2),
         ApiKey::DescribeTopicPartitions => (0, 0),
         ApiKey::WriteTxnMarkers => (1, 1),
+        // The original transaction protocol (SPEC.md §3.12): AddPartitionsToTxn
+        // v4+ is broker-to-broker verification, EndTxn v5 is KIP-890's.
+        ApiKey::AddPartitionsToTxn => (0, 3),
+        ApiKey::AddOffsetsToTxn => (0, 4),
+        ApiKey::EndTxn => (0, 4),
+        ApiKey::DescribeTransactions => (0, 0),
+        ApiKey::ListTransactions => (0, 1),
         ApiKey::AlterConfigs => (0, 2),
         ApiKey::IncrementalAlterConfigs => (0, 1),
         ApiKey::DeleteRecords => (0, 2),

@@ -344,6 +344,11 @@ async fn shard_main(
             c.group.offsets_retention_check_interval_ms,
             |s| async move { s.groups.expire_offsets(&*s).await },
         ),
+        every(
+            &shard,
+            c.txn.abort_timed_out_cleanup_interval_ms,
+            |s| async move { s.txns.abort_timed_out(&s).await },
+        ),
         every(&shard, c.log_retention_check_interval_ms, |s| async move {
             s.enforce_retention().await
         }),

@@ -466,6 +466,23 @@ impl ControlPlane {
                 };
                 (next.unwrap_or_else(|| image.clone()), reply, false)
             }
+            ControlOp::CreateTransactionStateTopic => {
+                let txn = &config.txn;
+                let next = image.with_transaction_state_topic(
+                    txn.state_log_num_partitions,
+                    txn.state_log_replication_factor,
+                    txn.state_log_min_isr,
+                );
+                let reply = if next.is_some() || image.topic(controller::TRANSACTION_STATE_TOPIC).is_some() {
+                    ControlReply::Done(Ok(()))
+                } else {
+                    ControlReply::Done(Err((
+                        ResponseError::CoordinatorNotAvailable,
+                        "not enough live brokers for __transaction_state".into(),
+                    )))
+                };
+                (next.unwrap_or_else(|| image.clone()), reply, false)
+            }
             ControlOp::Heartbeat(b) => {
                 let was_fenced = image.brokers.get(&b.id).is_some_and(|old| old.fenced);
                 // (A broker alone has no one to hand over to.)

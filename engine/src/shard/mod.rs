@@ -87,6 +87,8 @@ pub enum ShardOp {
     Control(ControlOp),
     /// A consumer-group request, executed on the group's coordinator shard.
     Group(Box<crate::group::GroupOp>),
+    /// A transactional request, executed on the id's coordinator shard.
+    Txn(Box<crate::txn::coordinator::TxnOp>),
 }
 
 pub enum ShardReply {
@@ -101,6 +103,7 @@ pub enum ShardReply {
     Applied,
     Control(ControlReply),
     Group(crate::group::GroupReply),
+    Txn(crate::txn::coordinator::TxnReply),
 }
 
 pub struct ShardMsg {
@@ -139,6 +142,9 @@ pub struct Shard {
     /// The consumer groups this shard coordinates (those of its
     /// `__consumer_offsets` partitions).
     pub(crate) groups: crate::group::Coordinator,
+    /// The transactional ids this shard coordinates (those of its
+    /// `__transaction_state` partitions).
+    pub(crate) txns: crate::txn::coordinator::TxnCoordinator,
     stopping: Cell<bool>,
     /// Leader nodes this shard runs a fetcher task for (`replica`).
     fetchers: RefCell<std::collections::HashSet<i32>>,
@@ -198,6 +204,7 @@ impl Shard {
             last_written_watermarks: RefCell::new(Vec::new()),
             open_mode: Cell::new(RecoveryMode::Clean),
             groups: crate::group::Coordinator::new(config.group.clone()),
+            txns: crate::txn::coordinator::TxnCoordinator::new(config.txn.clone()),
         }
     }
 
@@ -478,12 +485,20 @@ impl Shard {
         }
         // Every replica of the image has its role, those just opened too;
         // groups follow their `__consumer_offsets` partition's leadership.
-        let (gained, lost) = self.update_roles(&view);
-        for index in lost {
+        let changes = self.update_roles(&view);
+        for index in changes.offsets_lost {
             self.groups.unload_partition(&**self, index);
         }
-        if !gained.is_empty() {
-            self.groups.load_partitions(&**self, &gained).await;
+        for index in changes.txn_lost {
+            self.txns.unload_partition(index);
+        }
+        if !changes.offsets_gained.is_empty() {
+            self.groups
+                .load_partitions(&**self, &changes.offsets_gained)
+                .await;
+        }
+        if !changes.txn_gained.is_empty() {
+            self.txns.load_partitions(self, &changes.txn_gained).await;
         }
     }
 

@@ -168,6 +168,8 @@ pub enum ControlOp {
     ReserveProducerIds,
     /// Kafka creates `__consumer_offsets` at the first FindCoordinator.
     CreateOffsetsTopic,
+    /// `__transaction_state`, at the first transactional FindCoordinator.
+    CreateTransactionStateTopic,
     /// A broker's heartbeat: registers it, or brings it back from fenced.
     Heartbeat(crate::controller::BrokerMeta),
     /// The broker missed its session: it leads nothing until it returns.
@@ -292,6 +294,14 @@ impl Shard {
             }
             ShardOp::Control(op) => ShardReply::Control(self.control(op).await),
             ShardOp::Group(op) => ShardReply::Group(self.groups.execute(&**self, *op).await),
+            ShardOp::Txn(op) => {
+                // Boxed as a trait object: the coordinator calls other shards
+                // (the producer-id allocator), whose `execute` would otherwise
+                // contain this future's type in its own.
+                let run: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
+                    Box::pin(self.txns.execute(self, *op));
+                ShardReply::Txn(run.await)
+            }
         }
     }
 
@@ -456,15 +466,38 @@ impl Shard {
     async fn marker_one(&self, part: MarkerPart) -> MarkerOutcome {
         let error = match self.partition(&part.topic, part.partition) {
             None => Some(not_here(&part.topic, part.partition)),
-            Some(partition) => partition
-                .write_txn_marker(
-                    part.producer_id,
-                    part.producer_epoch,
-                    part.coordinator_epoch,
-                    part.commit,
-                )
-                .await
-                .err(),
+            Some(partition) => {
+                let epoch = partition.leader_epoch();
+                let written = partition
+                    .write_txn_marker(
+                        part.producer_id,
+                        part.producer_epoch,
+                        part.coordinator_epoch,
+                        part.commit,
+                    )
+                    .await;
+                // Kafka writes markers with acks=all: a marker the
+                // coordinator counts as done survives its leader's loss.
+                let min_insync = self
+                    .image()
+                    .topic(&part.topic)
+                    .map_or(1, |t| {
+                        crate::protocol::produce::min_insync_replicas(&t.configs, &self.config)
+                    })
+                    .max(1) as usize;
+                match written {
+                    Ok(offset) => partition
+                        .await_replicated(
+                            offset,
+                            epoch,
+                            min_insync,
+                            self.config.txn.state_log_write_timeout_ms,
+                        )
+                        .await
+                        .err(),
+                    Err(e) => Some(e),
+                }
+            }
         };
         if let Some(e) = &error {
             tracing::warn!(

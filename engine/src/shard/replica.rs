@@ -35,13 +35,25 @@ const ISR_BATCH_MS: u64 = 10;
 
 type Key = (String, i32);
 
+/// Coordinator partitions (`__consumer_offsets`, `__transaction_state`)
+/// this shard started or stopped leading in one metadata change: the
+/// coordinators load or unload their state.
+#[derive(Default)]
+pub(crate) struct CoordinatorChanges {
+    pub offsets_gained: Vec<i32>,
+    pub offsets_lost: Vec<i32>,
+    pub txn_gained: Vec<i32>,
+    pub txn_lost: Vec<i32>,
+}
+
 impl Shard {
     /// Sets each local replica's role from `view`: leader where the image
     /// names this node (and the node is not fenced), else follower of the
     /// named leader; starts a fetcher for each leader node followed.
-    /// Returns the `__consumer_offsets` partitions this shard started and
-    /// stopped leading: their groups load and unload with leadership.
-    pub(crate) fn update_roles(self: &Rc<Self>, view: &NodeView) -> (Vec<i32>, Vec<i32>) {
+    /// Returns the coordinator partitions this shard started and stopped
+    /// leading: their groups and transactional ids load and unload with
+    /// leadership.
+    pub(crate) fn update_roles(self: &Rc<Self>, view: &NodeView) -> CoordinatorChanges {
         let now = now_ms();
         let parts: Vec<(Key, Rc<Partition>)> = self
             .partitions
@@ -57,9 +69,10 @@ impl Shard {
             .map(|b| b.id)
             .collect();
         let mut leaders_followed = Vec::new();
-        let (mut gained, mut lost) = (Vec::new(), Vec::new());
+        let mut changes = CoordinatorChanges::default();
         for ((topic, index), p) in parts {
             let offsets = topic == crate::controller::OFFSETS_TOPIC;
+            let txn_state = topic == crate::controller::TRANSACTION_STATE_TOPIC;
             let Some(meta) = view.image.partition(&topic, index) else {
                 continue;
             };
@@ -73,7 +86,10 @@ impl Shard {
                             meta.in_sync()
                         );
                         if offsets {
-                            gained.push(index);
+                            changes.offsets_gained.push(index);
+                        }
+                        if txn_state {
+                            changes.txn_gained.push(index);
                         }
                     }
                     Ok(false) => {}
@@ -89,7 +105,10 @@ impl Shard {
                 let was_leader = p.is_leader();
                 p.become_follower(leader, meta.leader_epoch);
                 if offsets && was_leader {
-                    lost.push(index);
+                    changes.offsets_lost.push(index);
+                }
+                if txn_state && was_leader {
+                    changes.txn_lost.push(index);
                 }
                 if leader != NO_LEADER && !leaders_followed.contains(&leader) {
                     leaders_followed.push(leader);
@@ -102,7 +121,7 @@ impl Shard {
                 glommio::spawn_local(async move { shard.run_fetcher(leader).await }).detach();
             }
         }
-        (gained, lost)
+        changes
     }
 
     /// The partitions of this shard that follow `leader`.

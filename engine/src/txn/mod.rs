@@ -5,11 +5,12 @@
 //! transactions, markers, the last stable offset, `.txnindex`) is in
 //! `partition`.
 
+pub mod coordinator;
+pub mod markers;
 pub mod records;
 pub mod state;
 
-/// Kafka's name for the coordinator's log.
-pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+pub use crate::controller::TRANSACTION_STATE_TOPIC;
 
 /// The `__transaction_state` partition of `transactional_id`: Kafka's
 /// `Utils.abs(transactionalId.hashCode) % partitions`, the group rule.

@@ -51,6 +51,18 @@ impl TxnStatus {
         })
     }
 
+    /// Every state, in log-byte order.
+    pub const ALL: [TxnStatus; 8] = [
+        Self::Empty,
+        Self::Ongoing,
+        Self::PrepareCommit,
+        Self::PrepareAbort,
+        Self::CompleteCommit,
+        Self::CompleteAbort,
+        Self::Dead,
+        Self::PrepareEpochFence,
+    ];
+
     /// The name DescribeTransactions and ListTransactions report.
     pub fn name(self) -> &'static str {
         match self {
