@@ -36,7 +36,7 @@ use kafka_protocol::messages::offset_delete_response::{
 use kafka_protocol::messages::{
     GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    SyncGroupResponse, TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::ResponseError;
 
@@ -111,6 +111,14 @@ pub enum GroupOp {
     Fetch {
         group_id: String,
         topics: Option<Vec<(String, Vec<i32>)>>,
+        /// OffsetFetch v7+ RequireStable (read_committed consumers): a
+        /// partition with a transactional commit not yet ended answers
+        /// UNSTABLE_OFFSET_COMMIT.
+        require_stable: bool,
+    },
+    /// TxnOffsetCommit: offsets that count once the producer's transaction commits.
+    TxnCommit {
+        req: TxnOffsetCommitRequest,
     },
     Describe {
         group_id: String,
@@ -133,6 +141,7 @@ pub enum GroupReply {
     Leave(LeaveGroupResponse),
     Commit(OffsetCommitResponse),
     Fetch(FetchedOffsets),
+    TxnCommit(TxnOffsetCommitResponse),
     Describe(DescribedGroup),
     List(Vec<ListedGroup>),
     Delete(Option<ResponseError>),
@@ -142,6 +151,8 @@ pub enum GroupReply {
 /// One partition's committed offset (-1 when none).
 pub struct FetchedOffset {
     pub partition: i32,
+    /// UNSTABLE_OFFSET_COMMIT for a stable fetch of a pending transactional commit.
+    pub error: Option<ResponseError>,
     pub offset: i64,
     pub leader_epoch: i32,
     pub metadata: String,
@@ -173,13 +184,21 @@ pub trait GroupStore {
 /// The groups of one shard. Exists on every shard; touched only by it.
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
+    /// Transactional commits not yet ended, per producer id: (group,
+    /// topic, partition) -> offset. A commit marker moves them into their
+    /// groups, an abort marker drops them (Kafka's `pendingTransactionalOffsets`).
+    pending: RefCell<HashMap<i64, BTreeMap<PendingKey, OffsetValue>>>,
     config: GroupConfig,
 }
+
+/// (group, topic, partition) of a pending transactional commit.
+type PendingKey = (String, String, i32);
 
 impl Coordinator {
     pub fn new(config: GroupConfig) -> Self {
         Coordinator {
             groups: RefCell::new(HashMap::new()),
+            pending: RefCell::new(HashMap::new()),
             config,
         }
     }
@@ -300,9 +319,12 @@ impl Coordinator {
             GroupOp::Heartbeat { req } => GroupReply::Heartbeat(self.heartbeat(store, req)),
             GroupOp::Leave { req, version } => GroupReply::Leave(self.leave_group(store, req, version).await),
             GroupOp::Commit { req } => GroupReply::Commit(self.commit_offsets(store, req).await),
-            GroupOp::Fetch { group_id, topics } => {
-                GroupReply::Fetch(self.fetch_offsets(store, &group_id, topics))
-            }
+            GroupOp::Fetch {
+                group_id,
+                topics,
+                require_stable,
+            } => GroupReply::Fetch(self.fetch_offsets(store, &group_id, topics, require_stable)),
+            GroupOp::TxnCommit { req } => GroupReply::TxnCommit(self.txn_commit_offsets(store, req).await),
             GroupOp::Describe { group_id, version } => {
                 GroupReply::Describe(self.describe_group(store, &group_id, version))
             }
@@ -646,11 +668,219 @@ impl Coordinator {
         )
     }
 
+    /// TxnOffsetCommit (SPEC.md §4): the offsets go to the group's
+    /// `__consumer_offsets` partition as one transactional batch of the
+    /// producer, acks=all, and stay pending until the transaction's marker
+    /// reaches that partition (`end_transaction`).
+    async fn txn_commit_offsets<S: GroupStore>(
+        &self,
+        store: &S,
+        req: TxnOffsetCommitRequest,
+    ) -> TxnOffsetCommitResponse {
+        use kafka_protocol::messages::txn_offset_commit_response::{
+            TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+        };
+        let cfg = &self.config;
+        let group_id = req.group_id.to_string();
+        let answer = |error: &dyn Fn(&str, i32) -> Option<ResponseError>| {
+            TxnOffsetCommitResponse::default().with_topics(
+                req.topics
+                    .iter()
+                    .map(|t| {
+                        TxnOffsetCommitResponseTopic::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        TxnOffsetCommitResponsePartition::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(state::code_of(error(
+                                                t.name.as_str(),
+                                                p.partition_index,
+                                            )))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            )
+        };
+        let group_error = if group_id.is_empty() {
+            Some(ResponseError::InvalidGroupId)
+        } else if !store.owns_group(&group_id) {
+            Some(ResponseError::NotCoordinator)
+        } else {
+            let groups = self.groups.borrow();
+            match groups.get(&group_id) {
+                None if req.generation_id >= 0 => Some(ResponseError::IllegalGeneration),
+                None => None,
+                Some(g) => g.validate_txn_commit(
+                    req.member_id.as_str(),
+                    req.group_instance_id.as_deref(),
+                    req.generation_id,
+                ),
+            }
+        };
+        if group_error.is_some() {
+            return answer(&|_, _| group_error);
+        }
+        let now = now_ms();
+        let image = store.image();
+        let mut values: BTreeMap<PendingKey, OffsetValue> = BTreeMap::new();
+        let mut refused: HashMap<(String, i32), ResponseError> = HashMap::new();
+        let mut records = Vec::new();
+        for t in &req.topics {
+            for p in &t.partitions {
+                let key = (t.name.to_string(), p.partition_index);
+                if image.partition(&key.0, key.1).is_none() {
+                    refused.insert(key, ResponseError::UnknownTopicOrPartition);
+                    continue;
+                }
+                let metadata = p.committed_metadata.as_deref().unwrap_or("").to_string();
+                if metadata.len() > cfg.offset_metadata_max_bytes {
+                    refused.insert(key, ResponseError::OffsetMetadataTooLarge);
+                    continue;
+                }
+                let value = OffsetValue {
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata,
+                    commit_timestamp_ms: now,
+                    expire_timestamp_ms: -1,
+                };
+                let record_key = RecordKey::Offset {
+                    group: group_id.clone(),
+                    topic: key.0.clone(),
+                    partition: key.1,
+                };
+                records.push((
+                    records::encode_key(&record_key),
+                    Some(records::encode_offset_value(&value)),
+                ));
+                values.insert((group_id.clone(), key.0, key.1), value);
+            }
+        }
+        let written = self
+            .append_txn_records(store, &group_id, req.producer_id.0, req.producer_epoch, records)
+            .await;
+        if written.is_ok() && !values.is_empty() {
+            self.pending
+                .borrow_mut()
+                .entry(req.producer_id.0)
+                .or_default()
+                .extend(values);
+        }
+        answer(
+            &|topic, partition| match refused.get(&(topic.to_string(), partition)) {
+                Some(code) => Some(*code),
+                None => written.err(),
+            },
+        )
+    }
+
+    /// Appends a transactional producer's offset records to the group's
+    /// partition, numbered by the partition's own sequence for that producer
+    /// (the client sends none for these).
+    async fn append_txn_records<S: GroupStore>(
+        &self,
+        store: &S,
+        group_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        records: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<(), ResponseError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let image = store.image();
+        let partitions = image
+            .topic(OFFSETS_TOPIC)
+            .map_or(0, |t| t.partitions.len() as i32);
+        let index = partition_for(group_id, partitions);
+        let Some(partition) = store.offsets_partition(index) else {
+            return Err(ResponseError::NotCoordinator);
+        };
+        let producer = records::TxnProducer {
+            producer_id,
+            producer_epoch,
+            base_sequence: partition.next_sequence(producer_id, producer_epoch),
+        };
+        let batch = records::encode_txn_batch(&records, now_ms(), producer);
+        let epoch = partition.leader_epoch();
+        let appended = match partition.append(&batch).await {
+            Ok(result) => {
+                partition
+                    .await_replicated(
+                        result.last_offset,
+                        epoch,
+                        1,
+                        self.config.offsets_commit_timeout_ms,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        appended.map_err(|e| {
+            tracing::warn!(
+                group = group_id,
+                producer_id,
+                "transactional offsets refused by {OFFSETS_TOPIC}-{index}: {}",
+                e.message
+            );
+            match e.code {
+                ResponseError::InvalidProducerEpoch | ResponseError::InvalidTxnState => e.code,
+                code => store_error(code, true),
+            }
+        })
+    }
+
+    /// A transaction marker was written to this shard's
+    /// `__consumer_offsets` partition `index`: the producer's pending
+    /// offsets of that partition's groups become committed, or are dropped.
+    pub fn end_transaction(&self, index: i32, partitions: i32, producer_id: i64, commit: bool) {
+        let ended: Vec<(PendingKey, OffsetValue)> = {
+            let mut pending = self.pending.borrow_mut();
+            let Some(offsets) = pending.get_mut(&producer_id) else {
+                return;
+            };
+            let keys: Vec<PendingKey> = offsets
+                .keys()
+                .filter(|(group, _, _)| partition_for(group, partitions) == index)
+                .cloned()
+                .collect();
+            let ended = keys
+                .into_iter()
+                .filter_map(|k| offsets.remove_entry(&k))
+                .collect();
+            if offsets.is_empty() {
+                pending.remove(&producer_id);
+            }
+            ended
+        };
+        if !commit {
+            return;
+        }
+        let mut groups = self.groups.borrow_mut();
+        for ((group, topic, partition), value) in ended {
+            if !groups.contains_key(&group) && groups.len() >= self.config.shard_groups_max {
+                tracing::warn!(group = %group, "shard.groups.max reached: committed transactional offset dropped");
+                continue;
+            }
+            groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(group, now_ms()))
+                .offsets
+                .insert((topic, partition), value);
+        }
+    }
+
     fn fetch_offsets<S: GroupStore>(
         &self,
         store: &S,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
+        require_stable: bool,
     ) -> FetchedOffsets {
         if !store.owns_group(group_id) {
             return FetchedOffsets {
@@ -660,10 +890,22 @@ impl Coordinator {
         }
         let groups = self.groups.borrow();
         let offsets = groups.get(group_id).map(|g| &g.offsets);
+        let pending = self.pending.borrow();
         let lookup = |topic: &str, partition: i32| {
+            let key = (group_id.to_string(), topic.to_string(), partition);
+            if require_stable && pending.values().any(|offsets| offsets.contains_key(&key)) {
+                return FetchedOffset {
+                    partition,
+                    error: Some(ResponseError::UnstableOffsetCommit),
+                    offset: -1,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                };
+            }
             let v = offsets.and_then(|o| o.get(&(topic.to_string(), partition)));
             FetchedOffset {
                 partition,
+                error: None,
                 offset: v.map_or(-1, |v| v.offset),
                 leader_epoch: v.map_or(-1, |v| v.leader_epoch),
                 metadata: v.map_or(String::new(), |v| v.metadata.clone()),
@@ -1007,6 +1249,10 @@ impl Coordinator {
             .image()
             .topic(OFFSETS_TOPIC)
             .map_or(0, |t| t.partitions.len() as i32);
+        for offsets in self.pending.borrow_mut().values_mut() {
+            offsets.retain(|(group, _, _), _| partition_for(group, partitions) != index);
+        }
+        self.pending.borrow_mut().retain(|_, offsets| !offsets.is_empty());
         let mut groups = self.groups.borrow_mut();
         let before = groups.len();
         groups.retain(|id, _| partition_for(id, partitions) != index);
@@ -1032,6 +1278,8 @@ impl Coordinator {
             self.unload_partition(store, *index);
         }
         let mut latest: BTreeMap<RecordKey, Option<Bytes>> = BTreeMap::new();
+        // Transactional commits by producer, until their marker (log order).
+        let mut open: HashMap<i64, BTreeMap<RecordKey, Bytes>> = HashMap::new();
         let mut records_read = 0usize;
         for index in 0..topic.partitions.len() as i32 {
             if !indexes.contains(&index) {
@@ -1073,9 +1321,31 @@ impl Coordinator {
                         "{OFFSETS_TOPIC}-{index}: skipped {skipped} compressed or control batches"
                     );
                 }
-                for rec in recs.into_iter().filter_map(records::LogItem::into_record) {
+                for item in recs {
+                    let rec = match item {
+                        records::LogItem::Record(rec) => rec,
+                        records::LogItem::Marker { producer_id, commit } => {
+                            let ended = open.remove(&producer_id).unwrap_or_default();
+                            if commit {
+                                latest.extend(ended.into_iter().map(|(k, v)| (k, Some(v))));
+                            }
+                            continue;
+                        }
+                    };
                     match records::decode_key(&rec.key) {
+                        Ok(key) if rec.txn_producer_id >= 0 => {
+                            if let Some(value) = rec.value {
+                                open.entry(rec.txn_producer_id).or_default().insert(key, value);
+                                records_read += 1;
+                            }
+                        }
                         Ok(key) => {
+                            // A tombstone also deletes a pending commit (Kafka).
+                            if rec.value.is_none() {
+                                for pending in open.values_mut() {
+                                    pending.remove(&key);
+                                }
+                            }
                             latest.insert(key, rec.value);
                             records_read += 1;
                         }
@@ -1092,6 +1362,30 @@ impl Coordinator {
             }
         }
         let now = now_ms();
+        {
+            let mut pending = self.pending.borrow_mut();
+            for (producer_id, offsets) in open {
+                for (key, value) in offsets {
+                    let RecordKey::Offset {
+                        group,
+                        topic,
+                        partition,
+                    } = key
+                    else {
+                        continue;
+                    };
+                    match records::decode_offset_value(&value) {
+                        Ok(v) => {
+                            pending
+                                .entry(producer_id)
+                                .or_default()
+                                .insert((group, topic, partition), v);
+                        }
+                        Err(e) => tracing::warn!(group = %group, "bad transactional offset record: {e}"),
+                    }
+                }
+            }
+        }
         let mut groups = self.groups.borrow_mut();
         for (key, value) in latest {
             let Some(value) = value else { continue };

@@ -353,6 +353,34 @@ fn put_varlong(buf: &mut BytesMut, v: i64) {
 /// (key, value or None for a tombstone), all stamped `timestamp_ms`.
 /// `baseOffset` is 0: the log assigns the real one.
 pub fn encode_batch(records: &[(Bytes, Option<Bytes>)], timestamp_ms: i64) -> Bytes {
+    encode_batch_as(records, timestamp_ms, None)
+}
+
+/// A transactional producer's records (TxnOffsetCommit): the batch carries
+/// its id, epoch and `base_sequence` and the transactional flag, so the
+/// offsets count only once the transaction's commit marker follows.
+pub struct TxnProducer {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+/// Batch attribute bit 4: the batch belongs to a transaction.
+const TRANSACTIONAL_ATTRIBUTE: i16 = 0x10;
+
+pub fn encode_txn_batch(
+    records: &[(Bytes, Option<Bytes>)],
+    timestamp_ms: i64,
+    producer: TxnProducer,
+) -> Bytes {
+    encode_batch_as(records, timestamp_ms, Some(producer))
+}
+
+fn encode_batch_as(
+    records: &[(Bytes, Option<Bytes>)],
+    timestamp_ms: i64,
+    producer: Option<TxnProducer>,
+) -> Bytes {
     let mut body = BytesMut::new();
     for (i, (key, value)) in records.iter().enumerate() {
         let mut rec = BytesMut::with_capacity(16 + key.len() + value.as_ref().map_or(0, |v| v.len()));
@@ -378,13 +406,27 @@ pub fn encode_batch(records: &[(Bytes, Option<Bytes>)], timestamp_ms: i64) -> By
     out.put_i32(-1); // partitionLeaderEpoch
     out.put_i8(MAGIC_V2);
     out.put_u32(0); // crc, filled below
-    out.put_i16(0); // attributes: no compression, CreateTime
+                    // No compression, CreateTime; transactional for a producer's records.
+    out.put_i16(if producer.is_some() {
+        TRANSACTIONAL_ATTRIBUTE
+    } else {
+        0
+    });
     out.put_i32(records.len().saturating_sub(1) as i32);
     out.put_i64(timestamp_ms);
     out.put_i64(timestamp_ms);
-    out.put_i64(-1); // producerId
-    out.put_i16(-1); // producerEpoch
-    out.put_i32(-1); // baseSequence
+    match &producer {
+        Some(p) => {
+            out.put_i64(p.producer_id);
+            out.put_i16(p.producer_epoch);
+            out.put_i32(p.base_sequence);
+        }
+        None => {
+            out.put_i64(-1); // producerId
+            out.put_i16(-1); // producerEpoch
+            out.put_i32(-1); // baseSequence
+        }
+    }
     out.put_i32(records.len() as i32);
     out.put_slice(&body);
     let crc = crc32c::crc32c(&out[CRC_COVERED_START..]);

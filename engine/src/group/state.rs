@@ -873,6 +873,29 @@ impl Group {
         None
     }
 
+    /// Kafka's validation of a TxnOffsetCommit (classic group): a request
+    /// naming a member or generation must match it; one naming none is
+    /// accepted in any state. Never REBALANCE_IN_PROGRESS.
+    pub fn validate_txn_commit(
+        &self,
+        member_id: &str,
+        instance: Option<&str>,
+        generation: i32,
+    ) -> Option<ResponseError> {
+        if self.state == GroupState::Dead {
+            return Some(ResponseError::CoordinatorNotAvailable);
+        }
+        if generation >= 0 || !member_id.is_empty() || instance.is_some() {
+            if let Err(code) = self.validate_member(member_id, instance) {
+                return Some(code);
+            }
+            if generation != self.generation {
+                return Some(ResponseError::IllegalGeneration);
+            }
+        }
+        None
+    }
+
     /// Topics the members of a `consumer` group subscribe to, from their
     /// subscription metadata (OffsetDelete refuses those).
     pub fn subscribed_topics(&self) -> Option<Vec<String>> {

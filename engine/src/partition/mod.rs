@@ -535,6 +535,11 @@ impl Partition {
         Ok(result)
     }
 
+    /// See `ProducerStates::next_sequence`.
+    pub fn next_sequence(&self, producer_id: i64, producer_epoch: i16) -> i32 {
+        self.producers.borrow().next_sequence(producer_id, producer_epoch)
+    }
+
     /// WriteTxnMarkers on the leader: ends `producer_id`'s transaction on
     /// this partition with a commit or abort marker (`storage::txn_marker`),
     /// after Kafka's checks (the producer epoch and the coordinator epoch

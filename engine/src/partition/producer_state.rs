@@ -162,6 +162,18 @@ impl ProducerStates {
     /// Unlike Kafka (which accepts any sequence from a producer it has no
     /// record of), an unknown producer must start at 0; a client whose state
     /// expired gets OUT_OF_ORDER_SEQUENCE_NUMBER and bumps its epoch.
+    /// The first sequence `check` accepts next from `producer_id` at
+    /// `producer_epoch` (0 for an epoch it has not seen). The group
+    /// coordinator numbers its TxnOffsetCommit batches with it: the client
+    /// gives none for them.
+    pub fn next_sequence(&self, producer_id: i64, producer_epoch: i16) -> i32 {
+        self.producers
+            .get(&producer_id)
+            .filter(|e| e.producer_epoch == producer_epoch)
+            .and_then(|e| e.batches.back())
+            .map_or(0, |b| next_seq(b.last_seq))
+    }
+
     pub fn check(&self, header: &BatchHeader) -> SequenceCheck {
         let producer_id = header.producer_id.get();
         if producer_id < 0 {

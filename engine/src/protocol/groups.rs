@@ -18,6 +18,7 @@ use kafka_protocol::messages::{
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
     OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -208,10 +209,12 @@ async fn fetch_group(
     shard: &Rc<Shard>,
     group_id: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> FetchedOffsets {
     let op = GroupOp::Fetch {
         group_id: group_id.to_string(),
         topics,
+        require_stable,
     };
     match call_group(shard, group_id, op).await {
         Some(GroupReply::Fetch(f)) => f,
@@ -220,6 +223,60 @@ async fn fetch_group(
             topics: Vec::new(),
         },
     }
+}
+
+/// TxnOffsetCommit v0-1 clients do not know COORDINATOR_LOAD_IN_PROGRESS.
+const TXN_COMMIT_LOAD_IN_PROGRESS_VERSION: i16 = 2;
+
+pub async fn txn_offset_commit(
+    shard: &Rc<Shard>,
+    req: TxnOffsetCommitRequest,
+    version: i16,
+) -> TxnOffsetCommitResponse {
+    use kafka_protocol::messages::txn_offset_commit_response::{
+        TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+    };
+    let group_id = req.group_id.to_string();
+    let shape: Vec<(TopicName, Vec<i32>)> = req
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.partitions.iter().map(|p| p.partition_index).collect(),
+            )
+        })
+        .collect();
+    let mut resp = match call_group(shard, &group_id, GroupOp::TxnCommit { req }).await {
+        Some(GroupReply::TxnCommit(resp)) => resp,
+        _ => TxnOffsetCommitResponse::default().with_topics(
+            shape
+                .into_iter()
+                .map(|(name, parts)| {
+                    TxnOffsetCommitResponseTopic::default()
+                        .with_name(name)
+                        .with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|p| {
+                                    TxnOffsetCommitResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+    };
+    if version < TXN_COMMIT_LOAD_IN_PROGRESS_VERSION {
+        for p in resp.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+            if p.error_code == ResponseError::CoordinatorLoadInProgress.code() {
+                p.error_code = ResponseError::CoordinatorNotAvailable.code();
+            }
+        }
+    }
+    resp
 }
 
 /// OffsetFetch v8 (KIP-709) asks for many groups at once.
@@ -232,7 +289,7 @@ pub async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i
                 .map(|t| (t.name.to_string(), t.partition_indexes))
                 .collect()
         });
-        let fetched = fetch_group(shard, req.group_id.as_str(), topics).await;
+        let fetched = fetch_group(shard, req.group_id.as_str(), topics, req.require_stable).await;
         let topics = fetched
             .topics
             .into_iter()
@@ -248,7 +305,7 @@ pub async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i
                                     .with_committed_offset(p.offset)
                                     .with_committed_leader_epoch(p.leader_epoch)
                                     .with_metadata(Some(str_bytes(&p.metadata)))
-                                    .with_error_code(0)
+                                    .with_error_code(code_of(p.error))
                             })
                             .collect(),
                     )
@@ -258,13 +315,14 @@ pub async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i
             .with_error_code(code_of(fetched.error))
             .with_topics(topics);
     }
+    let require_stable = req.require_stable;
     let calls = req.groups.into_iter().map(|g| async move {
         let topics = g.topics.map(|ts| {
             ts.into_iter()
                 .map(|t| (t.name.to_string(), t.partition_indexes))
                 .collect()
         });
-        let fetched = fetch_group(shard, g.group_id.as_str(), topics).await;
+        let fetched = fetch_group(shard, g.group_id.as_str(), topics, require_stable).await;
         let topics = fetched
             .topics
             .into_iter()
@@ -280,7 +338,7 @@ pub async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i
                                     .with_committed_offset(p.offset)
                                     .with_committed_leader_epoch(p.leader_epoch)
                                     .with_metadata(Some(str_bytes(&p.metadata)))
-                                    .with_error_code(0)
+                                    .with_error_code(code_of(p.error))
                             })
                             .collect(),
                     )

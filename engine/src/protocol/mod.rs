@@ -45,7 +45,7 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
     ListPartitionReassignmentsRequest, ListTransactionsRequest, MetadataRequest, OffsetCommitRequest,
     OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, SyncGroupRequest, WriteTxnMarkersRequest,
+    ResponseHeader, SyncGroupRequest, TxnOffsetCommitRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -466,6 +466,14 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
                 correlation_id,
                 version,
                 &transactions::add_offsets(shard, req, version).await,
+            )
+        }
+        ApiKey::TxnOffsetCommit => {
+            let req = decode!(TxnOffsetCommitRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &groups::txn_offset_commit(shard, req, version).await,
             )
         }
         ApiKey::EndTxn => {

@@ -36,6 +36,7 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::AddPartitionsToTxn => (0, 3),
         ApiKey::AddOffsetsToTxn => (0, 4),
         ApiKey::EndTxn => (0, 4),
+        ApiKey::TxnOffsetCommit => (0, 4),
         ApiKey::DescribeTransactions => (0, 0),
         ApiKey::ListTransactions => (0, 1),
         ApiKey::AlterConfigs => (0, 2),

@@ -486,15 +486,31 @@ impl Shard {
                     })
                     .max(1) as usize;
                 match written {
-                    Ok(offset) => partition
-                        .await_replicated(
-                            offset,
-                            epoch,
-                            min_insync,
-                            self.config.txn.state_log_write_timeout_ms,
-                        )
-                        .await
-                        .err(),
+                    Ok(offset) => {
+                        // The group coordinator's pending transactional
+                        // offsets end with the marker that ends them in its log.
+                        if part.topic == crate::group::OFFSETS_TOPIC {
+                            let partitions = self
+                                .image()
+                                .topic(crate::group::OFFSETS_TOPIC)
+                                .map_or(0, |t| t.partitions.len() as i32);
+                            self.groups.end_transaction(
+                                part.partition,
+                                partitions,
+                                part.producer_id,
+                                part.commit,
+                            );
+                        }
+                        partition
+                            .await_replicated(
+                                offset,
+                                epoch,
+                                min_insync,
+                                self.config.txn.state_log_write_timeout_ms,
+                            )
+                            .await
+                            .err()
+                    }
                     Err(e) => Some(e),
                 }
             }
