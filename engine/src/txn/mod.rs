@@ -1,9 +1,10 @@
-//! The transaction coordinator (Kafka's `TransactionCoordinator`), built in
-//! steps (see `README.md` and `SPEC.md`). So far: the records it keeps in
-//! `__transaction_state` (`records`) and Kafka's rules for a transactional
-//! id's state (`state`), both pure. The partition side of transactions (open
-//! transactions, markers, the last stable offset, `.txnindex`) is in
-//! `partition`.
+//! The transaction coordinator (Kafka's `TransactionCoordinator`; see
+//! `README.md` and `SPEC.md`): the records it keeps in `__transaction_state`
+//! (`records`), Kafka's rules for a transactional id's state (`state`, pure),
+//! one shard's ids and their writes (`coordinator`) and the markers that end
+//! a transaction on its partitions (`markers`). The partition side of
+//! transactions (open transactions, markers, the last stable offset,
+//! `.txnindex`) is in `partition`.
 
 pub mod coordinator;
 pub mod markers;
