@@ -182,6 +182,15 @@ pub struct GroupConfig {
     /// `shard.groups.max` (shardlog): groups one shard coordinates; a join
     /// for a new group beyond it gets COORDINATOR_NOT_AVAILABLE (retriable).
     pub shard_groups_max: usize,
+    /// `group.consumer.heartbeat.interval.ms`: how often a KIP-848 member
+    /// heartbeats (sent to it in every answer).
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.session.timeout.ms`: a KIP-848 member silent this
+    /// long is removed and its partitions go to the others.
+    pub consumer_session_timeout_ms: i64,
+    /// `group.consumer.max.size`: members of one KIP-848 group. Kafka's
+    /// default is Int.MaxValue; bounded here like `group.max.size`.
+    pub consumer_max_size: usize,
 }
 
 /// Transaction coordinator settings, Kafka's names; the defaults are
@@ -247,6 +256,9 @@ impl Default for GroupConfig {
             offset_metadata_max_bytes: 4_096,
             member_metadata_max_bytes: 65_536,
             shard_groups_max: 100_000,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_max_size: 1_000,
         }
     }
 }
@@ -470,6 +482,13 @@ impl BrokerConfig {
                 self.group.member_metadata_max_bytes = parse_positive(key, v)?
             }
             "shard.groups.max" => self.group.shard_groups_max = parse_positive(key, v)?,
+            "group.consumer.heartbeat.interval.ms" => {
+                self.group.consumer_heartbeat_interval_ms = parse_positive(key, v)?
+            }
+            "group.consumer.session.timeout.ms" => {
+                self.group.consumer_session_timeout_ms = parse_positive(key, v)?
+            }
+            "group.consumer.max.size" => self.group.consumer_max_size = parse_positive(key, v)?,
             "transaction.state.log.num.partitions" => {
                 self.txn.state_log_num_partitions = parse_positive(key, v)?
             }

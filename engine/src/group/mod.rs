@@ -15,11 +15,12 @@
 //! `group.max.size`). A consumer commits every 5 s by default, so 10k
 //! consumers are ~2k appends/s, far below one shard's append rate.
 
+pub mod consumer;
 pub mod records;
 pub mod state;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -45,6 +46,9 @@ use crate::config::GroupConfig;
 use crate::controller::{MetadataImage, NodeView};
 use crate::partition::Partition;
 use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
+use consumer::{Assignment, ConsumerGroup, HeartbeatParams};
+use kafka_protocol::messages::consumer_group_describe_response::DescribedGroup as ConsumerDescribedGroup;
+use kafka_protocol::messages::{ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse};
 use records::{OffsetValue, RecordKey};
 use state::{Group, GroupState, JoinOutcome, JoinParams, Limits, SyncOutcome, SyncParams};
 
@@ -120,6 +124,16 @@ pub enum GroupOp {
     TxnCommit {
         req: TxnOffsetCommitRequest,
     },
+    /// ConsumerGroupHeartbeat (KIP-848).
+    ConsumerHeartbeat {
+        req: ConsumerGroupHeartbeatRequest,
+        version: i16,
+        client_id: String,
+        client_host: String,
+    },
+    ConsumerDescribe {
+        group_id: String,
+    },
     Describe {
         group_id: String,
         version: i16,
@@ -142,6 +156,8 @@ pub enum GroupReply {
     Commit(OffsetCommitResponse),
     Fetch(FetchedOffsets),
     TxnCommit(TxnOffsetCommitResponse),
+    ConsumerHeartbeat(ConsumerGroupHeartbeatResponse),
+    ConsumerDescribe(ConsumerDescribedGroup),
     Describe(DescribedGroup),
     List(Vec<ListedGroup>),
     Delete(Option<ResponseError>),
@@ -188,6 +204,8 @@ pub struct Coordinator {
     /// topic, partition) -> offset. A commit marker moves them into their
     /// groups, an abort marker drops them (Kafka's `pendingTransactionalOffsets`).
     pending: RefCell<HashMap<i64, BTreeMap<PendingKey, OffsetValue>>>,
+    /// KIP-848 groups (memberships; their offsets are in `groups`).
+    consumer_groups: RefCell<HashMap<String, ConsumerGroup>>,
     config: GroupConfig,
 }
 
@@ -199,6 +217,7 @@ impl Coordinator {
         Coordinator {
             groups: RefCell::new(HashMap::new()),
             pending: RefCell::new(HashMap::new()),
+            consumer_groups: RefCell::new(HashMap::new()),
             config,
         }
     }
@@ -325,6 +344,21 @@ impl Coordinator {
                 require_stable,
             } => GroupReply::Fetch(self.fetch_offsets(store, &group_id, topics, require_stable)),
             GroupOp::TxnCommit { req } => GroupReply::TxnCommit(self.txn_commit_offsets(store, req).await),
+            GroupOp::ConsumerHeartbeat {
+                req,
+                version,
+                client_id,
+                client_host,
+            } => GroupReply::ConsumerHeartbeat(self.consumer_heartbeat(
+                store,
+                req,
+                version,
+                client_id,
+                client_host,
+            )),
+            GroupOp::ConsumerDescribe { group_id } => {
+                GroupReply::ConsumerDescribe(self.consumer_describe(store, &group_id))
+            }
             GroupOp::Describe { group_id, version } => {
                 GroupReply::Describe(self.describe_group(store, &group_id, version))
             }
@@ -351,6 +385,16 @@ impl Coordinator {
         }
         if !store.owns_group(&group_id) {
             return err(ResponseError::NotCoordinator);
+        }
+        if self
+            .consumer_groups
+            .borrow()
+            .get(&group_id)
+            .is_some_and(|g| !g.members.is_empty())
+        {
+            // Kafka would take the member into the KIP-848 group as a
+            // classic-protocol member; shardlog keeps the protocols apart.
+            return err(ResponseError::InconsistentGroupProtocol);
         }
         if req.session_timeout_ms < cfg.min_session_timeout_ms
             || req.session_timeout_ms > cfg.max_session_timeout_ms
@@ -596,7 +640,21 @@ impl Coordinator {
         } else {
             let mut groups = self.groups.borrow_mut();
             let generation = req.generation_id_or_member_epoch;
+            let consumer_group = self
+                .consumer_groups
+                .borrow()
+                .get(&group_id)
+                .map(|g| g.validate_commit(req.member_id.as_str(), generation));
             match groups.get(&group_id) {
+                // A KIP-848 group: its members commit with their epoch; the
+                // offsets live in the group's classic entry, made on first use.
+                _ if consumer_group.is_some() => {
+                    let refused = consumer_group.flatten();
+                    if refused.is_none() && !groups.contains_key(&group_id) {
+                        groups.insert(group_id.clone(), Group::new(group_id.clone(), now_ms()));
+                    }
+                    refused
+                }
                 None if generation >= 0 => Some(ResponseError::IllegalGeneration),
                 None if groups.len() >= cfg.shard_groups_max => Some(ResponseError::CoordinatorNotAvailable),
                 None => {
@@ -875,6 +933,217 @@ impl Coordinator {
         }
     }
 
+    /// ConsumerGroupHeartbeat (KIP-848; `KIP848.md`): validated as Kafka
+    /// 4.0 does, then the group's pure state machine (`consumer`) answers.
+    fn consumer_heartbeat<S: GroupStore>(
+        &self,
+        store: &S,
+        req: ConsumerGroupHeartbeatRequest,
+        version: i16,
+        client_id: String,
+        client_host: String,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let group_id = req.group_id.to_string();
+        let refuse = |code: ResponseError, message: &str| {
+            ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(code.code())
+                .with_error_message(Some(str_bytes(message)))
+                .with_member_epoch(req.member_epoch)
+        };
+        let epoch = req.member_epoch;
+        if group_id.is_empty() {
+            return refuse(ResponseError::InvalidRequest, "GroupId can't be empty.");
+        }
+        // v1 (KIP-1082): the client names itself.
+        if req.member_id.is_empty() && (version >= 1 || epoch > 0 || epoch == consumer::LEAVE_EPOCH) {
+            return refuse(ResponseError::InvalidRequest, "MemberId can't be empty.");
+        }
+        if epoch < consumer::STATIC_LEAVE_EPOCH {
+            return refuse(ResponseError::InvalidRequest, "MemberEpoch is invalid.");
+        }
+        if req
+            .subscribed_topic_regex
+            .as_deref()
+            .is_some_and(|r| !r.is_empty())
+        {
+            return refuse(
+                ResponseError::InvalidRequest,
+                "SubscribedTopicRegex is not supported by this broker; subscribe to topic names.",
+            );
+        }
+        if epoch == consumer::JOIN_EPOCH
+            && (req.rebalance_timeout_ms == -1
+                || req.topic_partitions.as_ref().is_none_or(|t| !t.is_empty())
+                || (req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.is_none()))
+        {
+            return refuse(
+                ResponseError::InvalidRequest,
+                "A join needs RebalanceTimeoutMs, empty TopicPartitions and a subscription.",
+            );
+        }
+        if !store.owns_group(&group_id) {
+            return refuse(
+                ResponseError::NotCoordinator,
+                "Not the coordinator of this group.",
+            );
+        }
+        if self
+            .groups
+            .borrow()
+            .get(&group_id)
+            .is_some_and(|g| !g.members.is_empty())
+        {
+            return refuse(
+                ResponseError::GroupIdNotFound,
+                &format!("Group {group_id} is not a consumer group."),
+            );
+        }
+        let mut consumer_groups = self.consumer_groups.borrow_mut();
+        if !consumer_groups.contains_key(&group_id) {
+            if epoch != consumer::JOIN_EPOCH {
+                // Kafka answers GROUP_ID_NOT_FOUND, fatal to librdkafka; the
+                // group's membership is not persisted here, so after a move or
+                // a restart its members are told to join again instead.
+                return refuse(ResponseError::UnknownMemberId, "Unknown member: join again.");
+            }
+            if consumer_groups.len() + self.groups.borrow().len() >= self.config.shard_groups_max {
+                return refuse(
+                    ResponseError::CoordinatorNotAvailable,
+                    "shard.groups.max reached.",
+                );
+            }
+            consumer_groups.insert(group_id.clone(), ConsumerGroup::default());
+        }
+        let group = consumer_groups.get_mut(&group_id).expect("inserted above");
+        // The topics the group needs: those its members and this request name.
+        let image = store.image();
+        let names: BTreeSet<String> = group
+            .members
+            .values()
+            .flat_map(|m| m.subscribed_topic_names.iter().cloned())
+            .chain(req.subscribed_topic_names.iter().flatten().map(|t| t.to_string()))
+            .collect();
+        let topics: consumer::TopicsView = names
+            .into_iter()
+            .filter_map(|name| {
+                let t = image.topic(&name)?;
+                Some((name, (t.id, t.partitions.len() as i32)))
+            })
+            .collect();
+        let owned = req.topic_partitions.as_ref().map(|tps| {
+            let mut a = Assignment::new();
+            for tp in tps {
+                a.entry(tp.topic_id)
+                    .or_default()
+                    .extend(tp.partitions.iter().copied());
+            }
+            a
+        });
+        let params = HeartbeatParams {
+            member_id: req.member_id.to_string(),
+            member_epoch: epoch,
+            instance_id: req.instance_id.as_ref().map(|s| s.to_string()),
+            rack_id: req.rack_id.as_ref().map(|s| s.to_string()),
+            rebalance_timeout_ms: req.rebalance_timeout_ms,
+            subscribed_topic_names: req
+                .subscribed_topic_names
+                .as_ref()
+                .map(|ts| ts.iter().map(|t| t.to_string()).collect()),
+            server_assignor: req.server_assignor.as_ref().map(|s| s.to_string()),
+            owned,
+            client_id,
+            client_host,
+        };
+        let out = group.heartbeat(
+            params,
+            &topics,
+            self.config.consumer_max_size,
+            uuid::Uuid::new_v4().to_string(),
+            now_ms(),
+        );
+        if let Some(code) = out.error {
+            return refuse(code, "Heartbeat refused.");
+        }
+        let assignment = out.assignment.map(|a| {
+            use kafka_protocol::messages::consumer_group_heartbeat_response::{
+                Assignment as Given, TopicPartitions,
+            };
+            Given::default().with_topic_partitions(
+                a.into_iter()
+                    .map(|(topic_id, parts)| {
+                        TopicPartitions::default()
+                            .with_topic_id(topic_id)
+                            .with_partitions(parts.into_iter().collect())
+                    })
+                    .collect(),
+            )
+        });
+        ConsumerGroupHeartbeatResponse::default()
+            .with_member_id(Some(str_bytes(&out.member_id)))
+            .with_member_epoch(out.member_epoch)
+            .with_heartbeat_interval_ms(self.config.consumer_heartbeat_interval_ms)
+            .with_assignment(assignment)
+    }
+
+    fn consumer_describe<S: GroupStore>(&self, store: &S, group_id: &str) -> ConsumerDescribedGroup {
+        use kafka_protocol::messages::consumer_group_describe_response::{
+            Assignment as Described, Member, TopicPartitions,
+        };
+        let base = ConsumerDescribedGroup::default()
+            .with_group_id(GroupId(str_bytes(group_id)))
+            .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+        if !store.owns_group(group_id) {
+            return base.with_error_code(ResponseError::NotCoordinator.code());
+        }
+        let groups = self.consumer_groups.borrow();
+        let Some(g) = groups.get(group_id) else {
+            return base
+                .with_error_code(ResponseError::GroupIdNotFound.code())
+                .with_error_message(Some(str_bytes(&format!("Group {group_id} not found."))));
+        };
+        let image = store.image();
+        let described = |a: &Assignment| {
+            Described::default().with_topic_partitions(
+                a.iter()
+                    .map(|(id, parts)| {
+                        let name = image.topic_by_id(id).map(|t| t.name.clone()).unwrap_or_default();
+                        TopicPartitions::default()
+                            .with_topic_id(*id)
+                            .with_topic_name(TopicName(str_bytes(&name)))
+                            .with_partitions(parts.iter().copied().collect())
+                    })
+                    .collect(),
+            )
+        };
+        let members = g
+            .members
+            .values()
+            .map(|m| {
+                Member::default()
+                    .with_member_id(str_bytes(&m.member_id))
+                    .with_instance_id(m.instance_id.as_deref().map(str_bytes))
+                    .with_rack_id(m.rack_id.as_deref().map(str_bytes))
+                    .with_member_epoch(m.member_epoch)
+                    .with_client_id(str_bytes(&m.client_id))
+                    .with_client_host(str_bytes(&m.client_host))
+                    .with_subscribed_topic_names(
+                        m.subscribed_topic_names
+                            .iter()
+                            .map(|t| TopicName(str_bytes(t)))
+                            .collect(),
+                    )
+                    .with_assignment(described(&m.assigned))
+                    .with_target_assignment(described(&g.target_of(&m.member_id)))
+                    .with_member_type(1)
+            })
+            .collect();
+        base.with_group_state(str_bytes(g.state_name()))
+            .with_group_epoch(g.group_epoch)
+            .with_assignment_epoch(g.assignment_epoch)
+            .with_assignor_name(str_bytes(g.assignor()))
+            .with_members(members)
+    }
+
     fn fetch_offsets<S: GroupStore>(
         &self,
         store: &S,
@@ -988,10 +1257,18 @@ impl Coordinator {
     }
 
     fn list_groups(&self) -> Vec<ListedGroup> {
+        let consumer_groups = self.consumer_groups.borrow();
+        let modern = consumer_groups.iter().map(|(id, g)| {
+            ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(id)))
+                .with_protocol_type(str_bytes("consumer"))
+                .with_group_state(str_bytes(g.state_name()))
+                .with_group_type(str_bytes("consumer"))
+        });
         self.groups
             .borrow()
             .values()
-            .filter(|g| g.state != GroupState::Dead)
+            .filter(|g| g.state != GroupState::Dead && !consumer_groups.contains_key(&g.id))
             .map(|g| {
                 ListedGroup::default()
                     .with_group_id(GroupId(str_bytes(&g.id)))
@@ -999,6 +1276,7 @@ impl Coordinator {
                     .with_group_state(str_bytes(g.state.name()))
                     .with_group_type(str_bytes("classic"))
             })
+            .chain(modern)
             .collect()
     }
 
@@ -1109,6 +1387,11 @@ impl Coordinator {
     pub async fn tick<S: GroupStore>(&self, store: &S) {
         let limits = self.limits();
         let now = now_ms();
+        for (id, g) in self.consumer_groups.borrow_mut().iter_mut() {
+            for member in g.expire(self.config.consumer_session_timeout_ms, now) {
+                tracing::info!(group = %id, "member {member} removed: no heartbeat within its session or revocation within its rebalance timeout");
+            }
+        }
         let emptied: Vec<(String, records::GroupValue)> = {
             let mut groups = self.groups.borrow_mut();
             groups
@@ -1249,6 +1532,9 @@ impl Coordinator {
             .image()
             .topic(OFFSETS_TOPIC)
             .map_or(0, |t| t.partitions.len() as i32);
+        self.consumer_groups
+            .borrow_mut()
+            .retain(|id, _| partition_for(id, partitions) != index);
         for offsets in self.pending.borrow_mut().values_mut() {
             offsets.retain(|(group, _, _), _| partition_for(group, partitions) != index);
         }

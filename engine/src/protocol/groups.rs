@@ -13,12 +13,13 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
-    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
-    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    BrokerId, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+    TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -223,6 +224,49 @@ async fn fetch_group(
             topics: Vec::new(),
         },
     }
+}
+
+pub async fn consumer_heartbeat(
+    shard: &Rc<Shard>,
+    req: ConsumerGroupHeartbeatRequest,
+    version: i16,
+    client_id: String,
+    client_host: String,
+) -> ConsumerGroupHeartbeatResponse {
+    let group_id = req.group_id.to_string();
+    let epoch = req.member_epoch;
+    let op = GroupOp::ConsumerHeartbeat {
+        req,
+        version,
+        client_id,
+        client_host,
+    };
+    match call_group(shard, &group_id, op).await {
+        Some(GroupReply::ConsumerHeartbeat(resp)) => resp,
+        _ => ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_member_epoch(epoch),
+    }
+}
+
+pub async fn consumer_describe(
+    shard: &Rc<Shard>,
+    req: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    use kafka_protocol::messages::consumer_group_describe_response::DescribedGroup as Described;
+    let calls = req.group_ids.into_iter().map(|g| async move {
+        let op = GroupOp::ConsumerDescribe {
+            group_id: g.to_string(),
+        };
+        match call_group(shard, g.as_str(), op).await {
+            Some(GroupReply::ConsumerDescribe(d)) => d,
+            _ => Described::default()
+                .with_group_id(g)
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+        }
+    });
+    ConsumerGroupDescribeResponse::default().with_groups(futures::future::join_all(calls).await)
 }
 
 /// TxnOffsetCommit v0-1 clients do not know COORDINATOR_LOAD_IN_PROGRESS.

@@ -37,15 +37,16 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, AlterConfigsRequest,
-    AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest,
-    CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
-    DescribeTopicPartitionsRequest, DescribeTransactionsRequest, ElectLeadersRequest, EndTxnRequest,
-    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
-    ListPartitionReassignmentsRequest, ListTransactionsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, SyncGroupRequest, TxnOffsetCommitRequest, WriteTxnMarkersRequest,
+    AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, ConsumerGroupDescribeRequest,
+    ConsumerGroupHeartbeatRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, DescribeLogDirsRequest, DescribeTopicPartitionsRequest,
+    DescribeTransactionsRequest, ElectLeadersRequest, EndTxnRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest,
+    ListTransactionsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    TxnOffsetCommitRequest, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -561,6 +562,21 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
             let resp =
                 groups::join_group(shard, req, version, client_id.to_string(), client_host(peer)).await;
             encode_response(correlation_id, version, &resp)
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            let req = decode!(ConsumerGroupHeartbeatRequest);
+            let resp =
+                groups::consumer_heartbeat(shard, req, version, client_id.to_string(), client_host(peer))
+                    .await;
+            encode_response(correlation_id, version, &resp)
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            let req = decode!(ConsumerGroupDescribeRequest);
+            encode_response(
+                correlation_id,
+                version,
+                &groups::consumer_describe(shard, req).await,
+            )
         }
         ApiKey::SyncGroup => {
             let req = decode!(SyncGroupRequest);

@@ -56,6 +56,10 @@ pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DescribeGroups => (0, 6),
         ApiKey::DeleteGroups => (0, 2),
         ApiKey::OffsetDelete => (0, 0),
+        // KIP-848; librdkafka uses the consumer protocol only with v1
+        // (client-made member ids, KIP-1082).
+        ApiKey::ConsumerGroupHeartbeat => (0, 1),
+        ApiKey::ConsumerGroupDescribe => (0, 1),
         _ => return None,
     };
     let crate_range = key.valid_versions();
