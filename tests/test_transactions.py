@@ -10,7 +10,8 @@ a second producer of the same transactional.id; a transaction left open is
 aborted at its timeout and its producer fenced; transaction.timeout.ms above
 transaction.max.timeout.ms is refused; DescribeTransactions and
 ListTransactions; kill -9 of the coordinator with a transaction prepared
-and one open; a consume-transform-produce loop with
+and one open; transactional offsets hidden from a stable OffsetFetch until
+the commit, dropped by an abort, kept across kill -9; a consume-transform-produce loop with
 send_offsets_to_transaction that loses its coordinator's node to SIGKILL
 and still writes every input record exactly once.
 """
@@ -373,3 +374,40 @@ def test_commit_and_abort_on_three_nodes(cluster_of):
     assert sorted(v for _, _, v in rc) == sorted(committed)
     assert sorted(v for _, _, v in ru) == sorted(committed + aborted)
     check_order(rc)
+
+
+def test_transactional_offsets_count_only_at_commit(broker_factory):
+    broker = broker_factory(shards=2)
+    topic = unique_topic("txn-offsets")
+    create_topic(broker.bootstrap, topic, PARTITIONS)
+    group = "offsets-at-commit"
+    tp = TopicPartition(topic, 0)
+
+    def committed(timeout=5):
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                      "isolation.level": "read_committed", "enable.auto.commit": False})
+        try:
+            return c.committed([tp], timeout=timeout)[0].offset
+        finally:
+            c.close()
+
+    meta = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group}).consumer_group_metadata()
+    p = txn_producer(broker.bootstrap, "offsets-txn")
+    p.begin_transaction()
+    p.produce(topic, key=b"k", value=b"v")
+    p.send_offsets_to_transaction([TopicPartition(topic, 0, 5)], meta, 30)
+    assert p.flush(30) == 0
+    # Pending: a read_committed consumer's stable fetch is told to retry
+    # (UNSTABLE_OFFSET_COMMIT) until the transaction ends.
+    with pytest.raises(KafkaException):
+        committed(timeout=3)
+    p.abort_transaction(30)
+    assert committed() < 0  # the aborted offset never counted
+    p.begin_transaction()
+    p.produce(topic, key=b"k", value=b"v")
+    p.send_offsets_to_transaction([TopicPartition(topic, 0, 7)], meta, 30)
+    p.commit_transaction(30)
+    assert committed() == 7
+    broker.kill9()
+    broker.start()
+    assert committed() == 7  # replayed from __consumer_offsets with its marker
