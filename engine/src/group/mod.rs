@@ -1414,9 +1414,20 @@ impl Coordinator {
         let now = now_ms();
         let work: Vec<Expiry> = {
             let groups = self.groups.borrow();
+            let pending = self.pending.borrow();
+            let consumer_groups = self.consumer_groups.borrow();
             groups
                 .values()
                 .filter(|g| g.state == GroupState::Empty)
+                // As Kafka: not while a transaction may still commit offsets
+                // for it, nor while a KIP-848 group has members.
+                .filter(|g| {
+                    !pending
+                        .values()
+                        .flat_map(|o| o.keys())
+                        .any(|(group, _, _)| *group == g.id)
+                })
+                .filter(|g| consumer_groups.get(&g.id).is_none_or(|c| c.members.is_empty()))
                 .filter_map(|g| {
                     let expired: Vec<(String, i32)> = g
                         .offsets
