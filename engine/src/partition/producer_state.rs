@@ -153,15 +153,6 @@ impl ProducerStates {
         Self::default()
     }
 
-    /// Decides what to do with an incoming batch, with Kafka's rules: an
-    /// epoch older than the current one is fenced; a new epoch (or unknown
-    /// producer) must start at sequence 0; within the epoch a batch equal to
-    /// a remembered one is a duplicate, anything else must continue right
-    /// after the last remembered sequence. Pure: does not change state.
-    ///
-    /// Unlike Kafka (which accepts any sequence from a producer it has no
-    /// record of), an unknown producer must start at 0; a client whose state
-    /// expired gets OUT_OF_ORDER_SEQUENCE_NUMBER and bumps its epoch.
     /// The first sequence `check` accepts next from `producer_id` at
     /// `producer_epoch` (0 for an epoch it has not seen). The group
     /// coordinator numbers its TxnOffsetCommit batches with it: the client
@@ -174,6 +165,15 @@ impl ProducerStates {
             .map_or(0, |b| next_seq(b.last_seq))
     }
 
+    /// Decides what to do with an incoming batch, with Kafka's rules: an
+    /// epoch older than the current one is fenced; a new epoch (or unknown
+    /// producer) must start at sequence 0; within the epoch a batch equal to
+    /// a remembered one is a duplicate, anything else must continue right
+    /// after the last remembered sequence. Pure: does not change state.
+    ///
+    /// Unlike Kafka (which accepts any sequence from a producer it has no
+    /// record of), an unknown producer must start at 0; a client whose state
+    /// expired gets OUT_OF_ORDER_SEQUENCE_NUMBER and bumps its epoch.
     pub fn check(&self, header: &BatchHeader) -> SequenceCheck {
         let producer_id = header.producer_id.get();
         if producer_id < 0 {

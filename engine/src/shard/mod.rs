@@ -484,7 +484,8 @@ impl Shard {
             );
         }
         // Every replica of the image has its role, those just opened too;
-        // groups follow their `__consumer_offsets` partition's leadership.
+        // groups follow their `__consumer_offsets` partition's leadership,
+        // transactional ids their `__transaction_state` partition's.
         let changes = self.update_roles(&view);
         for index in changes.offsets_lost {
             self.groups.unload_partition(&**self, index);
