@@ -10,6 +10,8 @@ pub mod controller;
 pub mod fifo;
 pub mod group;
 pub mod latency;
+pub mod logging;
+pub mod metrics;
 pub mod partition;
 pub mod protocol;
 pub mod replication;
@@ -18,5 +20,6 @@ pub mod shard;
 pub mod storage;
 #[cfg(test)]
 pub(crate) mod test_executor;
+pub mod tune;
 pub mod txn;
 pub mod wire;

@@ -14,8 +14,10 @@ use shardlog::config::{self, BrokerConfig};
 /// log.flush.interval.messages, ...), from a TOML file and --set overrides.
 /// Flags win over --set, which wins over the file.
 #[derive(Parser, Debug)]
-#[command(name = "shardlog", version)]
+#[command(name = "shardlog", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML file of Kafka-named settings, e.g. `num.partitions = 6`.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -33,27 +35,37 @@ struct Args {
     set: Vec<String>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check this host against what the broker needs (and `--apply` fixes).
+    Tune(shardlog::tune::TuneArgs),
+}
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    if let Some(Command::Tune(tune)) = args.command {
+        std::process::exit(shardlog::tune::run(tune));
+    }
+    let overrides = match args
+        .set
+        .iter()
+        .map(|s| config::parse_override(s))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(overrides) => overrides,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    shardlog::logging::init(config::peek_log_format(args.config.as_deref(), &overrides));
+    if let Err(e) = run(args, overrides) {
         tracing::error!("{e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let mut overrides = args
-        .set
-        .iter()
-        .map(|s| config::parse_override(s))
-        .collect::<Result<Vec<_>, _>>()?;
+fn run(args: Args, mut overrides: Vec<(String, String)>) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         overrides.push(("log.dirs".into(), dir.display().to_string()));
     }

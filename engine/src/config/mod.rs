@@ -147,6 +147,69 @@ pub struct BrokerConfig {
     pub txn: TxnConfig,
     /// Roles, quorum voters, the CONTROLLER listener, rack, broker session.
     pub cluster: cluster::ClusterConfig,
+    /// The Prometheus endpoint and health checks (`metrics.*`).
+    pub metrics: MetricsConfig,
+    /// `log.format` (shardlog): `text` (the default) or `json`, one event
+    /// per line with its shard and fields.
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The metrics listener (`/metrics`, `/health`, `/ready`); shardlog's own
+/// settings, as Kafka exports its metrics through JMX instead.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// `metrics.listen`: where the HTTP endpoint is bound, empty to turn it
+    /// off. The default `127.0.0.1:9644` (Redpanda's metrics port, which
+    /// operators' scrape configs already name) is skipped with a warning
+    /// when another process holds it; an address set explicitly that cannot
+    /// be bound stops the broker.
+    pub listen: Option<SocketAddr>,
+    /// Whether `listen` was set by the operator (binding failures are fatal then).
+    pub listen_explicit: bool,
+    /// `metrics.partition.series.max`: partitions of this broker that get
+    /// per-partition series; the rest count only in their topic's series,
+    /// so a scrape of 100,000 partitions stays a few MB.
+    pub partition_series_max: usize,
+    /// `metrics.topic.series.max`: topics with their own series; the rest
+    /// are summed under `topic="_other"`.
+    pub topic_series_max: usize,
+    /// `metrics.connections.max`: HTTP connections open at once; more are
+    /// closed at accept.
+    pub connections_max: usize,
+    /// `metrics.request.timeout.ms`: a client must send its request and
+    /// take the whole answer within this, or its connection is closed.
+    pub request_timeout_ms: u64,
+    /// `metrics.stall.threshold.ms`: a shard's reactor running this late
+    /// on its probe timer counts as a stall.
+    pub stall_threshold_ms: u64,
+    /// `metrics.shard.capacity.curve`: one shard's measured produce
+    /// capacity by its partition count, `partitions:bytes_per_second`
+    /// points (interpolated on log(partitions)), the base of the MB/s
+    /// headroom; empty: not reported. The default is this development
+    /// host's (`results/partition-count.md`, per shard of two); set your
+    /// host's from `shardlog-bench capacity`.
+    pub shard_capacity_curve: Vec<(u64, u64)>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some("127.0.0.1:9644".parse().expect("literal address")),
+            listen_explicit: false,
+            partition_series_max: 10_000,
+            topic_series_max: 1_000,
+            connections_max: 16,
+            request_timeout_ms: 10_000,
+            stall_threshold_ms: 25,
+            shard_capacity_curve: vec![(50, 164_000_000), (5_000, 49_000_000), (50_000, 45_900_000)],
+        }
+    }
 }
 
 /// Consumer-group coordinator settings, Kafka's names and defaults where
@@ -309,6 +372,8 @@ impl Default for BrokerConfig {
             group: GroupConfig::default(),
             txn: TxnConfig::default(),
             cluster: cluster::ClusterConfig::default(),
+            metrics: MetricsConfig::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -507,6 +572,27 @@ impl BrokerConfig {
                 self.txn.marker_retry_backoff_ms = parse_positive(key, v)?
             }
             "shard.transactional.ids.max" => self.txn.shard_transactional_ids_max = parse_positive(key, v)?,
+            "metrics.listen" => {
+                self.metrics.listen = if v.is_empty() {
+                    None
+                } else {
+                    Some(v.parse().map_err(|e| invalid(key, v, e))?)
+                };
+                self.metrics.listen_explicit = true;
+            }
+            "metrics.partition.series.max" => self.metrics.partition_series_max = parse(key, v)?,
+            "metrics.topic.series.max" => self.metrics.topic_series_max = parse(key, v)?,
+            "metrics.connections.max" => self.metrics.connections_max = parse_positive(key, v)?,
+            "metrics.request.timeout.ms" => self.metrics.request_timeout_ms = parse_positive(key, v)?,
+            "metrics.stall.threshold.ms" => self.metrics.stall_threshold_ms = parse_positive(key, v)?,
+            "metrics.shard.capacity.curve" => self.metrics.shard_capacity_curve = parse_curve(key, v)?,
+            "log.format" => {
+                self.log_format = match v {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(invalid(key, v, "must be text or json")),
+                }
+            }
             _ if self.cluster.set(key, v)? => {}
             _ => tracing::warn!(
                 key,
@@ -898,6 +984,23 @@ where
 }
 
 /// Retention values: -1 means unlimited, otherwise a positive count of `unit_ms`.
+/// `partitions:bytes_per_second,...` with partitions increasing.
+fn parse_curve(key: &str, v: &str) -> Result<Vec<(u64, u64)>, ConfigError> {
+    let mut points: Vec<(u64, u64)> = Vec::new();
+    for point in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (partitions, rate) = point
+            .split_once(':')
+            .ok_or_else(|| invalid(key, v, "expected partitions:bytes_per_second points"))?;
+        let partitions: u64 = parse_positive(key, partitions.trim())?;
+        let rate: u64 = parse(key, rate.trim())?;
+        if points.last().is_some_and(|&(last, _)| last >= partitions) {
+            return Err(invalid(key, v, "partition counts must increase"));
+        }
+        points.push((partitions, rate));
+    }
+    Ok(points)
+}
+
 fn parse_retention(key: &str, v: &str, unit: i64) -> Result<i64, ConfigError> {
     let n: i64 = parse(key, v)?;
     match n {
@@ -921,6 +1024,25 @@ pub fn resolve_listen(v: &str) -> Result<SocketAddr, ConfigError> {
 
 /// Reads a TOML file into dotted Kafka keys: `log.segment.bytes = 1` (a nested
 /// table in TOML) and `"log.segment.bytes" = 1` mean the same thing.
+/// `log.format` as the file and the overrides set it, read before the
+/// configuration is loaded: the logger must exist first, so that loading
+/// can log. An invalid value is reported by `BrokerConfig::load`.
+pub fn peek_log_format(file: Option<&Path>, overrides: &[(String, String)]) -> LogFormat {
+    let from_file = file
+        .and_then(|path| read_toml_flat(path).ok())
+        .and_then(|flat| flat.get("log.format").cloned());
+    let value = overrides
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "log.format")
+        .map(|(_, v)| v.clone())
+        .or(from_file);
+    match value.as_deref().map(str::trim) {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
 fn read_toml_flat(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),

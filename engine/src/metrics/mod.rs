@@ -1,0 +1,1 @@
+//! The Prometheus endpoint (see README.md).
