@@ -9,8 +9,8 @@
 //! the shard's thread, no lock). A histogram is allocated at its key's first
 //! sample and never again, so recording costs a clock read and a map lookup.
 //! Every shard logs a summary of its histograms at a clean stop
-//! (`log_summary`); the benchmarks read those lines, and they are what the
-//! metrics endpoint will export.
+//! (`log_summary`); the benchmarks read those lines, and the metrics
+//! endpoint exports them as Prometheus histograms (`metrics::collect`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -41,10 +41,14 @@ pub enum Stage {
     AppendQueue,
     /// One segment write: submitted to io_uring → completed.
     SegmentWrite,
+    /// An append queued → its bytes written to the segment (and synced,
+    /// when the flush policy asks for it at that write): how long a
+    /// produce waits for its data to be durable on this node.
+    AppendDurable,
 }
 
 impl Stage {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Stage::RequestQueue => "request_queue",
             Stage::Handle => "handle",
@@ -53,6 +57,7 @@ impl Stage {
             Stage::Total => "total",
             Stage::AppendQueue => "append_queue",
             Stage::SegmentWrite => "segment_write",
+            Stage::AppendDurable => "append_durable",
         }
     }
 }
@@ -109,6 +114,16 @@ pub fn summary() -> Vec<String> {
             })
             .collect()
     })
+}
+
+/// Calls `f` with each of this thread's histograms: its request type
+/// (None for storage stages), its stage and its samples in microseconds.
+pub fn for_each(mut f: impl FnMut(Option<i16>, Stage, &Histogram<u64>)) {
+    HISTOGRAMS.with(|histograms| {
+        for ((api_key, stage), h) in histograms.borrow().iter() {
+            f(*api_key, *stage, h);
+        }
+    });
 }
 
 /// Logs this shard's `summary`, one line each.

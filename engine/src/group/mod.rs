@@ -222,6 +222,24 @@ impl Coordinator {
         }
     }
 
+    /// Every committed offset of the groups coordinated here: (group,
+    /// topic, partition, offset), for the metrics scrape's lag.
+    pub(crate) fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let groups = self.groups.borrow();
+        let mut out = Vec::new();
+        for (id, group) in groups.iter() {
+            for ((topic, partition), value) in &group.offsets {
+                out.push((id.clone(), topic.clone(), *partition, value.offset));
+            }
+        }
+        out
+    }
+
+    /// (classic groups, KIP-848 consumer groups) coordinated here.
+    pub(crate) fn group_counts(&self) -> (usize, usize) {
+        (self.groups.borrow().len(), self.consumer_groups.borrow().len())
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             max_size: self.config.max_size,

@@ -138,6 +138,8 @@ pub struct Partition {
     cache: Rc<PartitionCache>,
     /// Aborted transactions of the log (`txn_index`).
     aborted: RefCell<AbortedIndex>,
+    /// Bytes and records in and out, for the metrics endpoint.
+    counters: crate::metrics::PartitionCounters,
 }
 
 impl Partition {
@@ -206,6 +208,7 @@ impl Partition {
             snapshot_running: Cell::new(false),
             cache: PartitionCache::new(cache_budget),
             aborted: RefCell::new(AbortedIndex::default()),
+            counters: crate::metrics::PartitionCounters::default(),
         };
         partition.load_aborted(&txn_files, replayed).await?;
         Ok(partition)
@@ -338,6 +341,11 @@ impl Partition {
 
     pub fn log_end_offset(&self) -> i64 {
         self.log.log_end_offset()
+    }
+
+    /// Bytes and records in and out, for the metrics endpoint.
+    pub fn counters(&self) -> &crate::metrics::PartitionCounters {
+        &self.counters
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -734,6 +742,7 @@ impl Partition {
         // Past the watermark there are batches a consumer must not see: read
         // into memory and cut there (a file slice cannot be cut by offset).
         let bounded = limit < log_end_offset;
+        let tail_cache_hit = cached.is_some();
         let records = match cached {
             Some(records) => Records::Memory(records),
             None => {
@@ -742,6 +751,18 @@ impl Partition {
                     .await?
             }
         };
+        let replication = read_limit == ReadLimit::LogEnd;
+        let read_bytes = records.len() as u64;
+        crate::metrics::count_read(
+            read_bytes,
+            replication,
+            matches!(records, Records::File(_)),
+            tail_cache_hit,
+        );
+        if !replication {
+            let out = &self.counters.bytes_out;
+            out.set(out.get().wrapping_add(read_bytes));
+        }
         let records = if bounded {
             Records::Memory(batches_below(records, limit)?)
         } else {

@@ -302,6 +302,7 @@ impl Partition {
             })?;
             let cached = batches.clone();
             let result: AppendResult = self.log.append_replicated(batches).await?;
+            crate::metrics::count_replication_append(records.len() as u64);
             let now_ms = crate::clock::now_ms();
             let mut epochs_changed = Vec::new();
             let mut ended = Vec::new();

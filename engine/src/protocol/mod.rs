@@ -13,6 +13,7 @@
 
 mod admin;
 mod elections;
+mod error_codes;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -51,6 +52,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::latency::{self, Stage};
+use error_codes::ErrorCodes;
 use crate::shard::Shard;
 use crate::storage::Records;
 
@@ -176,6 +178,7 @@ async fn read_requests(
         let read_at = Instant::now();
         let frame = body.freeze();
         let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+        crate::metrics::count_request(api_key);
         let pipelined = api_key == ApiKey::Produce as i16;
         if !pipelined {
             in_flight.drained().await;
@@ -308,7 +311,17 @@ fn set_send_timeout(stream: &TcpStream, timeout_ms: u64) -> std::io::Result<()> 
 }
 
 /// Frames a response: size, header (version chosen by the API), body.
-fn encode_response<R: Encodable + HeaderVersion>(correlation_id: i32, version: i16, body: &R) -> Outcome {
+fn encode_response<R: Encodable + HeaderVersion + ErrorCodes>(
+    key: ApiKey,
+    correlation_id: i32,
+    version: i16,
+    body: &R,
+) -> Outcome {
+    body.error_codes(&mut |code| {
+        if code != 0 {
+            crate::metrics::count_errors(key as i16, [code]);
+        }
+    });
     let header_version = R::header_version(version);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let encoded = (|| -> anyhow::Result<Bytes> {
@@ -344,7 +357,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         if key == ApiKey::ApiVersions {
             // Kafka answers an ApiVersions it cannot parse in v0 format with
             // UNSUPPORTED_VERSION and its own list, so the client can downgrade.
-            return encode_response(correlation_id, 0, &versions::unsupported_version_response());
+            return encode_response(key, correlation_id, 0, &versions::unsupported_version_response());
         }
         return Outcome::Close(format!("unsupported version {version} of {key:?}"));
     }
@@ -365,11 +378,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
     match key {
         ApiKey::ApiVersions => {
             let _req = decode!(ApiVersionsRequest);
-            encode_response(correlation_id, version, &versions::api_versions_response())
+            encode_response(key, correlation_id, version, &versions::api_versions_response())
         }
         ApiKey::Metadata => {
             let req = decode!(MetadataRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &metadata::handle(shard, req, version).await,
@@ -378,7 +392,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::Produce => {
             let req = decode!(ProduceRequest);
             match produce::handle(shard, req, version).await {
-                Some(resp) => encode_response(correlation_id, version, &resp),
+                Some(resp) => encode_response(key, correlation_id, version, &resp),
                 None => Outcome::Silent,
             }
         }
@@ -386,7 +400,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
             let req = decode!(FetchRequest);
             let (response, files) = fetch::handle(shard, req, version).await;
             if files.is_empty() {
-                return encode_response(correlation_id, version, &response);
+                return encode_response(key, correlation_id, version, &response);
             }
             match zero_copy::encode_fetch(correlation_id, version, &response, &files) {
                 Ok(chunks) => Outcome::RespondZeroCopy(chunks),
@@ -396,6 +410,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::ListOffsets => {
             let req = decode!(ListOffsetsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &list_offsets::handle(shard, req, version).await,
@@ -404,6 +419,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::CreateTopics => {
             let req = decode!(CreateTopicsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &admin::create_topics(shard, req, version).await,
@@ -412,6 +428,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::DeleteTopics => {
             let req = decode!(DeleteTopicsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &admin::delete_topics(shard, req, version).await,
@@ -419,15 +436,16 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::AlterPartitionReassignments => {
             let req = decode!(AlterPartitionReassignmentsRequest);
-            encode_response(correlation_id, version, &reassignments::alter(shard, req).await)
+            encode_response(key, correlation_id, version, &reassignments::alter(shard, req).await)
         }
         ApiKey::ListPartitionReassignments => {
             let req = decode!(ListPartitionReassignmentsRequest);
-            encode_response(correlation_id, version, &reassignments::list(shard, req))
+            encode_response(key, correlation_id, version, &reassignments::list(shard, req))
         }
         ApiKey::DescribeLogDirs => {
             let req = decode!(DescribeLogDirsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &log_dirs::describe_log_dirs(shard, req).await,
@@ -436,6 +454,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::ElectLeaders => {
             let req = decode!(ElectLeadersRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &elections::elect_leaders(shard, req).await,
@@ -444,6 +463,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::CreatePartitions => {
             let req = decode!(CreatePartitionsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &admin::create_partitions(shard, req).await,
@@ -451,11 +471,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::DescribeConfigs => {
             let req = decode!(DescribeConfigsRequest);
-            encode_response(correlation_id, version, &admin::describe_configs(shard, req))
+            encode_response(key, correlation_id, version, &admin::describe_configs(shard, req))
         }
         ApiKey::AddPartitionsToTxn => {
             let req = decode!(AddPartitionsToTxnRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &transactions::add_partitions(shard, req, version).await,
@@ -464,6 +485,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::AddOffsetsToTxn => {
             let req = decode!(AddOffsetsToTxnRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &transactions::add_offsets(shard, req, version).await,
@@ -472,6 +494,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::TxnOffsetCommit => {
             let req = decode!(TxnOffsetCommitRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &groups::txn_offset_commit(shard, req, version).await,
@@ -480,6 +503,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::EndTxn => {
             let req = decode!(EndTxnRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &transactions::end_txn(shard, req, version).await,
@@ -487,19 +511,20 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::DescribeTransactions => {
             let req = decode!(DescribeTransactionsRequest);
-            encode_response(correlation_id, version, &transactions::describe(shard, req).await)
+            encode_response(key, correlation_id, version, &transactions::describe(shard, req).await)
         }
         ApiKey::ListTransactions => {
             let req = decode!(ListTransactionsRequest);
-            encode_response(correlation_id, version, &transactions::list(shard, req).await)
+            encode_response(key, correlation_id, version, &transactions::list(shard, req).await)
         }
         ApiKey::WriteTxnMarkers => {
             let req = decode!(WriteTxnMarkersRequest);
-            encode_response(correlation_id, version, &txn_markers::handle(shard, req).await)
+            encode_response(key, correlation_id, version, &txn_markers::handle(shard, req).await)
         }
         ApiKey::DescribeTopicPartitions => {
             let req = decode!(DescribeTopicPartitionsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &metadata::describe_topic_partitions(shard, req),
@@ -508,6 +533,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::DescribeCluster => {
             let req = decode!(DescribeClusterRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &admin::describe_cluster(shard, req, version),
@@ -515,11 +541,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::AlterConfigs => {
             let req = decode!(AlterConfigsRequest);
-            encode_response(correlation_id, version, &admin::alter_configs(shard, req).await)
+            encode_response(key, correlation_id, version, &admin::alter_configs(shard, req).await)
         }
         ApiKey::IncrementalAlterConfigs => {
             let req = decode!(IncrementalAlterConfigsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &admin::incremental_alter_configs(shard, req).await,
@@ -528,6 +555,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::InitProducerId => {
             let req = decode!(InitProducerIdRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &producer_id::init_producer_id(shard, req, version).await,
@@ -536,6 +564,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::DeleteRecords => {
             let req = decode!(DeleteRecordsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &offsets::delete_records(shard, req).await,
@@ -544,6 +573,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::OffsetForLeaderEpoch => {
             let req = decode!(OffsetForLeaderEpochRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &offsets::offset_for_leader_epoch(shard, req).await,
@@ -552,6 +582,7 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         ApiKey::FindCoordinator => {
             let req = decode!(FindCoordinatorRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &groups::find_coordinator(shard, req, version),
@@ -561,18 +592,19 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
             let req = decode!(JoinGroupRequest);
             let resp =
                 groups::join_group(shard, req, version, client_id.to_string(), client_host(peer)).await;
-            encode_response(correlation_id, version, &resp)
+            encode_response(key, correlation_id, version, &resp)
         }
         ApiKey::ConsumerGroupHeartbeat => {
             let req = decode!(ConsumerGroupHeartbeatRequest);
             let resp =
                 groups::consumer_heartbeat(shard, req, version, client_id.to_string(), client_host(peer))
                     .await;
-            encode_response(correlation_id, version, &resp)
+            encode_response(key, correlation_id, version, &resp)
         }
         ApiKey::ConsumerGroupDescribe => {
             let req = decode!(ConsumerGroupDescribeRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &groups::consumer_describe(shard, req).await,
@@ -580,15 +612,16 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::SyncGroup => {
             let req = decode!(SyncGroupRequest);
-            encode_response(correlation_id, version, &groups::sync_group(shard, req).await)
+            encode_response(key, correlation_id, version, &groups::sync_group(shard, req).await)
         }
         ApiKey::Heartbeat => {
             let req = decode!(HeartbeatRequest);
-            encode_response(correlation_id, version, &groups::heartbeat(shard, req).await)
+            encode_response(key, correlation_id, version, &groups::heartbeat(shard, req).await)
         }
         ApiKey::LeaveGroup => {
             let req = decode!(LeaveGroupRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &groups::leave_group(shard, req, version).await,
@@ -596,11 +629,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::OffsetCommit => {
             let req = decode!(OffsetCommitRequest);
-            encode_response(correlation_id, version, &groups::offset_commit(shard, req).await)
+            encode_response(key, correlation_id, version, &groups::offset_commit(shard, req).await)
         }
         ApiKey::OffsetFetch => {
             let req = decode!(OffsetFetchRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &groups::offset_fetch(shard, req, version).await,
@@ -608,11 +642,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::ListGroups => {
             let req = decode!(ListGroupsRequest);
-            encode_response(correlation_id, version, &groups::list_groups(shard, req).await)
+            encode_response(key, correlation_id, version, &groups::list_groups(shard, req).await)
         }
         ApiKey::DescribeGroups => {
             let req = decode!(DescribeGroupsRequest);
             encode_response(
+                key,
                 correlation_id,
                 version,
                 &groups::describe_groups(shard, req, version).await,
@@ -620,11 +655,11 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::DeleteGroups => {
             let req = decode!(DeleteGroupsRequest);
-            encode_response(correlation_id, version, &groups::delete_groups(shard, req).await)
+            encode_response(key, correlation_id, version, &groups::delete_groups(shard, req).await)
         }
         ApiKey::OffsetDelete => {
             let req = decode!(OffsetDeleteRequest);
-            encode_response(correlation_id, version, &groups::offset_delete(shard, req).await)
+            encode_response(key, correlation_id, version, &groups::offset_delete(shard, req).await)
         }
         other => Outcome::Close(format!("unsupported API {other:?}")),
     }

@@ -277,6 +277,18 @@ async fn shard_main(
         .map_err(|_| anyhow::anyhow!("peer table poisoned"))?
         .clone();
     let shard = Rc::new(Shard::new(id, nr_shards, config.clone(), senders, peer_of_shard));
+    // The metrics listener opens before the logs, so `/health` answers
+    // (and `/ready` says why not) during a long recovery.
+    let metrics = if id == CONTROLLER_SHARD {
+        let bound = crate::metrics::http::bind(&config.metrics);
+        if bound.is_err() {
+            startup.startup_failed.store(true, Ordering::SeqCst);
+        }
+        bound?.map(|listener| glommio::spawn_local(crate::metrics::http::serve(shard.clone(), listener)))
+    } else {
+        None
+    };
+    let probe = glommio::spawn_local(crate::metrics::probe::run(id, config.metrics.stall_threshold_ms));
     let mode = if startup.recovery_mode_clean {
         RecoveryMode::Clean
     } else {
@@ -316,6 +328,7 @@ async fn shard_main(
         }
     }
     startup.barrier.wait();
+    shard.set_serving();
     if id == 0 && config.cluster.roles.broker {
         tracing::info!(
             "listening on {} ({} shards, data in {})",
@@ -428,6 +441,8 @@ async fn shard_main(
     }
     drop(accept);
     drop(timers);
+    drop(metrics);
+    drop(probe);
     let budget = Duration::from_millis(config.shutdown_timeout_ms);
     crate::latency::log_summary(id);
     let log_ends = futures_lite::future::or(shard.close_all(), async {

@@ -261,6 +261,11 @@ impl ControlPlane {
         self.quorum.as_ref().is_some_and(|q| q.is_leader())
     }
 
+    /// (the active controller as this node knows it, whether it is this node).
+    pub(crate) fn controller_status(&self) -> (Option<i32>, bool) {
+        (self.leader(), self.is_leader())
+    }
+
     fn changed(&self) -> &Event {
         match &self.quorum {
             Some(q) => &q.changed,

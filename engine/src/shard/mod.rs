@@ -89,6 +89,12 @@ pub enum ShardOp {
     Group(Box<crate::group::GroupOp>),
     /// A transactional request, executed on the id's coordinator shard.
     Txn(Box<crate::txn::coordinator::TxnOp>),
+    /// A metrics scrape: this shard's counters, histograms and partitions.
+    Metrics,
+    /// High watermarks of these partitions' replicas here (consumer lag).
+    Watermarks {
+        parts: Vec<(String, i32)>,
+    },
 }
 
 pub enum ShardReply {
@@ -104,6 +110,8 @@ pub enum ShardReply {
     Control(ControlReply),
     Group(crate::group::GroupReply),
     Txn(crate::txn::coordinator::TxnReply),
+    Metrics(Box<crate::metrics::collect::ShardSample>),
+    Watermarks(Vec<Option<i64>>),
 }
 
 pub struct ShardMsg {
@@ -146,6 +154,8 @@ pub struct Shard {
     /// `__transaction_state` partitions).
     pub(crate) txns: crate::txn::coordinator::TxnCoordinator,
     stopping: Cell<bool>,
+    /// Set once startup is done and the Kafka port is open (`/ready`).
+    serving: Cell<bool>,
     /// Leader nodes this shard runs a fetcher task for (`replica`).
     fetchers: RefCell<std::collections::HashSet<i32>>,
     /// ISR changes waiting to go to the controller in one batch, and
@@ -196,6 +206,7 @@ impl Shard {
             connections: Cell::new(0),
             connections_max: config.max_connections.div_ceil(nr_shards),
             stopping: Cell::new(false),
+            serving: Cell::new(false),
             fetchers: RefCell::new(std::collections::HashSet::new()),
             isr_queue: RefCell::new(Vec::new()),
             isr_sender_running: Cell::new(false),
@@ -247,6 +258,32 @@ impl Shard {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.get()
+    }
+
+    /// Startup is done: logs recovered, the port open.
+    pub fn set_serving(&self) {
+        self.serving.set(true);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.get()
+    }
+
+    /// This shard's partitions by topic and index (for the metrics scrape).
+    pub(crate) fn partitions_sorted(&self) -> Vec<Rc<Partition>> {
+        let mut partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        partitions.sort_unstable_by(|a, b| (a.topic(), a.index()).cmp(&(b.topic(), b.index())));
+        partitions
+    }
+
+    /// (bytes held, budget) of the shard's tail cache.
+    pub(crate) fn tail_cache_bytes(&self) -> (usize, usize) {
+        (self.tail_cache.bytes_used(), self.config.log_cache_bytes)
+    }
+
+    /// (open client connections, this shard's share of `max.connections`).
+    pub(crate) fn connection_counts(&self) -> (usize, usize) {
+        (self.connections.get(), self.connections_max)
     }
 
     /// Admits one more client connection, or refuses it at `max.connections`.
@@ -564,12 +601,15 @@ impl Shard {
         let io_max_bytes_per_s =
             self.config.log_cleaner_io_max_bytes_per_second / self.nr_shards.max(1) as f64;
         for p in parts {
-            match p
+            crate::metrics::cleaner_running(true);
+            let pass = p
                 .log()
                 .compact(now_ms(), dedupe_buffer_bytes, io_max_bytes_per_s)
-                .await
-            {
+                .await;
+            crate::metrics::cleaner_running(false);
+            match pass {
                 Ok(Some(pass)) => {
+                    crate::metrics::count_cleaner_pass(pass.bytes_before, pass.bytes_after, pass.records_removed);
                     p.forget_cached_below(pass.clean_up_to_offset);
                     tracing::info!(
                     partition = %format!("{}-{}", p.topic(), p.index()),

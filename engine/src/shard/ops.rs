@@ -244,6 +244,10 @@ impl Shard {
                 self.wait_for_data(&parts, timeout_ms).await;
                 ShardReply::Wait
             }
+            ShardOp::Metrics => ShardReply::Metrics(Box::new(crate::metrics::collect::shard_sample(self).await)),
+            ShardOp::Watermarks { parts } => {
+                ShardReply::Watermarks(crate::metrics::collect::watermarks(self, &parts))
+            }
             ShardOp::ListOffsets { parts } => {
                 let mut results = Vec::with_capacity(parts.len());
                 for p in parts {
@@ -318,7 +322,12 @@ impl Shard {
             return outcome;
         };
         let epoch = partition.leader_epoch();
-        let appended = match partition.append(&part.records).await {
+        let appended = partition.append(&part.records).await;
+        if let Ok(result) = &appended {
+            let offsets = (result.last_offset - result.base_offset + 1).max(0) as u64;
+            partition.counters().produced(part.records.len() as u64, offsets);
+        }
+        let appended = match appended {
             Ok(result) if part.acks == -1 => partition
                 .await_replicated(
                     result.last_offset,

@@ -486,12 +486,14 @@ impl Shard {
     /// AlterPartition requests), so thousands of followers rejoining cost a
     /// few changes, not thousands.
     fn propose_isr(self: &Rc<Self>, p: Rc<Partition>, isr: Vec<i32>) {
-        let Some((leader_epoch, partition_epoch)) = p.with_leadership(|l| {
+        let Some((leader_epoch, partition_epoch, expand)) = p.with_leadership(|l| {
+            let expand = isr.len() > l.isr.len();
             l.propose(isr.clone());
-            (l.leader_epoch, l.partition_epoch)
+            (l.leader_epoch, l.partition_epoch, expand)
         }) else {
             return;
         };
+        crate::metrics::count_isr_change(expand);
         let change = IsrChange {
             topic_id: p.topic_id(),
             partition: p.index(),

@@ -195,6 +195,13 @@ impl Log {
         } else {
             Ok(())
         };
+        if flush_result.is_ok() {
+            for (append, result) in appends.iter().zip(&results) {
+                if result.is_some() {
+                    latency::record(None, Stage::AppendDurable, append.queued_at);
+                }
+            }
+        }
         for (reply, result) in replies.into_iter().zip(results) {
             let answer = match (result, &flush_result, &failure) {
                 (Some(result), Ok(()), _) => Ok(result),
