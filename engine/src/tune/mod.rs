@@ -560,3 +560,6 @@ fn render_human(report: &Report) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests;
