@@ -42,7 +42,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new(status: Status, found: impl Into<String>, wanted: impl Into<String>, why: impl Into<String>) -> Self {
+    fn new(
+        status: Status,
+        found: impl Into<String>,
+        wanted: impl Into<String>,
+        why: impl Into<String>,
+    ) -> Self {
         Verdict {
             status,
             found: found.into(),
@@ -86,7 +91,9 @@ pub fn bracketed(text: &str) -> Option<&str> {
 
 /// Every entry of a sysfs choice file, brackets removed.
 pub fn choices(text: &str) -> Vec<&str> {
-    text.split_whitespace().map(|w| w.trim_matches(|c| c == '[' || c == ']')).collect()
+    text.split_whitespace()
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']'))
+        .collect()
 }
 
 /// The most CPUs a list may name; a larger range is taken as garbage.
@@ -157,7 +164,9 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         if let (b'\\', Some(d)) = (bytes[i], octal) {
             let v = u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
             if let Ok(v) = u8::try_from(v) {
@@ -258,9 +267,9 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
 fn human_bytes(bytes: u64) -> String {
     if bytes == u64::MAX {
         "unlimited".to_string()
-    } else if bytes >= MIB && bytes % MIB == 0 {
+    } else if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
-    } else if bytes >= 1024 && bytes % 1024 == 0 {
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} B")
@@ -287,7 +296,10 @@ pub fn io_uring(kernel: Option<(u32, u32)>, disabled: Option<&str>, probe: Resul
     let disabled_value = disabled.map(|t| (t.trim().to_string(), parse_u64(t)));
     let mut found = match &probe {
         Ok(()) => "ring created".to_string(),
-        Err(errno) => format!("io_uring_setup failed: {}", std::io::Error::from_raw_os_error(*errno)),
+        Err(errno) => format!(
+            "io_uring_setup failed: {}",
+            std::io::Error::from_raw_os_error(*errno)
+        ),
     };
     if let Some((text, _)) = &disabled_value {
         found.push_str(&format!(", io_uring_disabled={text}"));
@@ -329,7 +341,9 @@ pub fn io_uring(kernel: Option<(u32, u32)>, disabled: Option<&str>, probe: Resul
                  create rings: this process may, the service user may not"
             ),
         )
-        .with_advice("add the service user to kernel.io_uring_group's group or set kernel.io_uring_disabled=0"),
+        .with_advice(
+            "add the service user to kernel.io_uring_group's group or set kernel.io_uring_disabled=0",
+        ),
         (Ok(()), Some(_)) => Verdict::new(
             Status::Warn,
             found,
@@ -363,9 +377,18 @@ pub fn memlock(soft: u64, hard: u64, shards: usize, cap_ipc_lock: bool) -> Verdi
         "soft {} hard {}{}",
         human_bytes(soft),
         human_bytes(hard),
-        if cap_ipc_lock { " (CAP_IPC_LOCK: not charged)" } else { "" }
+        if cap_ipc_lock {
+            " (CAP_IPC_LOCK: not charged)"
+        } else {
+            ""
+        }
     );
-    let wanted = format!(">= {} ({} shards x {})", human_bytes(needed), shards, human_bytes(per_shard));
+    let wanted = format!(
+        ">= {} ({} shards x {})",
+        human_bytes(needed),
+        shards,
+        human_bytes(per_shard)
+    );
     let why = format!(
         "glommio registers each shard's {} DMA arena with its {} rings, each registration pinned and charged to \
          RLIMIT_MEMLOCK (per user) on its own; short of that it logs a warning and does I/O without registered \
@@ -416,7 +439,8 @@ pub fn nofile(soft: u64, hard: u64, needed: u64, breakdown: &str) -> Verdict {
 /// `fs.type`: the filesystem type of the data dir (mountinfo's name).
 pub fn fs_type(fstype: &str) -> Verdict {
     let wanted = "xfs (ext4 accepted)";
-    let measured = "measured here (results/preallocation.md, one shard, loop devices, log.preallocate=false): \
+    let measured =
+        "measured here (results/preallocation.md, one shard, loop devices, log.preallocate=false): \
                     ext4 634 MB/s max and p99 6.88 ms at half load, XFS 429 MB/s and p99 4.21 ms";
     match fstype {
         "xfs" => Verdict::new(
@@ -465,7 +489,10 @@ pub fn o_direct(dir: &str, result: Result<(), i32>) -> Verdict {
         )
         .with_advice("put log.dirs on an ext4 or XFS filesystem"),
         Err(errno @ (libc::EACCES | libc::EPERM | libc::EROFS)) => Verdict::skip(
-            format!("cannot create a file in {dir}: {}", std::io::Error::from_raw_os_error(errno)),
+            format!(
+                "cannot create a file in {dir}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
             wanted,
             format!("{why}; run as the broker's user to test it"),
         ),
@@ -512,7 +539,8 @@ pub const RING_DEPTH: u64 = 128;
 /// `block.nr_requests`: requests the block layer queues per hardware queue.
 pub fn nr_requests(disk: &str, text: &str) -> Verdict {
     let wanted = format!(">= {RING_DEPTH}");
-    let why = "one shard's io_uring can submit 128 I/Os at once (glommio's ring depth); below that they wait \
+    let why =
+        "one shard's io_uring can submit 128 I/Os at once (glommio's ring depth); below that they wait \
                in the block layer instead of the device";
     let Some(n) = parse_u64(text) else {
         return Verdict::skip(format!("{disk}: unreadable {:?}", text.trim()), wanted, why);
@@ -559,7 +587,8 @@ pub fn swappiness(text: &str) -> Verdict {
 /// `cpu.governor`: (cpu, scaling_governor text) of every CPU with cpufreq.
 pub fn governor(governors: &[(usize, String)]) -> Verdict {
     let wanted = "performance";
-    let why = "a reactor thread busy-polls and sleeps in short bursts; powersave/schedutil clock it down between \
+    let why =
+        "a reactor thread busy-polls and sleeps in short bursts; powersave/schedutil clock it down between \
                bursts, adding latency to the next request";
     if governors.is_empty() {
         return Verdict::skip(
@@ -614,7 +643,11 @@ pub fn clocksource(current: &str, available: &str, in_vm: bool) -> Verdict {
 /// `irq.affinity`: NIC IRQs (number, smp_affinity_list text) against the
 /// cores the shards are pinned to, out of the online ones.
 pub fn irq_affinity(irqs: &[(u32, String)], shard_cores: &[usize], online: &[usize]) -> Verdict {
-    let free: Vec<usize> = online.iter().copied().filter(|c| !shard_cores.contains(c)).collect();
+    let free: Vec<usize> = online
+        .iter()
+        .copied()
+        .filter(|c| !shard_cores.contains(c))
+        .collect();
     let wanted = if free.is_empty() {
         "any (every core runs a shard)".to_string()
     } else {
@@ -624,7 +657,11 @@ pub fn irq_affinity(irqs: &[(u32, String)], shard_cores: &[usize], online: &[usi
                pinned there; with cores free of shards, steer NIC IRQs there (irqbalance or \
                /proc/irq/N/smp_affinity_list)";
     if irqs.is_empty() {
-        return Verdict::skip("no NIC IRQs found", wanted, "no network device interrupts in /proc/interrupts");
+        return Verdict::skip(
+            "no NIC IRQs found",
+            wanted,
+            "no network device interrupts in /proc/interrupts",
+        );
     }
     let mut on_shards = Vec::new();
     for (irq, text) in irqs {
@@ -649,8 +686,9 @@ pub fn irq_affinity(irqs: &[(u32, String)], shard_cores: &[usize], online: &[usi
     if on_shards.is_empty() || free.is_empty() {
         Verdict::new(Status::Ok, found, wanted, why)
     } else {
-        Verdict::new(Status::Warn, found, wanted, why)
-            .with_advice("not applied (irqbalance would move them back): stop irqbalance or ban the shard cores in it")
+        Verdict::new(Status::Warn, found, wanted, why).with_advice(
+            "not applied (irqbalance would move them back): stop irqbalance or ban the shard cores in it",
+        )
     }
 }
 
@@ -680,7 +718,8 @@ pub fn socket_buffer_max(text: &str) -> Verdict {
                bandwidth-delay product at 1.6 ms RTT. The broker itself leaves its buffers to TCP autotuning";
     match parse_u64(text) {
         Some(v) if v >= SOCKET_BUFFER_MAX_BYTES => Verdict::new(Status::Ok, v.to_string(), wanted, why),
-        Some(v) => Verdict::new(Status::Warn, v.to_string(), wanted, why).with_fix(SOCKET_BUFFER_MAX_BYTES.to_string()),
+        Some(v) => Verdict::new(Status::Warn, v.to_string(), wanted, why)
+            .with_fix(SOCKET_BUFFER_MAX_BYTES.to_string()),
         None => Verdict::skip(format!("unreadable {:?}", text.trim()), wanted, why),
     }
 }
@@ -698,7 +737,8 @@ pub fn tcp_mem_max(text: &str) -> Verdict {
     if max >= SOCKET_BUFFER_MAX_BYTES {
         Verdict::new(Status::Ok, found, wanted, why)
     } else {
-        Verdict::new(Status::Warn, found, wanted, why).with_fix(format!("{min} {default} {SOCKET_BUFFER_MAX_BYTES}"))
+        Verdict::new(Status::Warn, found, wanted, why)
+            .with_fix(format!("{min} {default} {SOCKET_BUFFER_MAX_BYTES}"))
     }
 }
 

@@ -145,7 +145,10 @@ pub fn run(args: TuneArgs) -> i32 {
 fn run_inner(args: TuneArgs, roots: Roots) -> Result<i32, String> {
     for name in &args.only {
         if !CHECK_NAMES.contains(&name.as_str()) {
-            return Err(format!("unknown check {name:?}; checks: {}", CHECK_NAMES.join(", ")));
+            return Err(format!(
+                "unknown check {name:?}; checks: {}",
+                CHECK_NAMES.join(", ")
+            ));
         }
     }
     let mut overrides = args
@@ -264,7 +267,10 @@ fn write_error(target: &Path, value: &str, e: &io::Error) -> String {
              most containers); left unchanged",
             target.display()
         ),
-        _ => format!("writing {value:?} to {} failed: {e}; left unchanged", target.display()),
+        _ => format!(
+            "writing {value:?} to {} failed: {e}; left unchanged",
+            target.display()
+        ),
     }
 }
 
@@ -391,9 +397,9 @@ fn unreadable(what: &str, e: &io::Error) -> Evaluated {
 fn check_fs_type(ctx: &Context) -> Evaluated {
     let from_mount = ctx.mount.as_ref().map(|m| m.fstype.clone());
     let from_statfs = || {
-        sysfs::statfs_type(&ctx.probe_dir)
-            .ok()
-            .map(|magic| sysfs::fs_magic_name(magic).map_or_else(|| format!("magic {magic:#x}"), str::to_string))
+        sysfs::statfs_type(&ctx.probe_dir).ok().map(|magic| {
+            sysfs::fs_magic_name(magic).map_or_else(|| format!("magic {magic:#x}"), str::to_string)
+        })
     };
     match from_mount.or_else(from_statfs) {
         Some(fstype) => {
@@ -408,7 +414,10 @@ fn check_fs_type(ctx: &Context) -> Evaluated {
 /// The whole disk under the data dir, or why there is none to check.
 fn data_disk(ctx: &Context) -> Result<PathBuf, String> {
     let Some(mount) = &ctx.mount else {
-        return Err(format!("no mount found for {} in mountinfo", ctx.probe_dir.display()));
+        return Err(format!(
+            "no mount found for {} in mountinfo",
+            ctx.probe_dir.display()
+        ));
     };
     let (mut major, mut minor) = (mount.major, mount.minor);
     if major == 0 && mount.source.starts_with("/dev/") {
@@ -420,10 +429,7 @@ fn data_disk(ctx: &Context) -> Result<PathBuf, String> {
         }
     }
     if major == 0 {
-        return Err(format!(
-            "{} ({}) has no block device",
-            mount.fstype, mount.source
-        ));
+        return Err(format!("{} ({}) has no block device", mount.fstype, mount.source));
     }
     if major == 7 {
         return Err(format!(
@@ -451,9 +457,14 @@ fn check_block(ctx: &Context, name: &str) -> Evaluated {
             .into()
         }
     };
-    let disk_name = disk.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let disk_name = disk
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if name == "block.scheduler" {
-        let rotational = sysfs::read(&disk.join("queue/rotational")).and_then(|t| checks::parse_u64(&t)).map(|v| v == 1);
+        let rotational = sysfs::read(&disk.join("queue/rotational"))
+            .and_then(|t| checks::parse_u64(&t))
+            .map(|v| v == 1);
         check_file(&disk.join("queue/scheduler"), "no scheduler file", |t| {
             checks::scheduler(&disk_name, t, rotational)
         })
@@ -489,8 +500,10 @@ fn check_clocksource(ctx: &Context) -> Evaluated {
     };
     let available = sysfs::read(&dir.join("available_clocksource")).unwrap_or_default();
     let in_vm = ctx.roots.sys_file("hypervisor/type").exists()
-        || sysfs::read(&ctx.roots.proc_file("cpuinfo"))
-            .is_some_and(|t| t.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == "hypervisor")));
+        || sysfs::read(&ctx.roots.proc_file("cpuinfo")).is_some_and(|t| {
+            t.lines()
+                .any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == "hypervisor"))
+        });
     checks::clocksource(&current, &available, in_vm).into()
 }
 
@@ -520,8 +533,20 @@ fn render_human(report: &Report) -> String {
         h.mode, h.kernel, h.machine, h.nproc, h.shards, h.data_dir
     );
     let name_w = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
-    let found_w = report.checks.iter().map(|c| c.found.chars().count()).max().unwrap_or(0).min(44);
-    let wanted_w = report.checks.iter().map(|c| c.wanted.chars().count()).max().unwrap_or(0).min(36);
+    let found_w = report
+        .checks
+        .iter()
+        .map(|c| c.found.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(44);
+    let wanted_w = report
+        .checks
+        .iter()
+        .map(|c| c.wanted.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(36);
     for c in &report.checks {
         out.push_str(&format!(
             "{:<4}  {:<name_w$}  {:<found_w$}  wanted {:<wanted_w$}  {}\n",
@@ -533,7 +558,10 @@ fn render_human(report: &Report) -> String {
         ));
         let indent = " ".repeat(6);
         if let Some(previous) = &c.previous {
-            out.push_str(&format!("{indent}changed {} {} -> {}\n", c.name, previous, c.found));
+            out.push_str(&format!(
+                "{indent}changed {} {} -> {}\n",
+                c.name, previous, c.found
+            ));
         }
         if let Some(error) = &c.error {
             out.push_str(&format!("{indent}error: {error}\n"));

@@ -165,7 +165,9 @@ pub fn nearest_existing(dir: &Path) -> PathBuf {
     let absolute = if dir.is_absolute() {
         dir.to_path_buf()
     } else {
-        std::env::current_dir().map(|c| c.join(dir)).unwrap_or_else(|_| dir.to_path_buf())
+        std::env::current_dir()
+            .map(|c| c.join(dir))
+            .unwrap_or_else(|_| dir.to_path_buf())
     };
     let mut at = absolute.as_path();
     loop {
@@ -213,7 +215,8 @@ pub fn probe_o_direct(dir: &Path) -> Result<(), i32> {
 /// The filesystem magic of the filesystem holding `dir` (statfs f_type).
 pub fn statfs_type(dir: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: statfs writes only the struct passed; c_path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {

@@ -66,7 +66,11 @@ NMI:          0          0   Non-maskable interrupts
 fn nic_irqs_are_the_interfaces_queues_not_disks_or_config_vectors() {
     let rows = parse_interrupts(INTERRUPTS);
     assert_eq!(rows.len(), 7);
-    let tokens = vec!["eth0".to_string(), "virtio2".to_string(), "0000:00:03.0".to_string()];
+    let tokens = vec![
+        "eth0".to_string(),
+        "virtio2".to_string(),
+        "0000:00:03.0".to_string(),
+    ];
     assert_eq!(nic_irqs(&rows, &tokens), vec![38, 39]);
     let tokens = vec!["eth1".to_string(), "0000:3b:00.0".to_string()];
     assert_eq!(nic_irqs(&rows, &tokens), vec![90, 91]);
@@ -79,7 +83,10 @@ fn irq_affinity_warns_only_when_irqs_share_shard_cores_and_free_cores_exist() {
     assert_eq!(irq_affinity(&irqs, &[0, 1], &[0, 1]).status, Status::Ok);
     assert_eq!(irq_affinity(&irqs, &[0], &[0, 1]).status, Status::Warn);
     let elsewhere = vec![(38, "2-3".to_string())];
-    assert_eq!(irq_affinity(&elsewhere, &[0, 1], &[0, 1, 2, 3]).status, Status::Ok);
+    assert_eq!(
+        irq_affinity(&elsewhere, &[0, 1], &[0, 1, 2, 3]).status,
+        Status::Ok
+    );
     assert_eq!(irq_affinity(&[], &[0], &[0, 1]).status, Status::Skip);
 }
 
@@ -114,7 +121,10 @@ fn nofile_judges_the_hard_limit_the_broker_raises_to() {
     let low = nofile(1024, 4096, 11_408, "x");
     assert_eq!(low.status, Status::Fail);
     assert!(low.advice.unwrap().contains("LimitNOFILE=11408"));
-    assert_eq!(nofile(u64::MAX, u64::MAX, 11_408, "x").found, "soft unlimited hard unlimited");
+    assert_eq!(
+        nofile(u64::MAX, u64::MAX, 11_408, "x").found,
+        "soft unlimited hard unlimited"
+    );
 }
 
 #[test]
@@ -131,8 +141,14 @@ fn filesystem_xfs_ok_ext4_warned_with_the_measured_figures() {
 
 #[test]
 fn block_queue_scheduler_and_depth() {
-    assert_eq!(scheduler("vda", "none [mq-deadline] kyber bfq", Some(false)).status, Status::Ok);
-    assert_eq!(scheduler("vda", "[none] mq-deadline", Some(false)).status, Status::Ok);
+    assert_eq!(
+        scheduler("vda", "none [mq-deadline] kyber bfq", Some(false)).status,
+        Status::Ok
+    );
+    assert_eq!(
+        scheduler("vda", "[none] mq-deadline", Some(false)).status,
+        Status::Ok
+    );
     let bfq = scheduler("sda", "none mq-deadline kyber [bfq]", Some(false));
     assert_eq!((bfq.status, bfq.fix.as_deref()), (Status::Warn, Some("none")));
     let hdd = scheduler("sda", "none mq-deadline [bfq]", Some(true));
@@ -156,7 +172,10 @@ fn sysctl_decisions_and_their_fixes() {
     assert_eq!(somaxconn("4096", 50).status, Status::Ok);
     assert_eq!(somaxconn("4096", 8192).fix.as_deref(), Some("8192"));
     assert_eq!(socket_buffer_max("212992").fix.as_deref(), Some("2097152"));
-    assert_eq!(tcp_mem_max("4096\t16384\t1048576").fix.as_deref(), Some("4096 16384 2097152"));
+    assert_eq!(
+        tcp_mem_max("4096\t16384\t1048576").fix.as_deref(),
+        Some("4096 16384 2097152")
+    );
     assert_eq!(tcp_mem_max("4096 131072 33554432").status, Status::Ok);
     assert_eq!(tcp_mem_max("1 2").status, Status::Skip);
     assert_eq!(aio_max_nr("65536").status, Status::Warn);
@@ -206,7 +225,10 @@ fn apply_changes_a_sysctl_once_and_then_reports_ok() {
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), "1");
 
     let second = run_check(&ctx, "vm.swappiness", true);
-    assert_eq!((second.status, second.changed, second.previous), (Status::Ok, false, None));
+    assert_eq!(
+        (second.status, second.changed, second.previous),
+        (Status::Ok, false, None)
+    );
 }
 
 #[test]
