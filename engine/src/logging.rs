@@ -36,7 +36,11 @@ pub fn init(format: LogFormat) {
 
 /// The shard whose executor runs on this thread (threads named `shard-N`).
 fn current_shard() -> Option<usize> {
-    std::thread::current().name()?.strip_prefix("shard-")?.parse().ok()
+    std::thread::current()
+        .name()?
+        .strip_prefix("shard-")?
+        .parse()
+        .ok()
 }
 
 struct JsonLine;
@@ -46,7 +50,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let meta = event.metadata();
         let mut line = serde_json::Map::new();
         line.insert("ts".into(), rfc3339_now().into());

@@ -20,10 +20,7 @@ use super::probe;
 use crate::latency::Stage;
 use crate::shard::{Shard, ShardOp, ShardReply};
 
-const REQUESTS: Family = counter(
-    "shardlog_requests_total",
-    "Requests read whole, by Kafka API.",
-);
+const REQUESTS: Family = counter("shardlog_requests_total", "Requests read whole, by Kafka API.");
 const REQUEST_ERRORS: Family = counter(
     "shardlog_request_errors_total",
     "Error codes in responses (per response, or per partition where the response has one per partition), by Kafka API and error.",
@@ -44,10 +41,7 @@ const PRODUCE_BYTES: Family = counter(
     "shardlog_produce_bytes_total",
     "Record batch bytes appended by producers.",
 );
-const PRODUCE_RECORDS: Family = counter(
-    "shardlog_produce_records_total",
-    "Records appended by producers.",
-);
+const PRODUCE_RECORDS: Family = counter("shardlog_produce_records_total", "Records appended by producers.");
 const FETCH_BYTES: Family = counter(
     "shardlog_fetch_bytes_total",
     "Record bytes read for consumers (reader=consumer) and followers (reader=replica).",
@@ -89,10 +83,7 @@ const ZERO_COPY_SLICES: Family = gauge(
     "shardlog_zero_copy_slices_open",
     "Zero-copy fetch slices open (each holds a descriptor until sent).",
 );
-const PARTITIONS: Family = gauge(
-    "shardlog_shard_partitions",
-    "Partition replicas on the shard.",
-);
+const PARTITIONS: Family = gauge("shardlog_shard_partitions", "Partition replicas on the shard.");
 const PARTITIONS_MAX: Family = gauge(
     "shardlog_shard_partitions_max",
     "The shard's partition budget (shard.partitions.max).",
@@ -126,10 +117,7 @@ const CONNECTIONS_MAX: Family = gauge(
     "shardlog_connections_max",
     "The shard's share of max.connections.",
 );
-const CLEANER_PASSES: Family = counter(
-    "shardlog_cleaner_passes_total",
-    "Compaction passes completed.",
-);
+const CLEANER_PASSES: Family = counter("shardlog_cleaner_passes_total", "Compaction passes completed.");
 const CLEANER_BYTES: Family = counter(
     "shardlog_cleaner_bytes_total",
     "Bytes of the segments compacted, before and after (stage=before|after).",
@@ -195,8 +183,14 @@ const LAG: Family = gauge(
     "shardlog_consumer_group_lag",
     "Committed offset to high watermark, per group and partition (metrics.partition.series.max bounds the series).",
 );
-const LAG_MAX: Family = gauge("shardlog_consumer_group_lag_max", "The group's largest partition lag.");
-const LAG_SUM: Family = gauge("shardlog_consumer_group_lag_sum", "The group's lag summed over partitions.");
+const LAG_MAX: Family = gauge(
+    "shardlog_consumer_group_lag_max",
+    "The group's largest partition lag.",
+);
+const LAG_SUM: Family = gauge(
+    "shardlog_consumer_group_lag_sum",
+    "The group's lag summed over partitions.",
+);
 const COMMITTED: Family = gauge(
     "shardlog_consumer_group_committed_offset",
     "The group's committed offset, per partition (bounded with the lag series).",
@@ -262,7 +256,11 @@ pub async fn shard_sample(shard: &Rc<Shard>) -> ShardSample {
     super::with(|c| {
         for (key, cell) in c.requests.iter().enumerate() {
             if cell.get() > 0 {
-                e.sample(REQUESTS, &[("shard", s), ("api", &api_name(key as i16))], cell.get());
+                e.sample(
+                    REQUESTS,
+                    &[("shard", s), ("api", &api_name(key as i16))],
+                    cell.get(),
+                );
             }
         }
         for (&(api, code), &n) in c.errors.borrow().iter() {
@@ -275,26 +273,78 @@ pub async fn shard_sample(shard: &Rc<Shard>) -> ShardSample {
         }
         e.sample(PRODUCE_BYTES, &[("shard", s)], c.produce_bytes.get());
         e.sample(PRODUCE_RECORDS, &[("shard", s)], c.produce_records.get());
-        e.sample(FETCH_BYTES, &[("shard", s), ("reader", &"consumer")], c.fetch_bytes.get());
+        e.sample(
+            FETCH_BYTES,
+            &[("shard", s), ("reader", &"consumer")],
+            c.fetch_bytes.get(),
+        );
         e.sample(
             FETCH_BYTES,
             &[("shard", s), ("reader", &"replica")],
             c.replication_fetch_bytes.get(),
         );
-        e.sample(REPLICATION_APPEND_BYTES, &[("shard", s)], c.replication_append_bytes.get());
-        e.sample(READ_BYTES, &[("shard", s), ("path", &"zero_copy")], c.zero_copy_read_bytes.get());
-        e.sample(READ_BYTES, &[("shard", s), ("path", &"copied")], c.copied_read_bytes.get());
-        e.sample(TAIL_CACHE_READS, &[("shard", s), ("result", &"hit")], c.tail_cache_hits.get());
-        e.sample(TAIL_CACHE_READS, &[("shard", s), ("result", &"miss")], c.tail_cache_misses.get());
-        e.sample(ISR_CHANGES, &[("shard", s), ("change", &"shrink")], c.isr_shrinks.get());
-        e.sample(ISR_CHANGES, &[("shard", s), ("change", &"expand")], c.isr_expands.get());
+        e.sample(
+            REPLICATION_APPEND_BYTES,
+            &[("shard", s)],
+            c.replication_append_bytes.get(),
+        );
+        e.sample(
+            READ_BYTES,
+            &[("shard", s), ("path", &"zero_copy")],
+            c.zero_copy_read_bytes.get(),
+        );
+        e.sample(
+            READ_BYTES,
+            &[("shard", s), ("path", &"copied")],
+            c.copied_read_bytes.get(),
+        );
+        e.sample(
+            TAIL_CACHE_READS,
+            &[("shard", s), ("result", &"hit")],
+            c.tail_cache_hits.get(),
+        );
+        e.sample(
+            TAIL_CACHE_READS,
+            &[("shard", s), ("result", &"miss")],
+            c.tail_cache_misses.get(),
+        );
+        e.sample(
+            ISR_CHANGES,
+            &[("shard", s), ("change", &"shrink")],
+            c.isr_shrinks.get(),
+        );
+        e.sample(
+            ISR_CHANGES,
+            &[("shard", s), ("change", &"expand")],
+            c.isr_expands.get(),
+        );
         e.sample(CLEANER_PASSES, &[("shard", s)], c.cleaner_passes.get());
-        e.sample(CLEANER_BYTES, &[("shard", s), ("stage", &"before")], c.cleaner_bytes_before.get());
-        e.sample(CLEANER_BYTES, &[("shard", s), ("stage", &"after")], c.cleaner_bytes_after.get());
-        e.sample(CLEANER_RECORDS_REMOVED, &[("shard", s)], c.cleaner_records_removed.get());
-        e.sample(CLEANER_RUNNING, &[("shard", s)], u8::from(c.cleaner_running.get()));
+        e.sample(
+            CLEANER_BYTES,
+            &[("shard", s), ("stage", &"before")],
+            c.cleaner_bytes_before.get(),
+        );
+        e.sample(
+            CLEANER_BYTES,
+            &[("shard", s), ("stage", &"after")],
+            c.cleaner_bytes_after.get(),
+        );
+        e.sample(
+            CLEANER_RECORDS_REMOVED,
+            &[("shard", s)],
+            c.cleaner_records_removed.get(),
+        );
+        e.sample(
+            CLEANER_RUNNING,
+            &[("shard", s)],
+            u8::from(c.cleaner_running.get()),
+        );
         e.sample(REACTOR_STALLS, &[("shard", s)], c.reactor_stalls.get());
-        e.sample(METRICS_REFUSED, &[("shard", s)], c.metrics_connections_refused.get());
+        e.sample(
+            METRICS_REFUSED,
+            &[("shard", s)],
+            c.metrics_connections_refused.get(),
+        );
     });
     crate::latency::for_each(|api, stage, h| match (api, stage) {
         (None, Stage::AppendDurable) => e.latency_histogram(DURABLE_LATENCY, &[("shard", s)], h),
@@ -315,7 +365,11 @@ pub async fn shard_sample(shard: &Rc<Shard>) -> ShardSample {
     e.sample(FD_CACHE_FILES, &[("shard", s)], files.open_files());
     e.sample(FD_CACHE_CAPACITY, &[("shard", s)], files.capacity());
     e.sample(FD_CACHE_LOOKUPS, &[("shard", s), ("result", &"hit")], stats.hits);
-    e.sample(FD_CACHE_LOOKUPS, &[("shard", s), ("result", &"miss")], stats.misses);
+    e.sample(
+        FD_CACHE_LOOKUPS,
+        &[("shard", s), ("result", &"miss")],
+        stats.misses,
+    );
     e.sample(FD_CACHE_EVICTIONS, &[("shard", s)], stats.evictions);
     e.sample(ZERO_COPY_SLICES, &[("shard", s)], files.open_slices());
     let (connections, connections_max) = shard.connection_counts();
@@ -333,9 +387,15 @@ pub async fn shard_sample(shard: &Rc<Shard>) -> ShardSample {
     e.sample(HEADROOM_PARTITIONS, &[("shard", s)], budget.saturating_sub(count));
     let ingress = probe::ingress_bytes_per_second();
     e.sample(INGRESS_RATE, &[("shard", s)], ingress.round());
-    if let Some(capacity) = probe::capacity_bytes_per_second(&shard.config.metrics.shard_capacity_curve, count) {
+    if let Some(capacity) =
+        probe::capacity_bytes_per_second(&shard.config.metrics.shard_capacity_curve, count)
+    {
         e.sample(CAPACITY_RATE, &[("shard", s)], capacity.round());
-        e.sample(HEADROOM_RATE, &[("shard", s)], (capacity - ingress).max(0.0).round());
+        e.sample(
+            HEADROOM_RATE,
+            &[("shard", s)],
+            (capacity - ingress).max(0.0).round(),
+        );
     }
 
     let metrics = &shard.config.metrics;

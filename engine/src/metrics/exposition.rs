@@ -206,11 +206,26 @@ mod tests {
         let mut e = Exposition::default();
         e.latency_histogram(histogram("x_seconds", "Latency."), &[("api", &"Produce")], &h);
         let text = e.render();
-        assert!(text.contains("x_seconds_bucket{api=\"Produce\",le=\"0.0001\"} 1\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{api=\"Produce\",le=\"0.00025\"} 3\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{api=\"Produce\",le=\"0.005\"} 4\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{api=\"Produce\",le=\"10\"} 4\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{api=\"Produce\",le=\"+Inf\"} 5\n"), "{text}");
+        assert!(
+            text.contains("x_seconds_bucket{api=\"Produce\",le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_bucket{api=\"Produce\",le=\"0.00025\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_bucket{api=\"Produce\",le=\"0.005\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_bucket{api=\"Produce\",le=\"10\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_seconds_bucket{api=\"Produce\",le=\"+Inf\"} 5\n"),
+            "{text}"
+        );
         assert!(text.contains("x_seconds_count{api=\"Produce\"} 5\n"), "{text}");
         assert!(text.contains("# TYPE x_seconds histogram\n"));
     }

@@ -75,7 +75,10 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
     }
     let open = Rc::new(Cell::new(0usize));
     let limits = &shard.config.metrics;
-    let (connections_max, timeout) = (limits.connections_max, Duration::from_millis(limits.request_timeout_ms));
+    let (connections_max, timeout) = (
+        limits.connections_max,
+        Duration::from_millis(limits.request_timeout_ms),
+    );
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -100,10 +103,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         open.set(open.get() + 1);
         let (shard, open) = (shard.clone(), open.clone());
         glommio::spawn_local(async move {
-            let exchange = glommio::timer::timeout(timeout, async {
-                Ok(answer(&shard, stream).await)
-            })
-            .await;
+            let exchange = glommio::timer::timeout(timeout, async { Ok(answer(&shard, stream).await) }).await;
             if exchange.is_err() {
                 tracing::debug!("a metrics client took longer than metrics.request.timeout.ms; closed");
             }
@@ -149,14 +149,20 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
 }
 
 fn find_blank_line(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n").or_else(|| bytes.windows(2).position(|w| w == b"\n\n"))
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| bytes.windows(2).position(|w| w == b"\n\n"))
 }
 
 /// (status, content type, body, HEAD request) for a request head.
 async fn route(shard: &Rc<Shard>, head: &str) -> (u16, &'static str, String, bool) {
     const TEXT: &str = "text/plain; charset=utf-8";
     let mut request_line = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (request_line.next().unwrap_or(""), request_line.next().unwrap_or(""));
+    let (method, target) = (
+        request_line.next().unwrap_or(""),
+        request_line.next().unwrap_or(""),
+    );
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
         return (405, TEXT, "only GET and HEAD\n".into(), head_only);
@@ -175,7 +181,12 @@ async fn route(shard: &Rc<Shard>, head: &str) -> (u16, &'static str, String, boo
             let body = super::collect::scrape(shard, not_ready(shard).is_none()).await;
             (200, "text/plain; version=0.0.4; charset=utf-8", body, head_only)
         }
-        _ => (404, TEXT, "not found: try /metrics, /health or /ready\n".into(), head_only),
+        _ => (
+            404,
+            TEXT,
+            "not found: try /metrics, /health or /ready\n".into(),
+            head_only,
+        ),
     }
 }
 
@@ -231,7 +242,10 @@ mod tests {
 
     #[test]
     fn the_head_ends_at_the_first_blank_line() {
-        assert_eq!(find_blank_line(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(23));
+        assert_eq!(
+            find_blank_line(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"),
+            Some(23)
+        );
         assert_eq!(find_blank_line(b"GET / HTTP/1.0\n\n"), Some(14));
         assert_eq!(find_blank_line(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }

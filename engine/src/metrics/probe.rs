@@ -46,7 +46,10 @@ pub async fn run(shard_id: usize, stall_threshold_ms: u64) {
         let late_us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
         if late_us >= stall_threshold_ms.saturating_mul(1000) {
             super::with(|c| c.reactor_stalls.set(c.reactor_stalls.get() + 1));
-            tracing::debug!(shard = shard_id, "reactor stall: the probe timer ran {late_us} us late");
+            tracing::debug!(
+                shard = shard_id,
+                "reactor stall: the probe timer ran {late_us} us late"
+            );
         }
         ticks += 1;
         let sample_ingress = ticks % TICKS_PER_RATE_SAMPLE == 0;
@@ -113,7 +116,10 @@ mod tests {
         let curve = [(100, 400), (10_000, 100)];
         assert_eq!(capacity_bytes_per_second(&curve, 1), Some(400.0));
         assert_eq!(capacity_bytes_per_second(&curve, 100), Some(400.0));
-        assert_eq!(capacity_bytes_per_second(&curve, 1_000).map(f64::round), Some(250.0));
+        assert_eq!(
+            capacity_bytes_per_second(&curve, 1_000).map(f64::round),
+            Some(250.0)
+        );
         assert_eq!(capacity_bytes_per_second(&curve, 10_000), Some(100.0));
         assert_eq!(capacity_bytes_per_second(&curve, 1_000_000), Some(100.0));
         assert_eq!(capacity_bytes_per_second(&[], 10), None);

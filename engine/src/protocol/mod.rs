@@ -52,9 +52,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::latency::{self, Stage};
-use error_codes::ErrorCodes;
 use crate::shard::Shard;
 use crate::storage::Records;
+use error_codes::ErrorCodes;
 
 /// Smallest valid request: api key, api version, correlation id.
 const REQUEST_HEADER_MIN_BYTES: usize = 8;
@@ -436,7 +436,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::AlterPartitionReassignments => {
             let req = decode!(AlterPartitionReassignmentsRequest);
-            encode_response(key, correlation_id, version, &reassignments::alter(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &reassignments::alter(shard, req).await,
+            )
         }
         ApiKey::ListPartitionReassignments => {
             let req = decode!(ListPartitionReassignmentsRequest);
@@ -511,15 +516,30 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::DescribeTransactions => {
             let req = decode!(DescribeTransactionsRequest);
-            encode_response(key, correlation_id, version, &transactions::describe(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &transactions::describe(shard, req).await,
+            )
         }
         ApiKey::ListTransactions => {
             let req = decode!(ListTransactionsRequest);
-            encode_response(key, correlation_id, version, &transactions::list(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &transactions::list(shard, req).await,
+            )
         }
         ApiKey::WriteTxnMarkers => {
             let req = decode!(WriteTxnMarkersRequest);
-            encode_response(key, correlation_id, version, &txn_markers::handle(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &txn_markers::handle(shard, req).await,
+            )
         }
         ApiKey::DescribeTopicPartitions => {
             let req = decode!(DescribeTopicPartitionsRequest);
@@ -541,7 +561,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::AlterConfigs => {
             let req = decode!(AlterConfigsRequest);
-            encode_response(key, correlation_id, version, &admin::alter_configs(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &admin::alter_configs(shard, req).await,
+            )
         }
         ApiKey::IncrementalAlterConfigs => {
             let req = decode!(IncrementalAlterConfigsRequest);
@@ -612,7 +637,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::SyncGroup => {
             let req = decode!(SyncGroupRequest);
-            encode_response(key, correlation_id, version, &groups::sync_group(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &groups::sync_group(shard, req).await,
+            )
         }
         ApiKey::Heartbeat => {
             let req = decode!(HeartbeatRequest);
@@ -629,7 +659,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::OffsetCommit => {
             let req = decode!(OffsetCommitRequest);
-            encode_response(key, correlation_id, version, &groups::offset_commit(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &groups::offset_commit(shard, req).await,
+            )
         }
         ApiKey::OffsetFetch => {
             let req = decode!(OffsetFetchRequest);
@@ -642,7 +677,12 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::ListGroups => {
             let req = decode!(ListGroupsRequest);
-            encode_response(key, correlation_id, version, &groups::list_groups(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &groups::list_groups(shard, req).await,
+            )
         }
         ApiKey::DescribeGroups => {
             let req = decode!(DescribeGroupsRequest);
@@ -655,11 +695,21 @@ async fn handle_request(shard: &Rc<Shard>, frame: Bytes, peer: &str) -> Outcome 
         }
         ApiKey::DeleteGroups => {
             let req = decode!(DeleteGroupsRequest);
-            encode_response(key, correlation_id, version, &groups::delete_groups(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &groups::delete_groups(shard, req).await,
+            )
         }
         ApiKey::OffsetDelete => {
             let req = decode!(OffsetDeleteRequest);
-            encode_response(key, correlation_id, version, &groups::offset_delete(shard, req).await)
+            encode_response(
+                key,
+                correlation_id,
+                version,
+                &groups::offset_delete(shard, req).await,
+            )
         }
         other => Outcome::Close(format!("unsupported API {other:?}")),
     }

@@ -609,7 +609,11 @@ impl Shard {
             crate::metrics::cleaner_running(false);
             match pass {
                 Ok(Some(pass)) => {
-                    crate::metrics::count_cleaner_pass(pass.bytes_before, pass.bytes_after, pass.records_removed);
+                    crate::metrics::count_cleaner_pass(
+                        pass.bytes_before,
+                        pass.bytes_after,
+                        pass.records_removed,
+                    );
                     p.forget_cached_below(pass.clean_up_to_offset);
                     tracing::info!(
                     partition = %format!("{}-{}", p.topic(), p.index()),

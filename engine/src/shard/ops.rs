@@ -244,7 +244,9 @@ impl Shard {
                 self.wait_for_data(&parts, timeout_ms).await;
                 ShardReply::Wait
             }
-            ShardOp::Metrics => ShardReply::Metrics(Box::new(crate::metrics::collect::shard_sample(self).await)),
+            ShardOp::Metrics => {
+                ShardReply::Metrics(Box::new(crate::metrics::collect::shard_sample(self).await))
+            }
             ShardOp::Watermarks { parts } => {
                 ShardReply::Watermarks(crate::metrics::collect::watermarks(self, &parts))
             }
