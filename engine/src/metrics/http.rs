@@ -103,7 +103,11 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         open.set(open.get() + 1);
         let (shard, open) = (shard.clone(), open.clone());
         glommio::spawn_local(async move {
-            let exchange = glommio::timer::timeout(timeout, async { Ok(answer(&shard, stream).await) }).await;
+            let exchange = glommio::timer::timeout(timeout, async {
+                answer(&shard, stream).await;
+                Ok(())
+            })
+            .await;
             if exchange.is_err() {
                 tracing::debug!("a metrics client took longer than metrics.request.timeout.ms; closed");
             }

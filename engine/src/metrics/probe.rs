@@ -52,7 +52,7 @@ pub async fn run(shard_id: usize, stall_threshold_ms: u64) {
             );
         }
         ticks += 1;
-        let sample_ingress = ticks % TICKS_PER_RATE_SAMPLE == 0;
+        let sample_ingress = ticks.is_multiple_of(TICKS_PER_RATE_SAMPLE);
         let produced = super::with(|c| c.produce_bytes.get());
         PROBE.with(|probe| {
             let mut probe = probe.borrow_mut();
