@@ -9,7 +9,8 @@ cd "$REPO"
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# --- system packages (kcat; burrow for the consumer-group lag test) -----------
+# --- system packages (kcat; burrow for the consumer-group lag test; prometheus
+# for the metrics test; util-linux's unshare and prlimit for the tune tests) ---
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
@@ -18,6 +19,8 @@ need_pkgs=()
 command -v kcat >/dev/null 2>&1 || need_pkgs+=(kcat)
 # Debian's burrow package installs the binary as /usr/bin/Burrow.
 command -v Burrow >/dev/null 2>&1 || need_pkgs+=(burrow)
+command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
+command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing Debian packages: ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

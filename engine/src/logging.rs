@@ -34,13 +34,14 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// The shard whose executor runs on this thread (threads named `shard-N`).
+/// The shard whose executor runs on this thread: `server` names executors
+/// `shard-N`, and glommio names their threads `shard-N-<executor id>`.
 fn current_shard() -> Option<usize> {
-    std::thread::current()
-        .name()?
-        .strip_prefix("shard-")?
-        .parse()
-        .ok()
+    shard_of_thread(std::thread::current().name()?)
+}
+
+fn shard_of_thread(name: &str) -> Option<usize> {
+    name.strip_prefix("shard-")?.split('-').next()?.parse().ok()
 }
 
 struct JsonLine;
@@ -147,6 +148,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn executor_threads_name_their_shard() {
+        assert_eq!(shard_of_thread("shard-3-7"), Some(3));
+        assert_eq!(shard_of_thread("shard-0"), Some(0));
+        assert_eq!(shard_of_thread("main"), None);
+        assert_eq!(shard_of_thread("shard-x-1"), None);
+    }
 
     #[test]
     fn civil_dates_match_known_days() {

@@ -279,14 +279,23 @@ async fn shard_main(
     let shard = Rc::new(Shard::new(id, nr_shards, config.clone(), senders, peer_of_shard));
     // The metrics listener opens before the logs, so `/health` answers
     // (and `/ready` says why not) during a long recovery.
-    let metrics = if id == CONTROLLER_SHARD {
-        let bound = crate::metrics::http::bind(&config.metrics);
-        if bound.is_err() {
-            startup.startup_failed.store(true, Ordering::SeqCst);
+    // A bind failure stops the broker after the next barrier, with the
+    // other shards (which wait there).
+    let (metrics, metrics_failure) = if id == CONTROLLER_SHARD {
+        match crate::metrics::http::bind(&config.metrics) {
+            Ok(bound) => (
+                bound.map(|listener| {
+                    glommio::spawn_local(crate::metrics::http::serve(shard.clone(), listener))
+                }),
+                None,
+            ),
+            Err(e) => {
+                startup.startup_failed.store(true, Ordering::SeqCst);
+                (None, Some(e))
+            }
         }
-        bound?.map(|listener| glommio::spawn_local(crate::metrics::http::serve(shard.clone(), listener)))
     } else {
-        None
+        (None, None)
     };
     let probe = glommio::spawn_local(crate::metrics::probe::run(id, config.metrics.stall_threshold_ms));
     let mode = if startup.recovery_mode_clean {
@@ -315,6 +324,9 @@ async fn shard_main(
     // Every shard has opened its logs and bound the port; only now is the
     // clean-shutdown marker removed, so a crash from here on runs recovery.
     startup.barrier.wait();
+    if let Some(e) = metrics_failure {
+        return Err(e);
+    }
     let listener =
         listener.map_err(|e| anyhow::anyhow!("shard {id}: cannot listen on {}: {e}", config.listen_addr))?;
     if startup.startup_failed.load(Ordering::SeqCst) {

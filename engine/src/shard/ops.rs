@@ -350,6 +350,7 @@ impl Shard {
             }
             Err(e) => {
                 tracing::warn!(
+                    partition = %format!("{}-{}", part.topic, part.partition),
                     "produce to {}-{} refused: {}",
                     part.topic,
                     part.partition,

@@ -470,6 +470,7 @@ impl Shard {
             let shrink = p.with_leadership(|l| l.shrink(now, lag_max_ms).map(|isr| (isr, l.isr.clone())));
             if let Some(Some((isr, before))) = shrink {
                 tracing::warn!(
+                    partition = %format!("{}-{}", p.topic(), p.index()),
                     "{}-{}: shrinking the ISR from {before:?} to {isr:?}: followers not caught up for {lag_max_ms} ms",
                     p.topic(),
                     p.index()
