@@ -9,7 +9,8 @@
 #   scripts/cluster.sh status      which nodes are running
 #
 # Node i listens for Kafka on BASE_PORT + 2(i-1) and for its CONTROLLER peers
-# on the port above (defaults: 9092/9093, 9094/9095, 9096/9097, ...).
+# on the port above (defaults: 9092/9093, 9094/9095, 9096/9097, ...), and
+# serves Prometheus metrics on METRICS_BASE_PORT + i - 1 (9644, 9645, ...).
 # Everything lives under CLUSTER_DIR (default ./cluster, from the directory
 # the script is run in):
 #   cluster.id            the cluster's id, generated at the first start, kept
@@ -17,7 +18,7 @@
 #   node-N/data           data dir      node-N/shardlog.log   log (appended)
 #   node-N/shardlog.pid   pid of the running process
 #
-# Environment: BASE_PORT (9092), CLUSTER_DIR (./cluster), SHARDLOG_BIN
+# Environment: BASE_PORT (9092), METRICS_BASE_PORT (9644), CLUSTER_DIR (./cluster), SHARDLOG_BIN
 # (target/release/shardlog, built with cargo if missing), SHARDS (--shards per
 # node; default: the binary's), SHARDLOG_SETS (extra "key=value key=value"
 # passed as --set to every node), START_TIMEOUT (60 s), STOP_TIMEOUT (30 s),
@@ -43,6 +44,7 @@ is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
 kafka_port() { echo $((BASE_PORT + 2 * ($1 - 1))); }
 ctrl_port() { echo $((BASE_PORT + 2 * ($1 - 1) + 1)); }
+metrics_port() { echo $((${METRICS_BASE_PORT:-9644} + $1 - 1)); }
 node_dir() { echo "$CLUSTER_DIR/node-$1"; }
 show_dir() { echo "$SHOW_DIR/node-$1"; }
 pid_file() { echo "$(node_dir "$1")/shardlog.pid"; }
@@ -200,6 +202,7 @@ cmd_start() {
             --set "listeners=PLAINTEXT://$HOST:$kafka,CONTROLLER://$HOST:$ctrl" \
             --set "controller.quorum.voters=$voters" \
             --set "cluster.id=$id" \
+            --set "metrics.listen=$HOST:$(metrics_port "$i")" \
             "${defaults[@]}" "${extra[@]}" \
             >>"$log" 2>&1 </dev/null &
         pid=$!

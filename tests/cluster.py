@@ -277,8 +277,8 @@ class Cluster:
     def __init__(self, base_dir: Path, n: int, sets=None, shards=DEFAULT_SHARDS, cluster_id=None):
         self.base_dir = Path(base_dir)
         self.cluster_id = cluster_id or new_cluster_id()
-        ports = _distinct_free_ports(2 * n)
-        kafka_ports, ctrl_ports = ports[:n], ports[n:]
+        ports = _distinct_free_ports(3 * n)
+        kafka_ports, ctrl_ports, metrics_ports = ports[:n], ports[n:2 * n], ports[2 * n:]
         self.voters = ",".join(f"{i + 1}@127.0.0.1:{ctrl_ports[i]}" for i in range(n))
         self.nodes = []
         for i in range(n):
@@ -288,12 +288,14 @@ class Cluster:
                 "listeners": f"PLAINTEXT://127.0.0.1:{kafka_ports[i]},CONTROLLER://127.0.0.1:{ctrl_ports[i]}",
                 "controller.quorum.voters": self.voters,
                 "cluster.id": self.cluster_id,
+                "metrics.listen": f"127.0.0.1:{metrics_ports[i]}",
                 **CLUSTER_SETS,
                 **(sets or {}),
             }
             d = self.base_dir / f"node-{node_id}"
             self.nodes.append(ClusterNode(node_id, d / "data", d / "shardlog.log", kafka_ports[i], ctrl_ports[i],
                                           node_sets, shards=shards))
+            self.nodes[-1].metrics_port = metrics_ports[i]
 
     # --- lookups ------------------------------------------------------------------
     def node(self, node_id) -> ClusterNode:

@@ -345,3 +345,72 @@ def test_json_logs_are_one_object_per_line_with_shard_and_partition(broker_facto
     assert stopped == set(range(len(stopped))) and stopped, stopped
     refused = [e for e in events if e.get("partition") == f"{topic}-0" and "refused" in e["message"]]
     assert refused and refused[0]["level"] == "WARN", [e for e in events if e["level"] == "WARN"]
+
+
+def node_metrics(node):
+    try:
+        status, text = http_get("127.0.0.1", node.metrics_port, "/metrics", timeout=10)
+    except OSError:
+        return None
+    return parse_metrics(text) if status == 200 else None
+
+
+def test_cluster_state_under_replication_and_isr_changes(tmp_path):
+    """3 nodes, a topic on all of them: killing one shows under-replicated
+    partitions and ISR shrinks on the leaders, one active controller and no
+    offline partition; its return brings the ISR back (expands) and the
+    under-replicated count to 0. Lag is reported by the group's coordinator
+    from its node's replicas."""
+    from cluster import Cluster
+    c = Cluster(tmp_path, 3, sets={"replica.lag.time.max.ms": 2000, "offsets.topic.replication.factor": 3,
+                                   "offsets.topic.num.partitions": 3}, shards=1)
+    try:
+        c.start_all()
+        topic, group = unique_topic("cmetrics"), "cluster-lag"
+        from confluent_kafka.admin import AdminClient, NewTopic
+        AdminClient({"bootstrap.servers": c.bootstrap_of()}).create_topics(
+            [NewTopic(topic, num_partitions=3, replication_factor=3)])[topic].result(30)
+        c.wait(lambda: c.partitions_of(topic) and len(c.partitions_of(topic)) == 3, 30, "topic in metadata")
+        produce(c.bootstrap_of(), topic, 300, 3)
+        consume_and_commit(c.bootstrap_of(), topic, group, 40)
+
+        def all_nodes(ids):
+            got = {i: node_metrics(c.node(i)) for i in ids}
+            return got if all(got.values()) else None
+
+        got = wait_until(lambda: all_nodes([1, 2, 3]), 30, what="metrics from every node")
+        assert sum(value(m, "shardlog_controller_active") for m in got.values()) == 1
+        assert sum(value(m, "shardlog_partitions_led") for m in got.values()) >= 3 + 3
+        assert all(value(m, "shardlog_under_replicated_partitions") == 0 for m in got.values())
+        # The group's lag: 60 per partition, from whichever node coordinates it.
+        wait_until(lambda: any(value(m, "shardlog_consumer_group_lag_sum", group=group) == 180
+                               for m in (all_nodes([1, 2, 3]) or {}).values()), 30, what="lag 180")
+        victim = 3
+        c.kill(victim)
+        live = [1, 2]
+
+        def degraded():
+            got = all_nodes(live)
+            if not got:
+                return None
+            under = sum(value(m, "shardlog_under_replicated_partitions") for m in got.values())
+            shrinks = sum(value(m, "shardlog_isr_changes_total", change="shrink") for m in got.values())
+            return got if under > 0 and shrinks > 0 else None
+
+        got = wait_until(degraded, 60, what="under-replicated partitions and ISR shrinks after a kill")
+        active = [m for m in got.values() if value(m, "shardlog_controller_active") == 1]
+        assert len(active) == 1
+        assert value(active[0], "shardlog_offline_partitions") == 0
+        c.node(victim).restart()
+
+        def healed():
+            got = all_nodes([1, 2, 3])
+            if not got:
+                return None
+            under = sum(value(m, "shardlog_under_replicated_partitions") for m in got.values())
+            expands = sum(value(m, "shardlog_isr_changes_total", change="expand") for m in got.values())
+            return got if under == 0 and expands > 0 else None
+
+        wait_until(healed, 60, what="ISR expanded and nothing under-replicated after the restart")
+    finally:
+        c.teardown()

@@ -85,11 +85,22 @@ impl Exposition {
     /// A latency histogram of microsecond samples, in seconds.
     pub fn latency_histogram(&mut self, family: Family, labels: Labels<'_>, h: &Histogram<u64>) {
         debug_assert_eq!(family.kind, Kind::Histogram);
+        // One pass over the recorded values (not one per bucket).
+        let mut per_bucket = [0u64; LATENCY_BUCKETS_US.len()];
+        for v in h.iter_recorded() {
+            let bucket =
+                LATENCY_BUCKETS_US.partition_point(|&le| le < h.highest_equivalent(v.value_iterated_to()));
+            if let Some(n) = per_bucket.get_mut(bucket) {
+                *n += v.count_at_value();
+            }
+        }
         let body = self.body(family);
-        for le_us in LATENCY_BUCKETS_US {
+        let mut cumulative = 0;
+        for (le_us, n) in LATENCY_BUCKETS_US.into_iter().zip(per_bucket) {
+            cumulative += n;
             let le = le_us as f64 / 1e6;
             write_series(body, family.name, "_bucket", labels, Some(&le));
-            let _ = writeln!(body, " {}", h.count_between(0, le_us));
+            let _ = writeln!(body, " {cumulative}");
         }
         write_series(body, family.name, "_bucket", labels, Some(&"+Inf"));
         let _ = writeln!(body, " {}", h.len());
@@ -97,6 +108,13 @@ impl Exposition {
         let _ = writeln!(body, " {}", h.mean() * h.len() as f64 / 1e6);
         write_series(body, family.name, "_count", labels, None);
         let _ = writeln!(body, " {}", h.len());
+    }
+
+    /// Appends lines written by `line` for `family` (a caller writing many
+    /// samples of one label set formats the labels once: `labels` is the
+    /// text between the braces, escaped with `escape_label`).
+    pub fn append_lines(&mut self, family: Family, lines: &str) {
+        self.body(family).push_str(lines);
     }
 
     fn body(&mut self, family: Family) -> &mut String {
@@ -152,6 +170,17 @@ fn write_series(out: &mut String, name: &str, suffix: &str, labels: Labels<'_>, 
         out.push('"');
     }
     out.push('}');
+}
+
+/// One sample line, `name{labels} value`, onto `out` (`labels` already
+/// formatted and escaped, see `escape_label`).
+pub fn line(out: &mut String, name: &str, labels: &str, value: impl Display) {
+    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+}
+
+/// `value` as a label value, escaped, onto `out`.
+pub fn escape_label(out: &mut String, value: &dyn Display) {
+    escape_into(out, value);
 }
 
 /// A label value with `\`, `"` and newlines escaped, as the format asks.
