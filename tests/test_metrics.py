@@ -368,8 +368,9 @@ def test_cluster_state_under_replication_and_isr_changes(tmp_path):
         c.start_all()
         topic, group = unique_topic("cmetrics"), "cluster-lag"
         from confluent_kafka.admin import AdminClient, NewTopic
-        AdminClient({"bootstrap.servers": c.bootstrap_of()}).create_topics(
-            [NewTopic(topic, num_partitions=3, replication_factor=3)])[topic].result(30)
+        admin = AdminClient({"bootstrap.servers": c.bootstrap_of()})
+        admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=3)],
+                            request_timeout=30)[topic].result(timeout=40)
         c.wait(lambda: c.partitions_of(topic) and len(c.partitions_of(topic)) == 3, 30, "topic in metadata")
         produce(c.bootstrap_of(), topic, 300, 3)
         consume_and_commit(c.bootstrap_of(), topic, group, 40)
