@@ -27,6 +27,9 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::config::MetricsConfig;
 use crate::shard::Shard;
 
+/// Pending connections on the metrics port (a scraper or two, health checks).
+const METRICS_BACKLOG: i32 = 64;
+
 /// Longer request heads are answered 431 and closed.
 const REQUEST_HEAD_MAX_BYTES: usize = 8 * 1024;
 
@@ -50,18 +53,11 @@ pub fn bind(config: &MetricsConfig) -> anyhow::Result<Option<TcpListener>> {
     }
 }
 
-/// SO_REUSEADDR without SO_REUSEPORT: two brokers on one host must not
-/// share the metrics port silently (the Kafka port shares it between the
-/// shards of one broker, see `server::listener`).
+/// Without SO_REUSEPORT: two brokers on one host must not share the
+/// metrics port silently (the Kafka port is shared by the shards of one
+/// broker, see `server::listener`).
 fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(64)?;
+    let socket = crate::server::listener::listening_socket(addr, METRICS_BACKLOG, false)?;
     // SAFETY: `into_raw_fd` hands over the only owner of a bound, listening
     // TCP socket; the glommio listener becomes its sole owner and closes it.
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })

@@ -22,6 +22,19 @@ macro_rules! top_level {
     };
 }
 
+/// Responses with one code per partition, under `topics`.
+macro_rules! per_partition {
+    ($($ty:ty),* $(,)?) => {
+        $(impl ErrorCodes for $ty {
+            fn error_codes(&self, f: &mut dyn FnMut(i16)) {
+                for t in &self.topics {
+                    t.partitions.iter().for_each(|p| f(p.error_code));
+                }
+            }
+        })*
+    };
+}
+
 /// Responses whose codes are not counted.
 macro_rules! none {
     ($($ty:ty),* $(,)?) => {
@@ -41,6 +54,8 @@ top_level!(
     ConsumerGroupHeartbeatResponse,
     ListGroupsResponse,
 );
+
+per_partition!(ListOffsetsResponse, OffsetCommitResponse, TxnOffsetCommitResponse);
 
 none!(
     AlterConfigsResponse,
@@ -85,30 +100,6 @@ impl ErrorCodes for FetchResponse {
 impl ErrorCodes for MetadataResponse {
     fn error_codes(&self, f: &mut dyn FnMut(i16)) {
         self.topics.iter().for_each(|t| f(t.error_code));
-    }
-}
-
-impl ErrorCodes for ListOffsetsResponse {
-    fn error_codes(&self, f: &mut dyn FnMut(i16)) {
-        for t in &self.topics {
-            t.partitions.iter().for_each(|p| f(p.error_code));
-        }
-    }
-}
-
-impl ErrorCodes for OffsetCommitResponse {
-    fn error_codes(&self, f: &mut dyn FnMut(i16)) {
-        for t in &self.topics {
-            t.partitions.iter().for_each(|p| f(p.error_code));
-        }
-    }
-}
-
-impl ErrorCodes for TxnOffsetCommitResponse {
-    fn error_codes(&self, f: &mut dyn FnMut(i16)) {
-        for t in &self.topics {
-            t.partitions.iter().for_each(|p| f(p.error_code));
-        }
     }
 }
 

@@ -26,7 +26,7 @@ use kafka_protocol::ResponseError;
 
 use crate::group::state::code_of;
 use crate::group::{self, FetchedOffsets, GroupOp, GroupReply};
-use crate::shard::{ControlOp, Shard, ShardOp, ShardReply, CONTROLLER_SHARD};
+use crate::shard::{ControlOp, Shard, ShardOp, ShardReply};
 use crate::wire::{str_bytes, AUTHORIZED_OPERATIONS_OMITTED};
 
 /// FindCoordinator key types.
@@ -52,18 +52,10 @@ pub fn find_coordinator(
 ) -> FindCoordinatorResponse {
     let image = shard.image();
     if image.topic(crate::txn::TRANSACTION_STATE_TOPIC).is_none() && req.key_type == KEY_TYPE_TRANSACTION {
-        super::transactions::request_state_topic(shard);
+        super::transactions::request_internal_topic(shard, ControlOp::CreateTransactionStateTopic);
     }
     if image.topic(group::OFFSETS_TOPIC).is_none() && req.key_type == KEY_TYPE_GROUP {
-        // Kafka creates the topic at the first FindCoordinator; the client
-        // retries on COORDINATOR_NOT_AVAILABLE until it exists.
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            shard
-                .call(CONTROLLER_SHARD, ShardOp::Control(ControlOp::CreateOffsetsTopic))
-                .await;
-        })
-        .detach();
+        super::transactions::request_internal_topic(shard, ControlOp::CreateOffsetsTopic);
     }
     let brokers = super::metadata::live_brokers(shard);
     let answer = |key: &StrBytes| -> Coordinator {

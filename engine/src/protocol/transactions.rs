@@ -98,17 +98,14 @@ pub async fn init_transactional(
     }
 }
 
-/// Asks the controller for `__transaction_state` (Kafka creates it at the
-/// first transactional FindCoordinator); the client retries meanwhile.
-pub fn request_state_topic(shard: &Rc<Shard>) {
+/// Asks the controller, in the background, for an internal topic that does
+/// not exist yet (`ControlOp::CreateOffsetsTopic`,
+/// `CreateTransactionStateTopic`): Kafka creates them at their first use,
+/// and the client retries on COORDINATOR_NOT_AVAILABLE meanwhile.
+pub fn request_internal_topic(shard: &Rc<Shard>, create: ControlOp) {
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        shard
-            .call(
-                CONTROLLER_SHARD,
-                ShardOp::Control(ControlOp::CreateTransactionStateTopic),
-            )
-            .await;
+        shard.call(CONTROLLER_SHARD, ShardOp::Control(create)).await;
     })
     .detach();
 }
@@ -188,13 +185,7 @@ pub async fn add_offsets(
         match group::offsets_partition_of(&shard.image(), req.group_id.as_str()) {
             None => {
                 // No `__consumer_offsets` yet: ask for it; the client retries.
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    shard
-                        .call(CONTROLLER_SHARD, ShardOp::Control(ControlOp::CreateOffsetsTopic))
-                        .await;
-                })
-                .detach();
+                request_internal_topic(shard, ControlOp::CreateOffsetsTopic);
                 Some(ResponseError::CoordinatorNotAvailable)
             }
             Some(partition) => {
@@ -283,16 +274,7 @@ pub async fn describe(shard: &Rc<Shard>, req: DescribeTransactionsRequest) -> De
 }
 
 fn failed(transactional_id: &str, error: ResponseError) -> DescribedTxn {
-    DescribedTxn {
-        transactional_id: transactional_id.to_string(),
-        error: Some(error),
-        state: "",
-        timeout_ms: 0,
-        start_ms: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        partitions: Vec::new(),
-    }
+    DescribedTxn::unknown(transactional_id, Some(error))
 }
 
 /// ListTransactions covers this node's coordinators (the admin client asks

@@ -29,17 +29,8 @@ impl Listener {
     /// SO_REUSEADDR, so a restart is not refused by TIME_WAIT connections of
     /// the previous process.
     pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<Listener> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(backlog)?;
         Ok(Listener {
-            socket: Arc::new(socket.into()),
+            socket: Arc::new(listening_socket(addr, backlog, true)?),
         })
     }
 
@@ -63,6 +54,28 @@ impl Listener {
         // until every waiting accept returned.
         unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
     }
+}
+
+/// A listening TCP socket with SO_REUSEADDR (a restart is not refused by
+/// the previous process's TIME_WAIT connections), and with SO_REUSEPORT
+/// when `shared_port`, so every shard can bind the same port.
+pub fn listening_socket(
+    addr: SocketAddr,
+    backlog: i32,
+    shared_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if shared_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
 }
 
 /// How long startup waits for a predecessor's listening sockets to close: a

@@ -7,7 +7,7 @@
 //! executor, its mesh, its periodic work) and `protocol` (one task per
 //! connection).
 
-mod listener;
+pub(crate) mod listener;
 mod meta_properties;
 
 use std::collections::BTreeMap;

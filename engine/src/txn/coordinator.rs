@@ -92,6 +92,23 @@ pub struct DescribedTxn {
     pub partitions: Vec<(String, i32)>,
 }
 
+impl DescribedTxn {
+    /// An id described with nothing known of it: `error`, or found in no
+    /// state (Kafka's answer shape for both).
+    pub fn unknown(transactional_id: &str, error: Option<ResponseError>) -> DescribedTxn {
+        DescribedTxn {
+            transactional_id: transactional_id.to_string(),
+            error,
+            state: "",
+            timeout_ms: 0,
+            start_ms: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            partitions: Vec::new(),
+        }
+    }
+}
+
 pub enum TxnReply {
     Init(Result<(i64, i16), ResponseError>),
     Done(Result<(), ResponseError>),
@@ -578,16 +595,7 @@ impl TxnCoordinator {
     }
 
     fn describe(&self, shard: &Shard, transactional_id: &str) -> DescribedTxn {
-        let mut out = DescribedTxn {
-            transactional_id: transactional_id.to_string(),
-            error: None,
-            state: "",
-            timeout_ms: 0,
-            start_ms: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            partitions: Vec::new(),
-        };
+        let mut out = DescribedTxn::unknown(transactional_id, None);
         if transactional_id.is_empty() {
             out.error = Some(ResponseError::InvalidRequest);
             return out;
